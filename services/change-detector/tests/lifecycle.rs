@@ -1,0 +1,85 @@
+//! The change-detector binary, as a separate process against the test broker: ready, metrics, clean exit
+//! on SIGTERM; and its refusals at start.
+
+use std::path::Path;
+use std::process::Command;
+
+use snapfeed_harness::broker::repo_root;
+use snapfeed_harness::service_process::assert_binary_lifecycle;
+
+const BINARY: &str = env!("CARGO_BIN_EXE_change-detector");
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn starts_ready_serves_metrics_and_drains_on_sigterm() {
+    assert_binary_lifecycle(Path::new(BINARY), "change-detector", &[]).await;
+}
+
+#[test]
+fn check_config_prints_the_effective_config_with_secrets_redacted() {
+    let output = Command::new(BINARY)
+        .current_dir(repo_root())
+        .args(["--config", "deploy/config/change-detector.toml", "check-config"])
+        .env("SNAPFEED_KAFKA__LIBRDKAFKA_OPTIONS__SASL_PASSWORD", "hunter2-secret")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(stdout.contains("bootstrap_servers = \"localhost:9092\""), "{stdout}");
+    assert!(stdout.contains("<redacted>"), "{stdout}");
+    assert!(!stdout.contains("hunter2-secret"), "{stdout}");
+}
+
+#[test]
+fn a_wrong_config_value_fails_at_start_naming_key_value_and_expectation() {
+    let output = Command::new(BINARY)
+        .current_dir(repo_root())
+        .args(["--config", "deploy/config/change-detector.toml", "run"])
+        .env("SNAPFEED_SHUTDOWN__DRAIN_TIMEOUT_MS", "soon")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("shutdown.drain_timeout_ms"), "{stderr}");
+    assert!(stderr.contains("\"soon\""), "{stderr}");
+    assert!(stderr.contains("u64"), "{stderr}");
+    assert!(stderr.contains("SNAPFEED_SHUTDOWN__DRAIN_TIMEOUT_MS"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refuses_to_start_when_snapshots_state_and_changes_are_not_copartitioned() {
+    use snapfeed_harness::broker::TestBroker;
+    use snapfeed_harness::service_process::{service_env, ServiceProcess};
+    use snapfeed_runtime::topics::{TopicNameOverrides, TopicNames, TopicsConfig};
+
+    let broker = TestBroker::from_env();
+    let pipeline = format!("t-copart-{}", std::process::id());
+    let names = TopicNames::resolve(&pipeline, &TopicNameOverrides::default());
+    let mut specs = names.specs(&TopicsConfig {
+        partitions: 3,
+        replication_factor: 1,
+        ..TopicsConfig::default()
+    });
+    for spec in &mut specs {
+        if spec.name == names.state {
+            spec.partitions = 2;
+        }
+    }
+    broker.create_topics(&specs).await;
+
+    let logs = tempfile::tempdir().unwrap();
+    let env = service_env(&broker, &pipeline);
+    let log = logs.path().join("detector.log");
+    let (status, text) = tokio::task::spawn_blocking(move || {
+        let root = repo_root();
+        let config = root.join("deploy/config/change-detector.toml");
+        let mut process = ServiceProcess::start(Path::new(BINARY), &config, &root, &env, &log);
+        let status = process.wait_exit(std::time::Duration::from_secs(60));
+        (status, process.log_text())
+    })
+    .await
+    .unwrap();
+    assert_eq!(status.code(), Some(1), "{text}");
+    assert!(text.contains("not co-partitioned"), "{text}");
+    assert!(text.contains(&format!("\"{}\" has 2", names.state)), "{text}");
+    assert!(text.contains(&format!("\"{}\" has 3", names.snapshots)), "{text}");
+}

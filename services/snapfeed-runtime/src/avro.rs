@@ -1,0 +1,339 @@
+//! Avro framing for every value snapfeed writes: single-object encoding (`C3 01`, then the
+//! 8-byte little-endian CRC-64-AVRO fingerprint of the writer schema's parsing canonical form,
+//! then the datum), so every message says which schema wrote it without a registry.
+//!
+//! Schemas are loaded from the `schemas/` directory: each top-level `*.avsc` is the current
+//! (reader) schema of one record kind; `history/*.avsc` holds earlier versions, kept so data they
+//! wrote stays readable. At load every historical writer is checked against the current reader of
+//! the same name (Avro schema resolution rules, by `apache-avro`), so an incompatible change fails
+//! at start, not on the first old message.
+//!
+//! Reading: the fingerprint selects the writer schema; the datum is decoded with it and resolved
+//! into the reader's type (fields the writer lacked take the reader's defaults). The hot paths
+//! encode and decode with `serde_avro_fast` — straight between bytes and Rust types, no
+//! `Value` per record. Unknown fingerprints and corrupt payloads are errors that name the
+//! topic/partition/offset, never panics; their messages never contain payload bytes.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+/// The two magic bytes of Avro single-object encoding.
+pub const SINGLE_OBJECT_MAGIC: [u8; 2] = [0xC3, 0x01];
+/// Magic plus fingerprint.
+pub const SINGLE_OBJECT_HEADER_LEN: usize = 10;
+
+/// Where a message came from, for error messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MessageLocation {
+    /// Topic.
+    pub topic: String,
+    /// Partition.
+    pub partition: i32,
+    /// Offset.
+    pub offset: i64,
+}
+
+impl fmt::Display for MessageLocation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}@{}", self.topic, self.partition, self.offset)
+    }
+}
+
+/// Avro problems: loading schemas, or encoding and decoding values.
+#[derive(Debug, thiserror::Error)]
+pub enum AvroError {
+    /// The schema directory or a file in it could not be read.
+    #[error("cannot read schema {path}: {source}")]
+    Read {
+        /// File or directory.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A schema file is not a valid Avro schema.
+    #[error("invalid Avro schema {path}: {reason}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message.
+        reason: String,
+    },
+    /// A historical version cannot be read by the current schema of the same name.
+    #[error("schema {history} cannot be read by the current {current}: {reason} (see schemas/README.md, evolution rule)")]
+    Incompatible {
+        /// The historical writer.
+        history: PathBuf,
+        /// The current reader.
+        current: PathBuf,
+        /// Why not.
+        reason: String,
+    },
+    /// No current schema with this full name was loaded.
+    #[error("no schema named {name:?} in {dir}")]
+    UnknownSchema {
+        /// The full name asked for.
+        name: String,
+        /// Where we looked.
+        dir: PathBuf,
+    },
+    /// The payload names a writer schema we do not know.
+    #[error("message at {location} was written with unknown schema fingerprint {fingerprint} (is schemas/ older than the writer?)")]
+    UnknownFingerprint {
+        /// Where.
+        location: MessageLocation,
+        /// Hex of the 8 fingerprint bytes.
+        fingerprint: String,
+    },
+    /// The payload was written with a known schema of another record kind.
+    #[error("message at {location} holds a {written} where a {expected} was expected")]
+    WrongSchema {
+        /// Where.
+        location: MessageLocation,
+        /// What the fingerprint says.
+        written: String,
+        /// What the reader wanted.
+        expected: String,
+    },
+    /// The payload is not a valid datum of its writer schema.
+    #[error("corrupt Avro payload at {location}: {detail}")]
+    Corrupt {
+        /// Where.
+        location: MessageLocation,
+        /// What is wrong, never including payload bytes.
+        detail: String,
+    },
+    /// A value could not be encoded with its schema (a programming or mapping error).
+    #[error("cannot encode a {schema} value: {reason}")]
+    Encode {
+        /// The schema.
+        schema: String,
+        /// The serializer's message.
+        reason: String,
+    },
+}
+
+/// One schema file, parsed.
+#[derive(Debug)]
+pub struct LoadedSchema {
+    /// Full name, e.g. `snapfeed.ChangeEvent`.
+    pub name: String,
+    /// CRC-64-AVRO of the parsing canonical form (little-endian), as in the message header.
+    pub fingerprint: [u8; 8],
+    /// Where it was loaded from.
+    pub path: PathBuf,
+    /// The fast codec's view, used to encode and decode.
+    fast: serde_avro_fast::Schema,
+    /// apache-avro's view, used for compatibility checks and introspection.
+    parsed: apache_avro::Schema,
+}
+
+impl LoadedSchema {
+    /// Parses one `.avsc` text; `path` is for messages.
+    pub fn parse(json: &str, path: &Path) -> Result<LoadedSchema, AvroError> {
+        let parse_error = |reason: String| AvroError::Parse {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let parsed = apache_avro::Schema::parse_str(json).map_err(|e| parse_error(e.to_string()))?;
+        let fast: serde_avro_fast::Schema = json.parse().map_err(|e: serde_avro_fast::schema::SchemaError| parse_error(e.to_string()))?;
+        let name = match &parsed {
+            apache_avro::Schema::Record(record) => record.name.fullname(None),
+            _ => return Err(parse_error("top level must be a record".into())),
+        };
+        // The fingerprint comes from serde_avro_fast, which matches the Java implementation and
+        // fastavro. apache-avro 0.21 is not used for it: its canonical form keeps `logicalType`
+        // attributes, so its fingerprints differ for schemas with timestamps or dates.
+        let fingerprint = *fast.rabin_fingerprint();
+        Ok(LoadedSchema {
+            name,
+            fingerprint,
+            path: path.to_path_buf(),
+            fast,
+            parsed,
+        })
+    }
+
+    /// apache-avro's parsed schema (field lists, logical types).
+    pub fn parsed(&self) -> &apache_avro::Schema {
+        &self.parsed
+    }
+
+    /// Appends the single-object encoding of `value` to `buf`.
+    pub fn encode_into<T: Serialize + ?Sized>(&self, value: &T, buf: &mut Vec<u8>) -> Result<(), AvroError> {
+        let mut config = serde_avro_fast::ser::SerializerConfig::new(&self.fast);
+        serde_avro_fast::to_single_object(value, buf, &mut config).map_err(|error| AvroError::Encode {
+            schema: self.name.clone(),
+            reason: error.to_string(),
+        })?;
+        Ok(())
+    }
+
+    /// The single-object encoding of `value`.
+    pub fn encode<T: Serialize + ?Sized>(&self, value: &T) -> Result<Vec<u8>, AvroError> {
+        let mut buf = Vec::with_capacity(256);
+        self.encode_into(value, &mut buf)?;
+        Ok(buf)
+    }
+
+    /// Decodes a bare datum written with this schema through `seed`, e.g. a reader that
+    /// resolves this writer's fields into another version's layout. Errors never quote data.
+    pub fn decode_datum_seed<'a, S: serde::de::DeserializeSeed<'a>>(
+        &self,
+        datum: &'a [u8],
+        seed: S,
+        location: &MessageLocation,
+    ) -> Result<S::Value, AvroError> {
+        let mut state = serde_avro_fast::de::DeserializerState::from_slice(datum, &self.fast);
+        seed.deserialize(state.deserializer()).map_err(|_| AvroError::Corrupt {
+            location: location.clone(),
+            detail: format!("{} bytes do not decode as {}", datum.len(), self.name),
+        })
+    }
+
+    fn decode_datum<'a, T: Deserialize<'a>>(&self, datum: &'a [u8], location: &MessageLocation) -> Result<T, AvroError> {
+        serde_avro_fast::from_datum_slice(datum, &self.fast).map_err(|_| AvroError::Corrupt {
+            location: location.clone(),
+            // The decoder's message may quote the data it choked on: health data stays out.
+            detail: format!("{} bytes do not decode as {}", datum.len(), self.name),
+        })
+    }
+}
+
+/// Every schema of a `schemas/` directory, by fingerprint (all versions) and by name (current).
+#[derive(Debug, Clone)]
+pub struct SchemaStore {
+    dir: PathBuf,
+    current: HashMap<String, Arc<LoadedSchema>>,
+    by_fingerprint: HashMap<[u8; 8], Arc<LoadedSchema>>,
+}
+
+impl SchemaStore {
+    /// Loads `dir/*.avsc` as current schemas and `dir/history/*.avsc` as earlier versions, and
+    /// checks that each current schema reads every earlier version of itself.
+    pub fn load_dir(dir: &Path) -> Result<SchemaStore, AvroError> {
+        let mut store = SchemaStore {
+            dir: dir.to_path_buf(),
+            current: HashMap::new(),
+            by_fingerprint: HashMap::new(),
+        };
+        for path in avsc_files(dir)? {
+            let schema = Arc::new(read_schema(&path)?);
+            store.by_fingerprint.insert(schema.fingerprint, schema.clone());
+            store.current.insert(schema.name.clone(), schema);
+        }
+        let history = dir.join("history");
+        if history.is_dir() {
+            for path in avsc_files(&history)? {
+                let old = Arc::new(read_schema(&path)?);
+                if let Some(current) = store.current.get(&old.name) {
+                    apache_avro::schema_compatibility::SchemaCompatibility::can_read(&old.parsed, &current.parsed)
+                        .map_err(|error| AvroError::Incompatible {
+                            history: path.clone(),
+                            current: current.path.clone(),
+                            reason: error.to_string(),
+                        })?;
+                }
+                store.by_fingerprint.entry(old.fingerprint).or_insert(old);
+            }
+        }
+        Ok(store)
+    }
+
+    /// The current schema named `name` (full name, e.g. `snapfeed.ChangeEvent`).
+    pub fn current(&self, name: &str) -> Result<Arc<LoadedSchema>, AvroError> {
+        self.current.get(name).cloned().ok_or_else(|| AvroError::UnknownSchema {
+            name: name.to_string(),
+            dir: self.dir.clone(),
+        })
+    }
+
+    /// The schema with this fingerprint, any version.
+    pub fn by_fingerprint(&self, fingerprint: &[u8; 8]) -> Option<&Arc<LoadedSchema>> {
+        self.by_fingerprint.get(fingerprint)
+    }
+
+    /// The writer schema of a single-object payload, checked to be a version of `expected`.
+    pub fn writer_of(&self, payload: &[u8], expected: &str, location: &MessageLocation) -> Result<&Arc<LoadedSchema>, AvroError> {
+        let fingerprint = header_fingerprint(payload, location)?;
+        let writer = self
+            .by_fingerprint
+            .get(&fingerprint)
+            .ok_or_else(|| AvroError::UnknownFingerprint {
+                location: location.clone(),
+                fingerprint: hex(&fingerprint),
+            })?;
+        if writer.name != expected {
+            return Err(AvroError::WrongSchema {
+                location: location.clone(),
+                written: writer.name.clone(),
+                expected: expected.to_string(),
+            });
+        }
+        Ok(writer)
+    }
+
+    /// Decodes a single-object payload into the reader type `T` of schema `expected`: the
+    /// fingerprint selects the writer schema, fields it lacks take `T`'s serde defaults (which
+    /// mirror the reader schema's defaults).
+    pub fn decode<'a, T: Deserialize<'a>>(&self, payload: &'a [u8], expected: &str, location: &MessageLocation) -> Result<T, AvroError> {
+        let writer = self.writer_of(payload, expected, location)?;
+        writer.decode_datum(&payload[SINGLE_OBJECT_HEADER_LEN..], location)
+    }
+
+    /// The directory the schemas came from.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+fn header_fingerprint(payload: &[u8], location: &MessageLocation) -> Result<[u8; 8], AvroError> {
+    if payload.len() < SINGLE_OBJECT_HEADER_LEN || payload[..2] != SINGLE_OBJECT_MAGIC {
+        return Err(AvroError::Corrupt {
+            location: location.clone(),
+            detail: format!(
+                "{} bytes without the single-object header (C3 01 + 8-byte fingerprint)",
+                payload.len()
+            ),
+        });
+    }
+    let mut fingerprint = [0u8; 8];
+    fingerprint.copy_from_slice(&payload[2..SINGLE_OBJECT_HEADER_LEN]);
+    Ok(fingerprint)
+}
+
+fn avsc_files(dir: &Path) -> Result<Vec<PathBuf>, AvroError> {
+    let read_error = |source| AvroError::Read {
+        path: dir.to_path_buf(),
+        source,
+    };
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(read_error)? {
+        let path = entry.map_err(read_error)?.path();
+        if path.extension().is_some_and(|ext| ext == "avsc") {
+            files.push(path);
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+fn read_schema(path: &Path) -> Result<LoadedSchema, AvroError> {
+    let json = std::fs::read_to_string(path).map_err(|source| AvroError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    LoadedSchema::parse(&json, path)
+}
+
+/// Lower-case hex of bytes.
+pub fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut out, b| {
+        let _ = write!(out, "{b:02x}");
+        out
+    })
+}

@@ -1,0 +1,160 @@
+//! The binary edge shared by the three services: `--config`, the common subcommands (`run`,
+//! `check-config`, `init-topics`), the tokio runtime, logging, signals and exit codes.
+//!
+//! Exit codes: 0 success (including a drained shutdown), 1 the stage failed, 2 bad config or
+//! usage, 130 a second signal interrupted draining.
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use crate::config::{self, ServiceConfig};
+use crate::service::{self, HasCommonSections};
+use crate::shutdown::{self, Shutdown};
+use crate::telemetry;
+use crate::topics;
+
+/// Options every binary takes.
+#[derive(Debug, clap::Args)]
+pub struct GlobalArgs {
+    /// TOML config file; `SNAPFEED_…` environment variables override it (and may replace it).
+    #[arg(long, short, env = "SNAPFEED_CONFIG", global = true)]
+    pub config: Option<PathBuf>,
+}
+
+/// Subcommands every binary has.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum CommonCommand {
+    /// Run the service until SIGTERM/SIGINT (the default).
+    Run,
+    /// Validate the config and print the effective config, secrets redacted.
+    CheckConfig,
+    /// Create missing topics and verify existing ones (partitions, co-partitioning).
+    InitTopics,
+}
+
+/// Loads the config or reports why not (exit code 2).
+pub fn load_config<C: ServiceConfig>(path: Option<&Path>) -> Result<C, ExitCode> {
+    config::load_from_process::<C>(path).map_err(|error| {
+        eprintln!("error: {error}");
+        ExitCode::from(2)
+    })
+}
+
+/// A multi-threaded tokio runtime for a service.
+pub fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("snapfeed-worker")
+        .build()
+        .map_err(|error| {
+            eprintln!("error: cannot start the async runtime: {error}");
+            ExitCode::from(1)
+        })
+}
+
+/// Runs a common subcommand for `service`; `run` is the stage's `run(config, shutdown)`.
+pub fn execute_common<C, F, Fut, E>(service: &'static str, config_path: Option<&Path>, command: CommonCommand, run: F) -> ExitCode
+where
+    C: ServiceConfig + HasCommonSections,
+    F: FnOnce(C, Shutdown) -> Fut,
+    Fut: Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
+    let config: C = match load_config(config_path) {
+        Ok(config) => config,
+        Err(code) => return code,
+    };
+    match command {
+        CommonCommand::CheckConfig => match config::redacted_toml(&config) {
+            Ok(text) => {
+                println!("# effective {service} configuration (secrets redacted)\n{text}");
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                eprintln!("error: {error}");
+                ExitCode::from(2)
+            }
+        },
+        CommonCommand::InitTopics => {
+            telemetry::init(config.common().log);
+            let runtime = match runtime() {
+                Ok(runtime) => runtime,
+                Err(code) => return code,
+            };
+            runtime.block_on(async {
+                match init_topics(service, config.common()).await {
+                    Ok(report) => {
+                        println!("{report}");
+                        ExitCode::SUCCESS
+                    }
+                    Err(error) => {
+                        eprintln!("error: {error}");
+                        ExitCode::from(1)
+                    }
+                }
+            })
+        }
+        CommonCommand::Run => {
+            telemetry::init(config.common().log);
+            let runtime = match runtime() {
+                Ok(runtime) => runtime,
+                Err(code) => return code,
+            };
+            let code = runtime.block_on(async move {
+                let (trigger, shutdown) = shutdown::channel();
+                if let Err(error) = shutdown::trigger_on_signals(trigger) {
+                    eprintln!("error: cannot install signal handlers: {error}");
+                    return ExitCode::from(1);
+                }
+                match run(config, shutdown).await {
+                    Ok(()) => {
+                        tracing::info!(message = "Stopped.", service);
+                        ExitCode::SUCCESS
+                    }
+                    Err(error) => {
+                        tracing::error!(message = "Service failed.", service, %error);
+                        eprintln!("error: {error}");
+                        ExitCode::from(1)
+                    }
+                }
+            });
+            // Anything still running (a stuck blocking call) must not hold the exit hostage.
+            runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+            code
+        }
+    }
+}
+
+/// Creates missing topics and verifies all of them; returns a printable report.
+pub async fn init_topics(service: &'static str, common: service::CommonSections<'_>) -> Result<String, service::RuntimeError> {
+    let names = common.topic_names();
+    let specs = names.specs(common.topics);
+    let admin = service::admin_client(common.kafka, service)?;
+    let all: Vec<String> = specs.iter().map(|s| s.name.clone()).collect();
+    let before = service::fetch_partition_counts(&admin, common.kafka, &all).await?;
+    let created = topics::create_missing(
+        &admin,
+        &specs,
+        &before,
+        common.topics.replication_factor,
+        common.kafka.request_timeout(),
+    )
+    .await?;
+    let after = service::fetch_partition_counts(&admin, common.kafka, &all).await?;
+    let required: Vec<&str> = all.iter().map(String::as_str).collect();
+    topics::verify(&names, &required, &after)?;
+    let mut report = String::new();
+    for spec in &specs {
+        let state = if created.contains(&spec.name) { "created" } else { "exists" };
+        report.push_str(&format!(
+            "{:<40} {:>3} partitions  {:<8} {}\n",
+            spec.name,
+            after.get(&spec.name).copied().unwrap_or(0),
+            spec.cleanup_policy.as_str(),
+            state
+        ));
+    }
+    report.push_str("snapshots, state and changes are co-partitioned.");
+    Ok(report)
+}

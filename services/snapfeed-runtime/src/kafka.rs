@@ -1,0 +1,314 @@
+//! Kafka client configuration shared by every service: one place decides how producers and
+//! consumers are set up for the configured [`ProcessingGuarantee`], so a single setting switches
+//! transactions and `read_committed` on or off everywhere.
+//!
+//! - Producers always use `partitioner=murmur2_random`, the Java client's partitioner, so our
+//!   topics co-partition with Kafka Streams / Connect tools a user adds.
+//! - Producers are idempotent in both modes; in `exactly_once` they are also transactional.
+//! - Consumers never auto-commit and never auto-store offsets: every stage commits only what it
+//!   has made durable downstream.
+//! - Anything else (security.protocol, sasl.*, ssl.*) passes through `librdkafka_options`.
+//!
+//! Closing: [`close_consumer`] leaves the group within a deadline instead of relying on `Drop`,
+//! which polls until closed with no bound.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use serde::{Deserialize, Serialize};
+
+use crate::config::ConfigError;
+
+/// Kafka Streams' name for the delivery guarantee every stage keeps (see DESIGN § Delivery guarantee).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum ProcessingGuarantee {
+    /// Kafka transactions (KIP-447): needs Apache Kafka ≥ 2.5. Readers use `read_committed`.
+    #[default]
+    ExactlyOnce,
+    /// For brokers without transactions: every write acknowledged before the offset moves; a
+    /// crash may repeat a step, always with the same key, version and payload.
+    AtLeastOnce,
+}
+
+impl ProcessingGuarantee {
+    /// True when producers are transactional and consumers read committed data only.
+    pub fn is_transactional(self) -> bool {
+        matches!(self, ProcessingGuarantee::ExactlyOnce)
+    }
+}
+
+/// The `[kafka]` section.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// `host:port[,host:port…]` of the cluster.
+    pub bootstrap_servers: String,
+    /// Client id reported to the broker; defaults to `snapfeed-<service>`.
+    #[serde(default)]
+    pub client_id: Option<String>,
+    /// How long a produced message may wait for acknowledgement before it fails.
+    /// Must not exceed `transaction_timeout_ms` (librdkafka's rule).
+    #[serde(default = "default_message_timeout_ms")]
+    pub message_timeout_ms: u64,
+    /// Broker-side timeout of an open transaction (librdkafka default: 60000).
+    #[serde(default = "default_transaction_timeout_ms")]
+    pub transaction_timeout_ms: u64,
+    /// Consumer group session timeout (librdkafka default: 45000).
+    #[serde(default = "default_session_timeout_ms")]
+    pub session_timeout_ms: u64,
+    /// Upper bound for one blocking metadata or coordinator call at start-up and shutdown.
+    #[serde(default = "default_request_timeout_ms")]
+    pub request_timeout_ms: u64,
+    /// Any librdkafka property, passed through as is (security.protocol, sasl.*, ssl.*, …).
+    /// Properties that snapfeed sets itself to keep its guarantees are refused here.
+    #[serde(default)]
+    pub librdkafka_options: BTreeMap<String, String>,
+}
+
+fn default_message_timeout_ms() -> u64 {
+    // Below the transaction timeout so a stuck message fails the transaction, not the broker's timer.
+    30_000
+}
+
+fn default_transaction_timeout_ms() -> u64 {
+    // librdkafka's default.
+    60_000
+}
+
+fn default_session_timeout_ms() -> u64 {
+    // librdkafka's default.
+    45_000
+}
+
+fn default_request_timeout_ms() -> u64 {
+    10_000
+}
+
+/// Properties snapfeed owns: setting them by pass-through would silently break a guarantee.
+const OWNED_PROPERTIES: &[(&str, &str)] = &[
+    ("bootstrap.servers", "set kafka.bootstrap_servers instead"),
+    ("group.id", "each service derives its group from pipeline.name"),
+    ("transactional.id", "derived from the service and its instance"),
+    ("enable.idempotence", "always on"),
+    ("isolation.level", "follows pipeline.processing_guarantee"),
+    ("enable.auto.commit", "offsets are committed only after the downstream effect is durable"),
+    ("enable.auto.offset.store", "offsets are stored only after the downstream effect is durable"),
+    ("partitioner", "murmur2_random keeps topics co-partitioned with Java clients"),
+];
+
+impl KafkaConfig {
+    /// Checks ranges and refuses pass-through properties that snapfeed owns.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.bootstrap_servers.trim().is_empty() {
+            return Err(ConfigError::invalid(
+                "kafka.bootstrap_servers",
+                "\"\"",
+                "a comma-separated list of host:port",
+            ));
+        }
+        for (property, why) in OWNED_PROPERTIES {
+            if self.librdkafka_options.contains_key(*property) {
+                return Err(ConfigError::invalid(
+                    format!("kafka.librdkafka_options.\"{property}\""),
+                    format!("{:?}", self.librdkafka_options[*property]),
+                    format!("not set here: {why}"),
+                ));
+            }
+        }
+        if self.message_timeout_ms > self.transaction_timeout_ms {
+            return Err(ConfigError::invalid(
+                "kafka.message_timeout_ms",
+                self.message_timeout_ms,
+                format!(
+                    "at most kafka.transaction_timeout_ms ({})",
+                    self.transaction_timeout_ms
+                ),
+            ));
+        }
+        if self.request_timeout_ms == 0 {
+            return Err(ConfigError::invalid("kafka.request_timeout_ms", 0, "at least 1"));
+        }
+        Ok(())
+    }
+
+    /// Bound for one blocking call to the cluster.
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.request_timeout_ms)
+    }
+
+    fn base(&self, service: &str) -> ClientConfig {
+        let mut config = ClientConfig::new();
+        config.set("bootstrap.servers", &self.bootstrap_servers);
+        let client_id = self
+            .client_id
+            .clone()
+            .unwrap_or_else(|| format!("snapfeed-{service}"));
+        config.set("client.id", client_id);
+        for (key, value) in &self.librdkafka_options {
+            config.set(key, value);
+        }
+        config
+    }
+
+    /// A producer for `service`. `transactional_id` is used only in `exactly_once`; it must be
+    /// stable across restarts of the same instance so a restarted instance fences its zombie.
+    pub fn producer_config(
+        &self,
+        service: &str,
+        guarantee: ProcessingGuarantee,
+        transactional_id: Option<&str>,
+    ) -> ClientConfig {
+        let mut config = self.base(service);
+        config
+            .set("partitioner", "murmur2_random")
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("message.timeout.ms", self.message_timeout_ms.to_string())
+            .set("linger.ms", "5")
+            .set("compression.type", "lz4");
+        if guarantee.is_transactional() {
+            if let Some(id) = transactional_id {
+                config
+                    .set("transactional.id", id)
+                    .set("transaction.timeout.ms", self.transaction_timeout_ms.to_string());
+            }
+        }
+        config
+    }
+
+    /// A group consumer for `service` in `group_id`: manual offset storage and commits, reading
+    /// committed data only when the guarantee is transactional.
+    pub fn consumer_config(&self, service: &str, group_id: &str, guarantee: ProcessingGuarantee) -> ClientConfig {
+        let mut config = self.base(service);
+        config
+            .set("group.id", group_id)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("session.timeout.ms", self.session_timeout_ms.to_string())
+            .set("enable.partition.eof", "true")
+            .set(
+                "isolation.level",
+                if guarantee.is_transactional() {
+                    "read_committed"
+                } else {
+                    "read_uncommitted"
+                },
+            );
+        config
+    }
+
+    /// A consumer without a group, for reading a compacted topic back (ledger, state): it never
+    /// commits, and only sees committed data in `exactly_once`.
+    pub fn reader_config(&self, service: &str, guarantee: ProcessingGuarantee) -> ClientConfig {
+        let mut config = self.base(service);
+        config
+            // A group id is required by librdkafka even for assign(); nothing is ever committed.
+            .set("group.id", format!("snapfeed-{service}-reader"))
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("enable.partition.eof", "true")
+            .set(
+                "isolation.level",
+                if guarantee.is_transactional() {
+                    "read_committed"
+                } else {
+                    "read_uncommitted"
+                },
+            );
+        config
+    }
+
+    /// An admin client config (topic creation and checks).
+    pub fn admin_config(&self, service: &str) -> ClientConfig {
+        self.base(service)
+    }
+}
+
+/// Leaves the consumer group and closes the consumer within `deadline`, on the calling (blocking)
+/// thread. Returns false if the deadline passed: the consumer is then leaked rather than dropped,
+/// because librdkafka's destructor would poll until closed with no bound.
+pub fn close_consumer<C: ConsumerContext>(consumer: BaseConsumer<C>, deadline: Duration) -> bool {
+    let started = Instant::now();
+    consumer.unsubscribe();
+    if consumer.close_queue().is_err() {
+        std::mem::forget(consumer);
+        return false;
+    }
+    while !consumer.closed() {
+        if started.elapsed() >= deadline {
+            tracing::warn!(message = "Consumer did not close in time; abandoning it.", deadline_ms = deadline.as_millis() as u64);
+            std::mem::forget(consumer);
+            return false;
+        }
+        // Serves the rebalance callbacks that leaving the group triggers.
+        let _ = consumer.poll(Duration::from_millis(50));
+    }
+    drop(consumer);
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> KafkaConfig {
+        toml::from_str("bootstrap_servers = \"k:9092\"\n[librdkafka_options]\n\"security.protocol\" = \"SASL_SSL\"\n").unwrap()
+    }
+
+    #[test]
+    fn producer_uses_java_partitioner_and_transactions_only_in_exactly_once() {
+        let kafka = config();
+        let eos = kafka.producer_config("file-source", ProcessingGuarantee::ExactlyOnce, Some("tx-1"));
+        assert_eq!(eos.get("partitioner"), Some("murmur2_random"));
+        assert_eq!(eos.get("transactional.id"), Some("tx-1"));
+        assert_eq!(eos.get("security.protocol"), Some("SASL_SSL"));
+        assert_eq!(eos.get("client.id"), Some("snapfeed-file-source"));
+        let alo = kafka.producer_config("file-source", ProcessingGuarantee::AtLeastOnce, Some("tx-1"));
+        assert_eq!(alo.get("transactional.id"), None);
+        assert_eq!(alo.get("enable.idempotence"), Some("true"));
+    }
+
+    #[test]
+    fn consumer_isolation_follows_guarantee_and_never_autocommits() {
+        let kafka = config();
+        let eos = kafka.consumer_config("api-sink", "g", ProcessingGuarantee::ExactlyOnce);
+        assert_eq!(eos.get("isolation.level"), Some("read_committed"));
+        assert_eq!(eos.get("enable.auto.commit"), Some("false"));
+        assert_eq!(eos.get("enable.auto.offset.store"), Some("false"));
+        let alo = kafka.consumer_config("api-sink", "g", ProcessingGuarantee::AtLeastOnce);
+        assert_eq!(alo.get("isolation.level"), Some("read_uncommitted"));
+    }
+
+    #[test]
+    fn owned_properties_are_refused_with_their_key() {
+        let mut kafka = config();
+        kafka.librdkafka_options.insert("enable.auto.commit".into(), "true".into());
+        let error = kafka.validate().unwrap_err().to_string();
+        assert!(error.contains("kafka.librdkafka_options.\"enable.auto.commit\""), "{error}");
+    }
+
+    #[test]
+    fn message_timeout_must_fit_in_transaction_timeout() {
+        let mut kafka = config();
+        kafka.message_timeout_ms = 120_000;
+        let error = kafka.validate().unwrap_err().to_string();
+        assert!(error.contains("kafka.message_timeout_ms"), "{error}");
+    }
+}
+
+/// Runs a blocking librdkafka call (flush, transaction calls, metadata, committed offsets) on
+/// tokio's blocking pool, never on an async worker.
+pub async fn run_blocking<T, F>(call: F) -> rdkafka::error::KafkaResult<T>
+where
+    F: FnOnce() -> rdkafka::error::KafkaResult<T> + Send + 'static,
+    T: Send + 'static,
+{
+    tokio::task::spawn_blocking(call)
+        .await
+        .unwrap_or(Err(rdkafka::error::KafkaError::Canceled))
+}

@@ -1,0 +1,28 @@
+//! What the three snapfeed services share. Each service is a library with
+//! `run(config, shutdown)` plus a thin binary; this crate is everything around their stages.
+//!
+//! - [`config`]: TOML file + `SNAPFEED_…` environment overrides, errors that name the key.
+//! - [`kafka`]: producer/consumer settings for the [`kafka::ProcessingGuarantee`], explicit close.
+//! - [`partition`]: the Java client's murmur2 partitioner, so we can count records per partition.
+//! - [`topics`]: topic names from the pipeline name, creation, co-partitioning check.
+//! - [`avro`]: schemas from `schemas/`, single-object encoding, fingerprint-based decoding.
+//! - [`records`]: Rust mirrors of snapfeed's own record schemas (change events, state, ledger…).
+//! - [`record_key`]: the canonical, escaped record key.
+//! - [`health`]: `/metrics`, `/healthz`, `/readyz`.
+//! - [`telemetry`]: `tracing` logs, human or JSON; never record contents.
+//! - [`shutdown`]: SIGTERM/SIGINT → drain within a bound; a second signal exits at once.
+//! - [`service`]: the frame every stage runs in (schemas, endpoint, topic checks).
+//! - [`cli`]: the binary edge (`run`, `check-config`, `init-topics`).
+
+pub mod avro;
+pub mod cli;
+pub mod config;
+pub mod health;
+pub mod kafka;
+pub mod partition;
+pub mod record_key;
+pub mod records;
+pub mod service;
+pub mod shutdown;
+pub mod telemetry;
+pub mod topics;

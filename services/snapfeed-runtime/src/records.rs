@@ -1,0 +1,295 @@
+//! The record kinds snapfeed itself defines (everything but the dataset record), as Rust types
+//! that mirror `schemas/*.avsc` field for field. Each type knows its schema's full name, so
+//! encoding and decoding go through [`crate::avro::SchemaStore`] by name.
+//!
+//! Reader-side defaults: a field added to a schema later must carry `#[serde(default)]` here
+//! with the same default as the `.avsc`, so data written before the addition still decodes.
+
+use serde::{Deserialize, Serialize};
+
+/// A record type with an Avro schema in `schemas/`.
+pub trait AvroRecord {
+    /// Full name of its schema, e.g. `snapfeed.ChangeEvent`.
+    const SCHEMA: &'static str;
+}
+
+/// Milliseconds since the Unix epoch (Avro `timestamp-millis`).
+pub type TimestampMillis = i64;
+
+/// Now, as [`TimestampMillis`].
+pub fn now_millis() -> TimestampMillis {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// What happened to a record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ChangeOp {
+    /// A key never seen before.
+    Create,
+    /// A key whose content hash changed.
+    Update,
+    /// A key absent from a complete snapshot of its stream.
+    Delete,
+}
+
+impl ChangeOp {
+    /// The Avro symbol.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChangeOp::Create => "CREATE",
+            ChangeOp::Update => "UPDATE",
+            ChangeOp::Delete => "DELETE",
+        }
+    }
+}
+
+/// Where a change came from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Provenance {
+    /// Source file name (no directory).
+    pub file_name: String,
+    /// SHA-256 hex of the file as delivered.
+    pub file_hash: String,
+    /// 1-based line where the CSV record starts; `None` for DELETE.
+    pub line: Option<i64>,
+    /// Snapshot id (the file hash unless configured otherwise).
+    pub snapshot_id: String,
+    /// Snapshot stream (provider id).
+    pub stream: String,
+}
+
+/// A new, changed or deleted dataset record (`<p>.changes`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChangeEvent {
+    /// CREATE, UPDATE or DELETE.
+    pub op: ChangeOp,
+    /// Canonical record key (also the Kafka key).
+    pub key: String,
+    /// 1 for CREATE, +1 per UPDATE/DELETE; deterministic from state.
+    pub version: i64,
+    /// Hex content hash of the new record (last known for DELETE).
+    pub content_hash: String,
+    /// Hex content hash of the previous version.
+    pub previous_hash: Option<String>,
+    /// The dataset record, single-object encoded; `None` for DELETE.
+    #[serde(with = "serde_bytes")]
+    pub record: Option<Vec<u8>>,
+    /// Full name of the dataset schema.
+    pub record_schema: String,
+    /// Provenance.
+    pub source: Provenance,
+    /// When the detector saw it.
+    pub detected_at: TimestampMillis,
+}
+
+impl AvroRecord for ChangeEvent {
+    const SCHEMA: &'static str = "snapfeed.ChangeEvent";
+}
+
+/// Detector state per key (`<p>.state`, compacted; a tombstone means deleted).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DetectorState {
+    /// Hex content hash of the last version.
+    pub content_hash: String,
+    /// Last emitted version.
+    pub version: i64,
+    /// Snapshot stream the key belongs to.
+    pub stream: String,
+    /// When the key was first seen.
+    pub first_seen_at: TimestampMillis,
+    /// When its content last changed.
+    pub last_changed_at: TimestampMillis,
+    /// The snapshot that last wrote this entry.
+    pub last_snapshot_id: String,
+}
+
+impl AvroRecord for DetectorState {
+    const SCHEMA: &'static str = "snapfeed.DetectorState";
+}
+
+/// Ingestion status of a file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum FileStatus {
+    /// Chunks are being committed; `rows_committed` is the resume point.
+    InProgress,
+    /// Every row is committed.
+    Completed,
+    /// Failed as a whole; nothing of it is visible.
+    Failed,
+}
+
+/// One entry of the ingestion ledger (`<p>.files`, compacted, key = file hash).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileLedgerEntry {
+    /// SHA-256 hex of the file as delivered.
+    pub file_hash: String,
+    /// File name.
+    pub file_name: String,
+    /// Snapshot stream.
+    pub stream: String,
+    /// Snapshot id.
+    pub snapshot_id: String,
+    /// Status.
+    pub status: FileStatus,
+    /// Data records whose outcome is committed (the resume point).
+    pub rows_committed: i64,
+    /// Rows sent to `snapshots`.
+    pub rows_sent: i64,
+    /// Rows sent to `rejects`.
+    pub rows_rejected: i64,
+    /// Total data records, once known.
+    pub rows_total: Option<i64>,
+    /// File size in bytes.
+    pub bytes: i64,
+    /// When ingestion started.
+    pub started_at: TimestampMillis,
+    /// When this entry was written.
+    pub updated_at: TimestampMillis,
+    /// Failure summary (never row contents).
+    pub error: Option<String>,
+}
+
+impl AvroRecord for FileLedgerEntry {
+    const SCHEMA: &'static str = "snapfeed.FileLedgerEntry";
+}
+
+/// A rejected CSV row (`<p>.rejects`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RejectedRow {
+    /// File name.
+    pub file_name: String,
+    /// File hash.
+    pub file_hash: String,
+    /// Snapshot id.
+    pub snapshot_id: String,
+    /// Snapshot stream.
+    pub stream: String,
+    /// 1-based line where the record starts.
+    pub line: i64,
+    /// Offending column's header, if one.
+    pub column: Option<String>,
+    /// Stable machine-readable reason (`bad_date`, `duplicate_key`, …).
+    pub reason: String,
+    /// Human-readable explanation, never containing the value.
+    pub detail: String,
+    /// The raw record, truncated.
+    pub raw_line: String,
+    /// Whether `raw_line` was truncated.
+    pub raw_truncated: bool,
+    /// When.
+    pub rejected_at: TimestampMillis,
+}
+
+impl AvroRecord for RejectedRow {
+    const SCHEMA: &'static str = "snapfeed.RejectedRow";
+}
+
+/// The control record closing a snapshot on one partition of `snapshots`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotEnd {
+    /// Snapshot id.
+    pub snapshot_id: String,
+    /// Snapshot stream.
+    pub stream: String,
+    /// File hash.
+    pub file_hash: String,
+    /// File name.
+    pub file_name: String,
+    /// The partition this marker was written to.
+    pub partition: i32,
+    /// Records of this snapshot sent to this partition.
+    pub rows_in_partition: i64,
+    /// Records of this snapshot sent in all.
+    pub rows_total: i64,
+    /// When the file completed.
+    pub completed_at: TimestampMillis,
+}
+
+impl AvroRecord for SnapshotEnd {
+    const SCHEMA: &'static str = "snapfeed.SnapshotEnd";
+}
+
+/// Proof of one delivery (`<p>.deliveries`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeliveryReceipt {
+    /// Record key.
+    pub key: String,
+    /// Version delivered.
+    pub version: i64,
+    /// CREATE / UPDATE / DELETE.
+    pub op: String,
+    /// HTTP status of the successful response.
+    pub status: i32,
+    /// Attempts it took.
+    pub attempts: i32,
+    /// First attempt to success.
+    pub latency_ms: i64,
+    /// The API's id for the effect, if it returned one.
+    pub response_id: Option<String>,
+    /// The Idempotency-Key sent.
+    pub idempotency_key: String,
+    /// Partition of the change.
+    pub source_partition: i32,
+    /// Offset of the change.
+    pub source_offset: i64,
+    /// When.
+    pub delivered_at: TimestampMillis,
+}
+
+impl AvroRecord for DeliveryReceipt {
+    const SCHEMA: &'static str = "snapfeed.DeliveryReceipt";
+}
+
+/// One delivery attempt, in a dead letter's history.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attempt {
+    /// When.
+    pub at: TimestampMillis,
+    /// HTTP status, if a response came.
+    pub status: Option<i32>,
+    /// Error class, never record data.
+    pub error: Option<String>,
+}
+
+/// A change that could not be delivered (`<p>.dead-letters`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeadLetter {
+    /// The original `changes` message value, as received.
+    #[serde(with = "serde_bytes")]
+    pub change: Vec<u8>,
+    /// Record key, if decodable.
+    pub key: Option<String>,
+    /// Version, if decodable.
+    pub version: Option<i64>,
+    /// `http_4xx`, `retry_budget_exhausted`, `undecodable`, `request_build_failed`.
+    pub reason: String,
+    /// Last HTTP status.
+    pub status: Option<i32>,
+    /// Truncated response body.
+    pub response_excerpt: Option<String>,
+    /// Attempts made.
+    pub attempts: i32,
+    /// First attempt.
+    pub first_attempt_at: Option<TimestampMillis>,
+    /// Last attempt.
+    pub last_attempt_at: Option<TimestampMillis>,
+    /// Every attempt.
+    pub attempt_history: Vec<Attempt>,
+    /// Topic of the change.
+    pub source_topic: String,
+    /// Partition of the change.
+    pub source_partition: i32,
+    /// Offset of the change.
+    pub source_offset: i64,
+    /// When.
+    pub dead_lettered_at: TimestampMillis,
+    /// Times it was redriven.
+    #[serde(default)]
+    pub redrive_count: i32,
+}
+
+impl AvroRecord for DeadLetter {
+    const SCHEMA: &'static str = "snapfeed.DeadLetter";
+}

@@ -1,0 +1,343 @@
+//! The schemas in `schemas/` and the framing every service relies on: they parse, they evolve
+//! by the documented rule, every record kind round-trips, other Avro readers can read what we
+//! write, and bad payloads are errors that say where they came from.
+
+use std::path::{Path, PathBuf};
+
+use proptest::prelude::*;
+use snapfeed_runtime::avro::{AvroError, LoadedSchema, MessageLocation, SchemaStore};
+use snapfeed_runtime::records::*;
+
+fn schemas_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../schemas")
+}
+
+fn store() -> SchemaStore {
+    SchemaStore::load_dir(&schemas_dir()).unwrap()
+}
+
+fn at(offset: i64) -> MessageLocation {
+    MessageLocation {
+        topic: "lab-results.changes".into(),
+        partition: 2,
+        offset,
+    }
+}
+
+fn change_event(op: ChangeOp, version: i64, record: Option<Vec<u8>>) -> ChangeEvent {
+    ChangeEvent {
+        op,
+        key: "05D2222542|ACC1|94500-6".into(),
+        version,
+        content_hash: "0123456789abcdef0123456789abcdef".into(),
+        previous_hash: (version > 1).then(|| "ffeeddccbbaa99887766554433221100".into()),
+        record,
+        record_schema: "snapfeed.lab.LabResult".into(),
+        source: Provenance {
+            file_name: "elr-2026-11-26.csv".into(),
+            file_hash: "ab".repeat(32),
+            line: Some(42),
+            snapshot_id: "ab".repeat(32),
+            stream: "lab-a".into(),
+        },
+        detected_at: 1_764_000_000_000,
+    }
+}
+
+#[test]
+fn every_schema_parses_and_every_record_kind_is_present() {
+    let store = store();
+    for name in [
+        ChangeEvent::SCHEMA,
+        DetectorState::SCHEMA,
+        FileLedgerEntry::SCHEMA,
+        RejectedRow::SCHEMA,
+        SnapshotEnd::SCHEMA,
+        DeliveryReceipt::SCHEMA,
+        DeadLetter::SCHEMA,
+        "snapfeed.lab.LabResult",
+    ] {
+        store.current(name).unwrap_or_else(|e| panic!("{name}: {e}"));
+    }
+}
+
+#[test]
+fn current_lab_result_reads_data_written_by_its_previous_version() {
+    let store = store();
+    let v1 = LoadedSchema::parse(
+        &std::fs::read_to_string(schemas_dir().join("history/lab_result.v1.avsc")).unwrap(),
+        Path::new("history/lab_result.v1.avsc"),
+    )
+    .unwrap();
+    let current = store.current("snapfeed.lab.LabResult").unwrap();
+    assert_ne!(v1.fingerprint, current.fingerprint);
+
+    let mut row = serde_json::Map::new();
+    for field in v1_field_names(&v1) {
+        row.insert(field, serde_json::Value::Null);
+    }
+    for (field, value) in [
+        ("patient_id", serde_json::json!("P-1")),
+        ("facility_clia", serde_json::json!("05D2222542")),
+        ("specimen_collection_date", serde_json::json!(18_700)),
+        ("test_name", serde_json::json!("SARS-CoV-2 RNA")),
+        ("test_code", serde_json::json!("94500-6")),
+        ("test_result", serde_json::json!("Detected")),
+        ("accession_number", serde_json::json!("ACC1")),
+        ("patient_sex", serde_json::json!("F")),
+    ] {
+        row.insert(field.into(), value);
+    }
+    let written = v1.encode(&row).unwrap();
+
+    #[derive(Debug, serde::Deserialize)]
+    struct Reader {
+        patient_id: String,
+        patient_sex: Option<String>,
+        specimen_collection_date: i32,
+        accession_number: String,
+        /// Added in v2 with default null.
+        device_id: Option<String>,
+    }
+    let read: Reader = store.decode(&written, "snapfeed.lab.LabResult", &at(0)).unwrap();
+    assert_eq!(read.patient_id, "P-1");
+    assert_eq!(read.patient_sex.as_deref(), Some("F"));
+    assert_eq!(read.specimen_collection_date, 18_700);
+    assert_eq!(read.accession_number, "ACC1");
+    assert_eq!(read.device_id, None);
+}
+
+fn v1_field_names(schema: &LoadedSchema) -> Vec<String> {
+    match schema.parsed() {
+        apache_avro::Schema::Record(record) => record.fields.iter().map(|f| f.name.clone()).collect(),
+        _ => unreachable!(),
+    }
+}
+
+#[test]
+fn an_incompatible_history_version_is_refused_at_load() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("history")).unwrap();
+    std::fs::write(
+        dir.path().join("thing.avsc"),
+        r#"{"type":"record","name":"Thing","namespace":"t","fields":[{"name":"n","type":"string"}]}"#,
+    )
+    .unwrap();
+    // v1 had `n` as a record type the current string cannot read.
+    std::fs::write(
+        dir.path().join("history/thing.v1.avsc"),
+        r#"{"type":"record","name":"Thing","namespace":"t","fields":[{"name":"n","type":{"type":"array","items":"int"}}]}"#,
+    )
+    .unwrap();
+    let error = SchemaStore::load_dir(dir.path()).unwrap_err();
+    assert!(matches!(error, AvroError::Incompatible { .. }), "{error}");
+    assert!(error.to_string().contains("thing.v1.avsc"), "{error}");
+}
+
+#[test]
+fn single_object_encoding_is_readable_by_apache_avro() {
+    let store = store();
+    let schema = store.current(ChangeEvent::SCHEMA).unwrap();
+    let event = change_event(ChangeOp::Update, 3, Some(vec![0xC3, 0x01, 1, 2, 3]));
+    let bytes = schema.encode(&event).unwrap();
+    assert_eq!(&bytes[..2], &[0xC3, 0x01]);
+    assert_eq!(&bytes[2..10], &schema.fingerprint);
+    let value = apache_avro::from_avro_datum(schema.parsed(), &mut &bytes[10..], None).unwrap();
+    let apache_avro::types::Value::Record(fields) = value else {
+        panic!("not a record")
+    };
+    assert_eq!(fields[0], ("op".into(), apache_avro::types::Value::Enum(1, "UPDATE".into())));
+    assert_eq!(fields[2], ("version".into(), apache_avro::types::Value::Long(3)));
+}
+
+#[test]
+fn unknown_fingerprint_names_topic_partition_offset() {
+    let store = store();
+    let mut bytes = store
+        .current(ChangeEvent::SCHEMA)
+        .unwrap()
+        .encode(&change_event(ChangeOp::Create, 1, None))
+        .unwrap();
+    bytes[2..10].copy_from_slice(&[9, 9, 9, 9, 9, 9, 9, 9]);
+    let error = store.decode::<ChangeEvent>(&bytes, ChangeEvent::SCHEMA, &at(17)).unwrap_err();
+    assert!(matches!(error, AvroError::UnknownFingerprint { .. }));
+    let text = error.to_string();
+    assert!(text.contains("lab-results.changes/2@17"), "{text}");
+    assert!(text.contains("0909090909090909"), "{text}");
+}
+
+#[test]
+fn corrupt_payloads_are_errors_with_location_never_panics() {
+    let store = store();
+    let good = store
+        .current(ChangeEvent::SCHEMA)
+        .unwrap()
+        .encode(&change_event(ChangeOp::Create, 1, Some(b"patient Jane Doe".to_vec())))
+        .unwrap();
+    for cut in [0, 1, 5, 10, 11, good.len() / 2, good.len() - 1] {
+        let error = store
+            .decode::<ChangeEvent>(&good[..cut], ChangeEvent::SCHEMA, &at(5))
+            .unwrap_err();
+        assert!(matches!(error, AvroError::Corrupt { .. }), "cut at {cut}: {error}");
+        let text = error.to_string();
+        assert!(text.contains("lab-results.changes/2@5"), "{text}");
+        assert!(!text.contains("Jane"), "payload leaked into the error: {text}");
+    }
+    let garbage = b"\x00\x01not avro at all";
+    assert!(matches!(
+        store.decode::<ChangeEvent>(garbage, ChangeEvent::SCHEMA, &at(6)),
+        Err(AvroError::Corrupt { .. })
+    ));
+}
+
+#[test]
+fn a_payload_of_another_record_kind_is_named() {
+    let store = store();
+    let state = DetectorState {
+        content_hash: "00".repeat(16),
+        version: 1,
+        stream: "lab-a".into(),
+        first_seen_at: 1,
+        last_changed_at: 1,
+        last_snapshot_id: "s".into(),
+    };
+    let bytes = store.current(DetectorState::SCHEMA).unwrap().encode(&state).unwrap();
+    let error = store.decode::<ChangeEvent>(&bytes, ChangeEvent::SCHEMA, &at(1)).unwrap_err();
+    assert!(error.to_string().contains("snapfeed.DetectorState"), "{error}");
+}
+
+fn round_trip<T>(value: &T) -> T
+where
+    T: AvroRecord + serde::Serialize + for<'a> serde::Deserialize<'a>,
+{
+    let store = store();
+    let bytes = store.current(T::SCHEMA).unwrap().encode(value).unwrap();
+    store.decode(&bytes, T::SCHEMA, &at(0)).unwrap()
+}
+
+#[test]
+fn every_record_kind_round_trips() {
+    let ledger = FileLedgerEntry {
+        file_hash: "ab".repeat(32),
+        file_name: "f.csv".into(),
+        stream: "lab-a".into(),
+        snapshot_id: "s1".into(),
+        status: FileStatus::InProgress,
+        rows_committed: 5000,
+        rows_sent: 4990,
+        rows_rejected: 10,
+        rows_total: None,
+        bytes: 123_456,
+        started_at: 1,
+        updated_at: 2,
+        error: None,
+    };
+    assert_eq!(round_trip(&ledger), ledger);
+    let reject = RejectedRow {
+        file_name: "f.csv".into(),
+        file_hash: "ab".repeat(32),
+        snapshot_id: "s1".into(),
+        stream: "lab-a".into(),
+        line: 7,
+        column: Some("Specimen_Collection_Date".into()),
+        reason: "bad_date".into(),
+        detail: "matches none of %m/%d/%Y, %Y-%m-%d".into(),
+        raw_line: "a,b,c".into(),
+        raw_truncated: false,
+        rejected_at: 3,
+    };
+    assert_eq!(round_trip(&reject), reject);
+    let end = SnapshotEnd {
+        snapshot_id: "s1".into(),
+        stream: "lab-a".into(),
+        file_hash: "ab".repeat(32),
+        file_name: "f.csv".into(),
+        partition: 4,
+        rows_in_partition: 81_234,
+        rows_total: 500_000,
+        completed_at: 9,
+    };
+    assert_eq!(round_trip(&end), end);
+    let receipt = DeliveryReceipt {
+        key: "k".into(),
+        version: 2,
+        op: "UPDATE".into(),
+        status: 201,
+        attempts: 3,
+        latency_ms: 1500,
+        response_id: Some("case-9".into()),
+        idempotency_key: "ik".into(),
+        source_partition: 1,
+        source_offset: 99,
+        delivered_at: 10,
+    };
+    assert_eq!(round_trip(&receipt), receipt);
+}
+
+fn arb_dead_letter() -> impl Strategy<Value = DeadLetter> {
+    (
+        proptest::collection::vec(any::<u8>(), 0..64),
+        proptest::option::of("[a-zA-Z0-9|\\\\]{1,20}"),
+        proptest::option::of(any::<i64>()),
+        proptest::option::of(100i32..600),
+        proptest::collection::vec((any::<i64>(), proptest::option::of(100i32..600), proptest::option::of("[a-z_]{1,12}")), 0..5),
+        any::<i32>(),
+    )
+        .prop_map(|(change, key, version, status, history, redrives)| DeadLetter {
+            change,
+            key,
+            version,
+            reason: "http_4xx".into(),
+            status,
+            response_excerpt: Some("{\"error\":\"bad\"}".into()),
+            attempts: history.len() as i32,
+            first_attempt_at: history.first().map(|h| h.0),
+            last_attempt_at: history.last().map(|h| h.0),
+            attempt_history: history
+                .into_iter()
+                .map(|(at, status, error)| Attempt { at, status, error })
+                .collect(),
+            source_topic: "p.changes".into(),
+            source_partition: 0,
+            source_offset: 1,
+            dead_lettered_at: 2,
+            redrive_count: redrives,
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    #[test]
+    fn change_events_round_trip(version in 1i64..1_000_000, record in proptest::option::of(proptest::collection::vec(any::<u8>(), 0..256)), line in proptest::option::of(1i64..10_000_000), op in 0u8..3) {
+        let op = [ChangeOp::Create, ChangeOp::Update, ChangeOp::Delete][op as usize];
+        let mut event = change_event(op, version, record);
+        event.source.line = line;
+        prop_assert_eq!(round_trip(&event), event);
+    }
+
+    #[test]
+    fn dead_letters_round_trip(letter in arb_dead_letter()) {
+        prop_assert_eq!(round_trip(&letter), letter);
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_panic_the_decoder(bytes in proptest::collection::vec(any::<u8>(), 0..128)) {
+        let store = store();
+        let _ = store.decode::<ChangeEvent>(&bytes, ChangeEvent::SCHEMA, &at(0));
+        let mut framed = vec![0xC3, 0x01];
+        framed.extend_from_slice(&store.current(ChangeEvent::SCHEMA).unwrap().fingerprint);
+        framed.extend_from_slice(&bytes);
+        let _ = store.decode::<ChangeEvent>(&framed, ChangeEvent::SCHEMA, &at(0));
+    }
+}
+
+#[test]
+fn fingerprints_match_the_java_implementation() {
+    // SchemaNormalization.parsingFingerprint64 of "int" is 0x7275d51a3f395c8f (little-endian here).
+    let int: serde_avro_fast::Schema = r#""int""#.parse().unwrap();
+    assert_eq!(int.rabin_fingerprint(), &0x7275_d51a_3f39_5c8fu64.to_le_bytes());
+    // And for a schema with logical types, the value fastavro computes for change_event.avsc.
+    let change = store().current(ChangeEvent::SCHEMA).unwrap();
+    assert_eq!(snapfeed_runtime::avro::hex(&change.fingerprint), "3cc1afa528055009");
+}
