@@ -3,7 +3,9 @@
 //! the service at start with an error that names the key, the value and what was expected.
 //!
 //! Environment names: `SNAPFEED_` + the key path in upper case, levels joined by `__`:
-//! `SNAPFEED_KAFKA__BOOTSTRAP_SERVERS=broker:9092` sets `kafka.bootstrap_servers`. Inside a
+//! `SNAPFEED_KAFKA__BOOTSTRAP_SERVERS=broker:9092` sets `kafka.bootstrap_servers`. Every key
+//! lives in a section, so a variable without `__` (`SNAPFEED_CONFIG`, the config file path, or
+//! the test harness's `SNAPFEED_TEST_BROKER`) is not a config key and is left alone. Inside a
 //! `librdkafka_options` table a single `_` stands for the `.` of librdkafka property names:
 //! `SNAPFEED_KAFKA__LIBRDKAFKA_OPTIONS__SASL_MECHANISM=SCRAM-SHA-512` sets
 //! `kafka.librdkafka_options."sasl.mechanism"`. Values are read as TOML literals when they parse
@@ -148,7 +150,7 @@ fn apply_env_overrides(
 ) -> Result<EnvKeys, ConfigError> {
     let mut overrides: Vec<(String, String)> = env
         .into_iter()
-        .filter(|(name, _)| name.starts_with(ENV_PREFIX) && name.len() > ENV_PREFIX.len())
+        .filter(|(name, _)| name.starts_with(ENV_PREFIX) && name[ENV_PREFIX.len()..].contains("__"))
         .collect();
     // Deterministic order, so two variables addressing one key always resolve the same way.
     overrides.sort();
@@ -379,8 +381,21 @@ mod tests {
     #[serde(deny_unknown_fields)]
     struct Sample {
         kafka: SampleKafka,
+        #[serde(default)]
+        limits: Limits,
+    }
+
+    #[derive(Debug, Deserialize, Serialize)]
+    #[serde(deny_unknown_fields)]
+    struct Limits {
         #[serde(default = "default_batch")]
         batch_rows: u32,
+    }
+
+    impl Default for Limits {
+        fn default() -> Self {
+            Limits { batch_rows: default_batch() }
+        }
     }
 
     fn default_batch() -> u32 {
@@ -397,8 +412,8 @@ mod tests {
 
     impl ServiceConfig for Sample {
         fn validate(&self) -> Result<(), ConfigError> {
-            if self.batch_rows == 0 {
-                return Err(ConfigError::invalid("batch_rows", 0, "at least 1"));
+            if self.limits.batch_rows == 0 {
+                return Err(ConfigError::invalid("limits.batch_rows", 0, "at least 1"));
             }
             Ok(())
         }
@@ -421,14 +436,16 @@ mod tests {
             Some(file.path()),
             env(&[
                 ("SNAPFEED_KAFKA__BOOTSTRAP_SERVERS", "env:9092"),
-                ("SNAPFEED_BATCH_ROWS", "7"),
+                ("SNAPFEED_LIMITS__BATCH_ROWS", "7"),
                 ("SNAPFEED_KAFKA__LIBRDKAFKA_OPTIONS__SASL_MECHANISM", "SCRAM-SHA-512"),
                 ("OTHER_VAR", "ignored"),
+                ("SNAPFEED_CONFIG", "/not/a/key.toml"),
+                ("SNAPFEED_TEST_BROKER", "nisshi"),
             ]),
         )
         .unwrap();
         assert_eq!(config.kafka.bootstrap_servers, "env:9092");
-        assert_eq!(config.batch_rows, 7);
+        assert_eq!(config.limits.batch_rows, 7);
         assert_eq!(config.kafka.librdkafka_options["sasl.mechanism"], "SCRAM-SHA-512");
     }
 
@@ -436,7 +453,7 @@ mod tests {
     fn env_alone_configures_a_container() {
         let config: Sample = load(None, env(&[("SNAPFEED_KAFKA__BOOTSTRAP_SERVERS", "k:9092")])).unwrap();
         assert_eq!(config.kafka.bootstrap_servers, "k:9092");
-        assert_eq!(config.batch_rows, 100);
+        assert_eq!(config.limits.batch_rows, 100);
     }
 
     #[test]
@@ -451,18 +468,18 @@ mod tests {
     #[test]
     fn wrong_type_names_key_value_expectation_and_env_origin() {
         let file = write("[kafka]\nbootstrap_servers = \"a\"\n");
-        let error = load::<Sample>(Some(file.path()), env(&[("SNAPFEED_BATCH_ROWS", "lots")]))
+        let error = load::<Sample>(Some(file.path()), env(&[("SNAPFEED_LIMITS__BATCH_ROWS", "lots")]))
             .unwrap_err()
             .to_string();
-        assert!(error.contains("`batch_rows`"), "{error}");
+        assert!(error.contains("`limits.batch_rows`"), "{error}");
         assert!(error.contains("\"lots\""), "{error}");
         assert!(error.contains("u32"), "{error}");
-        assert!(error.contains("SNAPFEED_BATCH_ROWS"), "{error}");
+        assert!(error.contains("SNAPFEED_LIMITS__BATCH_ROWS"), "{error}");
     }
 
     #[test]
     fn missing_required_key_is_named() {
-        let error = load::<Sample>(None, env(&[("SNAPFEED_BATCH_ROWS", "3")])).unwrap_err().to_string();
+        let error = load::<Sample>(None, env(&[("SNAPFEED_LIMITS__BATCH_ROWS", "3")])).unwrap_err().to_string();
         assert!(error.starts_with("config key `kafka`"), "{error}");
         let file = write("[kafka]\n");
         let error = load::<Sample>(Some(file.path()), env(&[])).unwrap_err().to_string();
@@ -472,9 +489,9 @@ mod tests {
 
     #[test]
     fn rule_violation_names_key_and_value() {
-        let file = write("batch_rows = 0\n[kafka]\nbootstrap_servers = \"a\"\n");
+        let file = write("[limits]\nbatch_rows = 0\n[kafka]\nbootstrap_servers = \"a\"\n");
         let error = load::<Sample>(Some(file.path()), env(&[])).unwrap_err().to_string();
-        assert_eq!(error, "config key `batch_rows` = 0: at least 1");
+        assert_eq!(error, "config key `limits.batch_rows` = 0: at least 1");
     }
 
     #[test]
@@ -486,11 +503,11 @@ mod tests {
 
     #[test]
     fn env_into_a_scalar_is_an_error() {
-        let file = write("batch_rows = 3\n[kafka]\nbootstrap_servers = \"a\"\n");
-        let error = load::<Sample>(Some(file.path()), env(&[("SNAPFEED_BATCH_ROWS__X", "1")]))
+        let file = write("[limits]\nbatch_rows = 3\n[kafka]\nbootstrap_servers = \"a\"\n");
+        let error = load::<Sample>(Some(file.path()), env(&[("SNAPFEED_LIMITS__BATCH_ROWS__X", "1")]))
             .unwrap_err()
             .to_string();
-        assert!(error.contains("SNAPFEED_BATCH_ROWS__X"), "{error}");
+        assert!(error.contains("SNAPFEED_LIMITS__BATCH_ROWS__X"), "{error}");
     }
 
     #[test]
