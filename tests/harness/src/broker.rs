@@ -26,6 +26,7 @@ use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -39,7 +40,9 @@ use rdkafka::producer::DefaultProducerContext;
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Message, Offset, TopicPartitionList};
 use snapfeed_runtime::kafka::{KafkaConfig, ProcessingGuarantee};
-use snapfeed_runtime::topics::{CleanupPolicy, TopicNames, TopicNameOverrides, TopicSpec, TopicsConfig};
+use snapfeed_runtime::topics::{
+    CleanupPolicy, TopicNameOverrides, TopicNames, TopicSpec, TopicsConfig,
+};
 
 /// Which broker a test runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,11 +85,81 @@ struct BrokerProcess {
     dir: tempfile::TempDir,
 }
 
+/// The in-process mock cluster, owned by a thread of its own: librdkafka's handle is not `Send`,
+/// and tests move their broker into blocking tasks.
+struct MockHandle {
+    requests: mpsc::Sender<MockRequest>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+enum MockRequest {
+    CreateTopic {
+        name: String,
+        partitions: i32,
+        done: mpsc::Sender<Result<(), KafkaError>>,
+    },
+}
+
+impl MockHandle {
+    fn start() -> (MockHandle, String) {
+        let (requests, inbox) = mpsc::channel::<MockRequest>();
+        let (ready, bootstrap) = mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            let mock: MockCluster<'static, DefaultProducerContext> =
+                MockCluster::new(1).expect("mock cluster");
+            ready.send(mock.bootstrap_servers()).expect("bootstrap");
+            // Ends when the handle (the only sender) is dropped.
+            for request in inbox {
+                match request {
+                    MockRequest::CreateTopic {
+                        name,
+                        partitions,
+                        done,
+                    } => {
+                        let _ = done.send(mock.create_topic(&name, partitions, 1));
+                    }
+                }
+            }
+        });
+        let bootstrap = bootstrap.recv().expect("mock cluster started");
+        (
+            MockHandle {
+                requests,
+                thread: Some(thread),
+            },
+            bootstrap,
+        )
+    }
+
+    fn create_topic(&self, name: &str, partitions: i32) -> Result<(), KafkaError> {
+        let (done, result) = mpsc::channel();
+        self.requests
+            .send(MockRequest::CreateTopic {
+                name: name.to_string(),
+                partitions,
+                done,
+            })
+            .expect("mock thread alive");
+        result.recv().expect("mock thread answered")
+    }
+}
+
+impl Drop for MockHandle {
+    fn drop(&mut self) {
+        // Closing the channel ends the thread, which drops (destroys) the cluster.
+        let (closed, _) = mpsc::channel();
+        self.requests = closed;
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
 /// A Kafka cluster for one test.
 pub struct TestBroker {
     kind: BrokerKind,
     bootstrap: String,
-    mock: Option<MockCluster<'static, DefaultProducerContext>>,
+    mock: Option<MockHandle>,
     process: Option<BrokerProcess>,
 }
 
@@ -103,7 +176,10 @@ static PIPELINE_COUNTER: AtomicU32 = AtomicU32::new(0);
 
 /// The repository root (for `schemas/`, `deploy/config/`).
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().expect("repo root")
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .expect("repo root")
 }
 
 impl TestBroker {
@@ -119,7 +195,10 @@ impl TestBroker {
                 };
             }
         }
-        match std::env::var("SNAPFEED_TEST_BROKER").unwrap_or_default().as_str() {
+        match std::env::var("SNAPFEED_TEST_BROKER")
+            .unwrap_or_default()
+            .as_str()
+        {
             "nisshi" => TestBroker::nisshi(),
             "tansu" => TestBroker::tansu(),
             "" | "mock" => TestBroker::mock(),
@@ -129,10 +208,10 @@ impl TestBroker {
 
     /// librdkafka's in-process mock cluster (one broker).
     pub fn mock() -> TestBroker {
-        let mock = MockCluster::new(1).expect("mock cluster");
+        let (mock, bootstrap) = MockHandle::start();
         TestBroker {
             kind: BrokerKind::Mock,
-            bootstrap: mock.bootstrap_servers(),
+            bootstrap,
             mock: Some(mock),
             process: None,
         }
@@ -253,7 +332,8 @@ impl TestBroker {
     pub async fn create_topics(&self, specs: &[TopicSpec]) {
         if let Some(mock) = &self.mock {
             for spec in specs {
-                mock.create_topic(&spec.name, spec.partitions, 1).expect("mock create_topic");
+                mock.create_topic(&spec.name, spec.partitions)
+                    .expect("mock create_topic");
             }
             return;
         }
@@ -272,7 +352,10 @@ impl TestBroker {
             })
             .collect();
         let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
-        let results = admin.create_topics(&topics, &options).await.expect("create topics");
+        let results = admin
+            .create_topics(&topics, &options)
+            .await
+            .expect("create topics");
         for result in results {
             match result {
                 Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
@@ -302,7 +385,10 @@ impl TestBroker {
                 if ready {
                     return;
                 }
-                assert!(Instant::now() < deadline, "topics not visible in metadata after 30 s");
+                assert!(
+                    Instant::now() < deadline,
+                    "topics not visible in metadata after 30 s"
+                );
                 std::thread::sleep(Duration::from_millis(100));
             }
         })
@@ -332,7 +418,11 @@ impl TestBroker {
         let metadata = consumer
             .fetch_metadata(Some(topic), Duration::from_secs(10))
             .expect("metadata");
-        let partitions = metadata.topics().first().map(|t| t.partitions().len()).unwrap_or(0);
+        let partitions = metadata
+            .topics()
+            .first()
+            .map(|t| t.partitions().len())
+            .unwrap_or(0);
         let mut assignment = TopicPartitionList::new();
         for partition in 0..partitions as i32 {
             assignment
@@ -344,7 +434,10 @@ impl TestBroker {
         let mut messages = Vec::new();
         let deadline = Instant::now() + Duration::from_secs(60);
         while at_eof.iter().any(|eof| !eof) {
-            assert!(Instant::now() < deadline, "{topic}: partition EOF not reached within 60 s");
+            assert!(
+                Instant::now() < deadline,
+                "{topic}: partition EOF not reached within 60 s"
+            );
             match consumer.poll(Duration::from_millis(200)) {
                 Some(Ok(message)) => messages.push(message.detach()),
                 Some(Err(KafkaError::PartitionEOF(partition))) => at_eof[partition as usize] = true,
@@ -359,7 +452,10 @@ impl TestBroker {
     /// Stops the broker process with `signal` and starts it again on the same port and data
     /// directory (Nisshi keeps data and offsets across this).
     pub fn restart(&mut self, signal: StopSignal) {
-        let process = self.process.as_mut().expect("restart needs a broker process");
+        let process = self
+            .process
+            .as_mut()
+            .expect("restart needs a broker process");
         stop_process(&mut process.child, signal);
         process.child = start_process(&process.program, &process.args, process.dir.path());
         self.wait_until_serving(Duration::from_secs(60));
@@ -380,7 +476,9 @@ impl TestBroker {
 
     /// The broker process's log file, if it is a process.
     pub fn log_path(&self) -> Option<PathBuf> {
-        self.process.as_ref().map(|p| p.dir.path().join("broker.log"))
+        self.process
+            .as_ref()
+            .map(|p| p.dir.path().join("broker.log"))
     }
 
     fn wait_until_serving(&self, limit: Duration) {
@@ -390,7 +488,10 @@ impl TestBroker {
             .create()
             .expect("probe client");
         loop {
-            if consumer.fetch_metadata(None, Duration::from_secs(2)).is_ok() {
+            if consumer
+                .fetch_metadata(None, Duration::from_secs(2))
+                .is_ok()
+            {
                 return;
             }
             if Instant::now() >= deadline {
@@ -398,7 +499,10 @@ impl TestBroker {
                     .log_path()
                     .and_then(|p| std::fs::read_to_string(p).ok())
                     .unwrap_or_default();
-                panic!("{} broker on {} not serving after {limit:?}; log:\n{log}", self.kind, self.bootstrap);
+                panic!(
+                    "{} broker on {} not serving after {limit:?}; log:\n{log}",
+                    self.kind, self.bootstrap
+                );
             }
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -423,9 +527,15 @@ pub struct TestPipeline {
 }
 
 fn binary_from_env(variable: &str) -> PathBuf {
-    let path = std::env::var(variable).unwrap_or_else(|_| panic!("{variable} must name the broker binary (.ci/install-brokers installs it)"));
+    let path = std::env::var(variable).unwrap_or_else(|_| {
+        panic!("{variable} must name the broker binary (.ci/install-brokers installs it)")
+    });
     let path = PathBuf::from(path);
-    assert!(path.is_file(), "{variable}={} is not a file", path.display());
+    assert!(
+        path.is_file(),
+        "{variable}={} is not a file",
+        path.display()
+    );
     path
 }
 
