@@ -46,8 +46,16 @@ fn kafka_error(context: &'static str) -> impl FnOnce(rdkafka::error::KafkaError)
 /// Runs api-sink until `shutdown` fires.
 pub async fn run(config: ApiSinkConfig, mut shutdown: Shutdown) -> Result<(), ApiSinkError> {
     let common = config.common();
-    let required = |t: &TopicNames| vec![t.changes.clone(), t.deliveries.clone(), t.dead_letters.clone()];
-    let Some(runtime) = ServiceRuntime::start_verified(SERVICE, common, required, &shutdown).await? else {
+    let required = |t: &TopicNames| {
+        vec![
+            t.changes.clone(),
+            t.deliveries.clone(),
+            t.dead_letters.clone(),
+        ]
+    };
+    let Some(runtime) =
+        ServiceRuntime::start_verified(SERVICE, common, required, &shutdown).await?
+    else {
         return Ok(());
     };
     let guarantee = config.pipeline.processing_guarantee;
@@ -58,7 +66,11 @@ pub async fn run(config: ApiSinkConfig, mut shutdown: Shutdown) -> Result<(), Ap
         .create()
         .map_err(kafka_error("create consumer"))?;
     let consumer = Arc::new(consumer);
-    let transactional_id = format!("{}.{SERVICE}.{}", config.pipeline.name, config.pipeline.instance_id());
+    let transactional_id = format!(
+        "{}.{SERVICE}.{}",
+        config.pipeline.name,
+        config.pipeline.instance_id()
+    );
     let producer: BaseProducer = config
         .kafka
         .producer_config(SERVICE, guarantee, Some(&transactional_id))
@@ -96,6 +108,8 @@ pub async fn run(config: ApiSinkConfig, mut shutdown: Shutdown) -> Result<(), Ap
         }
         Err(_) => tracing::warn!(message = "Consumer still shared at shutdown; not closed."),
     }
-    tokio::time::timeout(Duration::from_secs(5), runtime.stop()).await.ok();
+    tokio::time::timeout(Duration::from_secs(5), runtime.stop())
+        .await
+        .ok();
     Ok(())
 }

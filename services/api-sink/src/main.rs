@@ -18,5 +18,10 @@ struct Cli {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let command = cli.command.unwrap_or(CommonCommand::Run);
-    execute_common(api_sink::SERVICE, cli.global.config.as_deref(), command, api_sink::run)
+    execute_common(
+        api_sink::SERVICE,
+        cli.global.config.as_deref(),
+        command,
+        api_sink::run,
+    )
 }

@@ -19,12 +19,22 @@ fn check_config_prints_the_effective_config_with_secrets_redacted() {
     let output = Command::new(BINARY)
         .current_dir(repo_root())
         .args(["--config", "deploy/config/api-sink.toml", "check-config"])
-        .env("SNAPFEED_KAFKA__LIBRDKAFKA_OPTIONS__SASL_PASSWORD", "hunter2-secret")
+        .env(
+            "SNAPFEED_KAFKA__LIBRDKAFKA_OPTIONS__SASL_PASSWORD",
+            "hunter2-secret",
+        )
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    assert!(stdout.contains("bootstrap_servers = \"localhost:9092\""), "{stdout}");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        stdout.contains("bootstrap_servers = \"localhost:9092\""),
+        "{stdout}"
+    );
     assert!(stdout.contains("<redacted>"), "{stdout}");
     assert!(!stdout.contains("hunter2-secret"), "{stdout}");
 }
@@ -42,5 +52,8 @@ fn a_wrong_config_value_fails_at_start_naming_key_value_and_expectation() {
     assert!(stderr.contains("shutdown.drain_timeout_ms"), "{stderr}");
     assert!(stderr.contains("\"soon\""), "{stderr}");
     assert!(stderr.contains("u64"), "{stderr}");
-    assert!(stderr.contains("SNAPFEED_SHUTDOWN__DRAIN_TIMEOUT_MS"), "{stderr}");
+    assert!(
+        stderr.contains("SNAPFEED_SHUTDOWN__DRAIN_TIMEOUT_MS"),
+        "{stderr}"
+    );
 }

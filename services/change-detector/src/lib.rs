@@ -39,15 +39,22 @@ pub enum ChangeDetectorError {
     },
 }
 
-fn kafka_error(context: &'static str) -> impl FnOnce(rdkafka::error::KafkaError) -> ChangeDetectorError {
+fn kafka_error(
+    context: &'static str,
+) -> impl FnOnce(rdkafka::error::KafkaError) -> ChangeDetectorError {
     move |source| ChangeDetectorError::Kafka { context, source }
 }
 
 /// Runs change-detector until `shutdown` fires.
-pub async fn run(config: ChangeDetectorConfig, mut shutdown: Shutdown) -> Result<(), ChangeDetectorError> {
+pub async fn run(
+    config: ChangeDetectorConfig,
+    mut shutdown: Shutdown,
+) -> Result<(), ChangeDetectorError> {
     let common = config.common();
     let required = |t: &TopicNames| vec![t.snapshots.clone(), t.state.clone(), t.changes.clone()];
-    let Some(runtime) = ServiceRuntime::start_verified(SERVICE, common, required, &shutdown).await? else {
+    let Some(runtime) =
+        ServiceRuntime::start_verified(SERVICE, common, required, &shutdown).await?
+    else {
         return Ok(());
     };
     let guarantee = config.pipeline.processing_guarantee;
@@ -58,7 +65,11 @@ pub async fn run(config: ChangeDetectorConfig, mut shutdown: Shutdown) -> Result
         .create()
         .map_err(kafka_error("create consumer"))?;
     let consumer = Arc::new(consumer);
-    let transactional_id = format!("{}.{SERVICE}.{}", config.pipeline.name, config.pipeline.instance_id());
+    let transactional_id = format!(
+        "{}.{SERVICE}.{}",
+        config.pipeline.name,
+        config.pipeline.instance_id()
+    );
     let producer: BaseProducer = config
         .kafka
         .producer_config(SERVICE, guarantee, Some(&transactional_id))
@@ -96,6 +107,8 @@ pub async fn run(config: ChangeDetectorConfig, mut shutdown: Shutdown) -> Result
         }
         Err(_) => tracing::warn!(message = "Consumer still shared at shutdown; not closed."),
     }
-    tokio::time::timeout(Duration::from_secs(5), runtime.stop()).await.ok();
+    tokio::time::timeout(Duration::from_secs(5), runtime.stop())
+        .await
+        .ok();
     Ok(())
 }

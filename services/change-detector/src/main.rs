@@ -18,5 +18,10 @@ struct Cli {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let command = cli.command.unwrap_or(CommonCommand::Run);
-    execute_common(change_detector::SERVICE, cli.global.config.as_deref(), command, change_detector::run)
+    execute_common(
+        change_detector::SERVICE,
+        cli.global.config.as_deref(),
+        command,
+        change_detector::run,
+    )
 }

@@ -18,13 +18,27 @@ async fn starts_ready_serves_metrics_and_drains_on_sigterm() {
 fn check_config_prints_the_effective_config_with_secrets_redacted() {
     let output = Command::new(BINARY)
         .current_dir(repo_root())
-        .args(["--config", "deploy/config/change-detector.toml", "check-config"])
-        .env("SNAPFEED_KAFKA__LIBRDKAFKA_OPTIONS__SASL_PASSWORD", "hunter2-secret")
+        .args([
+            "--config",
+            "deploy/config/change-detector.toml",
+            "check-config",
+        ])
+        .env(
+            "SNAPFEED_KAFKA__LIBRDKAFKA_OPTIONS__SASL_PASSWORD",
+            "hunter2-secret",
+        )
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    assert!(stdout.contains("bootstrap_servers = \"localhost:9092\""), "{stdout}");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        stdout.contains("bootstrap_servers = \"localhost:9092\""),
+        "{stdout}"
+    );
     assert!(stdout.contains("<redacted>"), "{stdout}");
     assert!(!stdout.contains("hunter2-secret"), "{stdout}");
 }
@@ -42,7 +56,10 @@ fn a_wrong_config_value_fails_at_start_naming_key_value_and_expectation() {
     assert!(stderr.contains("shutdown.drain_timeout_ms"), "{stderr}");
     assert!(stderr.contains("\"soon\""), "{stderr}");
     assert!(stderr.contains("u64"), "{stderr}");
-    assert!(stderr.contains("SNAPFEED_SHUTDOWN__DRAIN_TIMEOUT_MS"), "{stderr}");
+    assert!(
+        stderr.contains("SNAPFEED_SHUTDOWN__DRAIN_TIMEOUT_MS"),
+        "{stderr}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -80,6 +97,12 @@ async fn refuses_to_start_when_snapshots_state_and_changes_are_not_copartitioned
     .unwrap();
     assert_eq!(status.code(), Some(1), "{text}");
     assert!(text.contains("not co-partitioned"), "{text}");
-    assert!(text.contains(&format!("\"{}\" has 2", names.state)), "{text}");
-    assert!(text.contains(&format!("\"{}\" has 3", names.snapshots)), "{text}");
+    assert!(
+        text.contains(&format!("\"{}\" has 2", names.state)),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("\"{}\" has 3", names.snapshots)),
+        "{text}"
+    );
 }

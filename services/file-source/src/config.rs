@@ -63,7 +63,11 @@ impl ServiceConfig for FileSourceConfig {
     fn validate(&self) -> Result<(), ConfigError> {
         self.common().validate()?;
         if self.source.inbox.as_os_str().is_empty() {
-            return Err(ConfigError::invalid("source.inbox", "\"\"", "a directory path"));
+            return Err(ConfigError::invalid(
+                "source.inbox",
+                "\"\"",
+                "a directory path",
+            ));
         }
         Ok(())
     }

@@ -18,5 +18,10 @@ struct Cli {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let command = cli.command.unwrap_or(CommonCommand::Run);
-    execute_common(file_source::SERVICE, cli.global.config.as_deref(), command, file_source::run)
+    execute_common(
+        file_source::SERVICE,
+        cli.global.config.as_deref(),
+        command,
+        file_source::run,
+    )
 }

@@ -138,8 +138,11 @@ impl LoadedSchema {
             path: path.to_path_buf(),
             reason,
         };
-        let parsed = apache_avro::Schema::parse_str(json).map_err(|e| parse_error(e.to_string()))?;
-        let fast: serde_avro_fast::Schema = json.parse().map_err(|e: serde_avro_fast::schema::SchemaError| parse_error(e.to_string()))?;
+        let parsed =
+            apache_avro::Schema::parse_str(json).map_err(|e| parse_error(e.to_string()))?;
+        let fast: serde_avro_fast::Schema = json
+            .parse()
+            .map_err(|e: serde_avro_fast::schema::SchemaError| parse_error(e.to_string()))?;
         let name = match &parsed {
             apache_avro::Schema::Record(record) => record.name.fullname(None),
             _ => return Err(parse_error("top level must be a record".into())),
@@ -163,11 +166,17 @@ impl LoadedSchema {
     }
 
     /// Appends the single-object encoding of `value` to `buf`.
-    pub fn encode_into<T: Serialize + ?Sized>(&self, value: &T, buf: &mut Vec<u8>) -> Result<(), AvroError> {
+    pub fn encode_into<T: Serialize + ?Sized>(
+        &self,
+        value: &T,
+        buf: &mut Vec<u8>,
+    ) -> Result<(), AvroError> {
         let mut config = serde_avro_fast::ser::SerializerConfig::new(&self.fast);
-        serde_avro_fast::to_single_object(value, buf, &mut config).map_err(|error| AvroError::Encode {
-            schema: self.name.clone(),
-            reason: error.to_string(),
+        serde_avro_fast::to_single_object(value, buf, &mut config).map_err(|error| {
+            AvroError::Encode {
+                schema: self.name.clone(),
+                reason: error.to_string(),
+            }
         })?;
         Ok(())
     }
@@ -188,13 +197,18 @@ impl LoadedSchema {
         location: &MessageLocation,
     ) -> Result<S::Value, AvroError> {
         let mut state = serde_avro_fast::de::DeserializerState::from_slice(datum, &self.fast);
-        seed.deserialize(state.deserializer()).map_err(|_| AvroError::Corrupt {
-            location: location.clone(),
-            detail: format!("{} bytes do not decode as {}", datum.len(), self.name),
-        })
+        seed.deserialize(state.deserializer())
+            .map_err(|_| AvroError::Corrupt {
+                location: location.clone(),
+                detail: format!("{} bytes do not decode as {}", datum.len(), self.name),
+            })
     }
 
-    fn decode_datum<'a, T: Deserialize<'a>>(&self, datum: &'a [u8], location: &MessageLocation) -> Result<T, AvroError> {
+    fn decode_datum<'a, T: Deserialize<'a>>(
+        &self,
+        datum: &'a [u8],
+        location: &MessageLocation,
+    ) -> Result<T, AvroError> {
         serde_avro_fast::from_datum_slice(datum, &self.fast).map_err(|_| AvroError::Corrupt {
             location: location.clone(),
             // The decoder's message may quote the data it choked on: health data stays out.
@@ -222,7 +236,9 @@ impl SchemaStore {
         };
         for path in avsc_files(dir)? {
             let schema = Arc::new(read_schema(&path)?);
-            store.by_fingerprint.insert(schema.fingerprint, schema.clone());
+            store
+                .by_fingerprint
+                .insert(schema.fingerprint, schema.clone());
             store.current.insert(schema.name.clone(), schema);
         }
         let history = dir.join("history");
@@ -230,12 +246,15 @@ impl SchemaStore {
             for path in avsc_files(&history)? {
                 let old = Arc::new(read_schema(&path)?);
                 if let Some(current) = store.current.get(&old.name) {
-                    apache_avro::schema_compatibility::SchemaCompatibility::can_read(&old.parsed, &current.parsed)
-                        .map_err(|error| AvroError::Incompatible {
-                            history: path.clone(),
-                            current: current.path.clone(),
-                            reason: error.to_string(),
-                        })?;
+                    apache_avro::schema_compatibility::SchemaCompatibility::can_read(
+                        &old.parsed,
+                        &current.parsed,
+                    )
+                    .map_err(|error| AvroError::Incompatible {
+                        history: path.clone(),
+                        current: current.path.clone(),
+                        reason: error.to_string(),
+                    })?;
                 }
                 store.by_fingerprint.entry(old.fingerprint).or_insert(old);
             }
@@ -245,10 +264,13 @@ impl SchemaStore {
 
     /// The current schema named `name` (full name, e.g. `snapfeed.ChangeEvent`).
     pub fn current(&self, name: &str) -> Result<Arc<LoadedSchema>, AvroError> {
-        self.current.get(name).cloned().ok_or_else(|| AvroError::UnknownSchema {
-            name: name.to_string(),
-            dir: self.dir.clone(),
-        })
+        self.current
+            .get(name)
+            .cloned()
+            .ok_or_else(|| AvroError::UnknownSchema {
+                name: name.to_string(),
+                dir: self.dir.clone(),
+            })
     }
 
     /// The schema with this fingerprint, any version.
@@ -257,15 +279,20 @@ impl SchemaStore {
     }
 
     /// The writer schema of a single-object payload, checked to be a version of `expected`.
-    pub fn writer_of(&self, payload: &[u8], expected: &str, location: &MessageLocation) -> Result<&Arc<LoadedSchema>, AvroError> {
+    pub fn writer_of(
+        &self,
+        payload: &[u8],
+        expected: &str,
+        location: &MessageLocation,
+    ) -> Result<&Arc<LoadedSchema>, AvroError> {
         let fingerprint = header_fingerprint(payload, location)?;
-        let writer = self
-            .by_fingerprint
-            .get(&fingerprint)
-            .ok_or_else(|| AvroError::UnknownFingerprint {
-                location: location.clone(),
-                fingerprint: hex(&fingerprint),
-            })?;
+        let writer =
+            self.by_fingerprint
+                .get(&fingerprint)
+                .ok_or_else(|| AvroError::UnknownFingerprint {
+                    location: location.clone(),
+                    fingerprint: hex(&fingerprint),
+                })?;
         if writer.name != expected {
             return Err(AvroError::WrongSchema {
                 location: location.clone(),
@@ -279,7 +306,12 @@ impl SchemaStore {
     /// Decodes a single-object payload into the reader type `T` of schema `expected`: the
     /// fingerprint selects the writer schema, fields it lacks take `T`'s serde defaults (which
     /// mirror the reader schema's defaults).
-    pub fn decode<'a, T: Deserialize<'a>>(&self, payload: &'a [u8], expected: &str, location: &MessageLocation) -> Result<T, AvroError> {
+    pub fn decode<'a, T: Deserialize<'a>>(
+        &self,
+        payload: &'a [u8],
+        expected: &str,
+        location: &MessageLocation,
+    ) -> Result<T, AvroError> {
         let writer = self.writer_of(payload, expected, location)?;
         writer.decode_datum(&payload[SINGLE_OBJECT_HEADER_LEN..], location)
     }
@@ -332,8 +364,10 @@ fn read_schema(path: &Path) -> Result<LoadedSchema, AvroError> {
 /// Lower-case hex of bytes.
 pub fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write;
-    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut out, b| {
-        let _ = write!(out, "{b:02x}");
-        out
-    })
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut out, b| {
+            let _ = write!(out, "{b:02x}");
+            out
+        })
 }

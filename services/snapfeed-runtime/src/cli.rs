@@ -54,7 +54,12 @@ pub fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
 }
 
 /// Runs a common subcommand for `service`; `run` is the stage's `run(config, shutdown)`.
-pub fn execute_common<C, F, Fut, E>(service: &'static str, config_path: Option<&Path>, command: CommonCommand, run: F) -> ExitCode
+pub fn execute_common<C, F, Fut, E>(
+    service: &'static str,
+    config_path: Option<&Path>,
+    command: CommonCommand,
+    run: F,
+) -> ExitCode
 where
     C: ServiceConfig + HasCommonSections,
     F: FnOnce(C, Shutdown) -> Fut,
@@ -127,7 +132,10 @@ where
 }
 
 /// Creates missing topics and verifies all of them; returns a printable report.
-pub async fn init_topics(service: &'static str, common: service::CommonSections<'_>) -> Result<String, service::RuntimeError> {
+pub async fn init_topics(
+    service: &'static str,
+    common: service::CommonSections<'_>,
+) -> Result<String, service::RuntimeError> {
     let names = common.topic_names();
     let specs = names.specs(common.topics);
     let admin = service::admin_client(common.kafka, service)?;
@@ -146,7 +154,11 @@ pub async fn init_topics(service: &'static str, common: service::CommonSections<
     topics::verify(&names, &required, &after)?;
     let mut report = String::new();
     for spec in &specs {
-        let state = if created.contains(&spec.name) { "created" } else { "exists" };
+        let state = if created.contains(&spec.name) {
+            "created"
+        } else {
+            "exists"
+        };
         report.push_str(&format!(
             "{:<40} {:>3} partitions  {:<8} {}\n",
             spec.name,

@@ -94,7 +94,11 @@ pub enum ConfigError {
 
 impl ConfigError {
     /// A rule violation on `key`.
-    pub fn invalid(key: impl Into<String>, value: impl fmt::Display, expected: impl Into<String>) -> Self {
+    pub fn invalid(
+        key: impl Into<String>,
+        value: impl fmt::Display,
+        expected: impl Into<String>,
+    ) -> Self {
         ConfigError::Invalid {
             key: key.into(),
             value: value.to_string(),
@@ -135,10 +139,11 @@ fn read_document(path: &Path) -> Result<toml::Table, ConfigError> {
         path: path.to_path_buf(),
         source,
     })?;
-    text.parse::<toml::Table>().map_err(|error| ConfigError::Syntax {
-        path: path.to_path_buf(),
-        message: error.to_string().trim_end().to_string(),
-    })
+    text.parse::<toml::Table>()
+        .map_err(|error| ConfigError::Syntax {
+            path: path.to_path_buf(),
+            message: error.to_string().trim_end().to_string(),
+        })
 }
 
 /// Dotted key paths set from the environment, with the variable that set each one.
@@ -198,7 +203,11 @@ fn env_value(raw: &str) -> toml::Value {
     }
 }
 
-fn insert_path(table: &mut toml::Table, segments: &[String], value: toml::Value) -> Result<(), String> {
+fn insert_path(
+    table: &mut toml::Table,
+    segments: &[String],
+    value: toml::Value,
+) -> Result<(), String> {
     let Some((last, parents)) = segments.split_last() else {
         return Err("no key".into());
     };
@@ -236,11 +245,19 @@ fn deserialize<C: DeserializeOwned>(
             .strip_prefix("missing field `")
             .and_then(|rest| rest.split('`').next())
         {
-            key = if key == "." { field.to_string() } else { format!("{key}.{field}") };
+            key = if key == "." {
+                field.to_string()
+            } else {
+                format!("{key}.{field}")
+            };
         }
         let origin = origin_of(&key, path, env_keys);
         ConfigError::Value {
-            key: if key == "." { "(top level)".into() } else { key },
+            key: if key == "." {
+                "(top level)".into()
+            } else {
+                key
+            },
             origin,
             problem,
         }
@@ -251,7 +268,9 @@ fn origin_of(key: &str, path: Option<&Path>, env_keys: &EnvKeys) -> ValueOrigin 
     // The most specific override that covers the key (or that the key covers) set it.
     let from_env = env_keys
         .iter()
-        .filter(|(set, _)| key == set || key.starts_with(&format!("{set}.")) || set.starts_with(&format!("{key}.")))
+        .filter(|(set, _)| {
+            key == set || key.starts_with(&format!("{set}.")) || set.starts_with(&format!("{key}."))
+        })
         .max_by_key(|(set, _)| set.len());
     match (from_env, path) {
         (Some((_, name)), _) => ValueOrigin::Env(name.clone()),
@@ -263,9 +282,16 @@ fn origin_of(key: &str, path: Option<&Path>, env_keys: &EnvKeys) -> ValueOrigin 
 /// Key names whose values are secrets: redacted by [`redacted_toml`] and never logged.
 fn is_secret_key(key: &str) -> bool {
     let key = key.to_ascii_lowercase();
-    ["password", "secret", "token", "jaas", "ssl.key.pem", "credentials"]
-        .iter()
-        .any(|marker| key.contains(marker))
+    [
+        "password",
+        "secret",
+        "token",
+        "jaas",
+        "ssl.key.pem",
+        "credentials",
+    ]
+    .iter()
+    .any(|marker| key.contains(marker))
 }
 
 /// The effective configuration as TOML, with every secret value replaced by `"<redacted>"`.
@@ -301,11 +327,18 @@ fn redact(value: &mut toml::Value) {
 }
 
 /// Rejects duplicates in a list of names, naming the key and the duplicate.
-pub fn check_unique<'a>(key: &str, names: impl IntoIterator<Item = &'a str>) -> Result<(), ConfigError> {
+pub fn check_unique<'a>(
+    key: &str,
+    names: impl IntoIterator<Item = &'a str>,
+) -> Result<(), ConfigError> {
     let mut seen = BTreeSet::new();
     for name in names {
         if !seen.insert(name) {
-            return Err(ConfigError::invalid(key, format!("{name:?}"), "each entry at most once"));
+            return Err(ConfigError::invalid(
+                key,
+                format!("{name:?}"),
+                "each entry at most once",
+            ));
         }
     }
     Ok(())
@@ -362,7 +395,11 @@ impl SecretRef {
             },
             SecretRef::File(path) => match std::fs::read_to_string(path) {
                 Ok(value) if !value.trim().is_empty() => Ok(Secret(value.trim().to_string())),
-                Ok(_) => Err(ConfigError::invalid(key, format!("file {}", path.display()), "a non-empty file")),
+                Ok(_) => Err(ConfigError::invalid(
+                    key,
+                    format!("file {}", path.display()),
+                    "a non-empty file",
+                )),
                 Err(error) => Err(ConfigError::invalid(
                     key,
                     format!("file {}", path.display()),
@@ -394,7 +431,9 @@ mod tests {
 
     impl Default for Limits {
         fn default() -> Self {
-            Limits { batch_rows: default_batch() }
+            Limits {
+                batch_rows: default_batch(),
+            }
         }
     }
 
@@ -426,7 +465,10 @@ mod tests {
     }
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
@@ -437,7 +479,10 @@ mod tests {
             env(&[
                 ("SNAPFEED_KAFKA__BOOTSTRAP_SERVERS", "env:9092"),
                 ("SNAPFEED_LIMITS__BATCH_ROWS", "7"),
-                ("SNAPFEED_KAFKA__LIBRDKAFKA_OPTIONS__SASL_MECHANISM", "SCRAM-SHA-512"),
+                (
+                    "SNAPFEED_KAFKA__LIBRDKAFKA_OPTIONS__SASL_MECHANISM",
+                    "SCRAM-SHA-512",
+                ),
                 ("OTHER_VAR", "ignored"),
                 ("SNAPFEED_CONFIG", "/not/a/key.toml"),
                 ("SNAPFEED_TEST_BROKER", "nisshi"),
@@ -446,12 +491,19 @@ mod tests {
         .unwrap();
         assert_eq!(config.kafka.bootstrap_servers, "env:9092");
         assert_eq!(config.limits.batch_rows, 7);
-        assert_eq!(config.kafka.librdkafka_options["sasl.mechanism"], "SCRAM-SHA-512");
+        assert_eq!(
+            config.kafka.librdkafka_options["sasl.mechanism"],
+            "SCRAM-SHA-512"
+        );
     }
 
     #[test]
     fn env_alone_configures_a_container() {
-        let config: Sample = load(None, env(&[("SNAPFEED_KAFKA__BOOTSTRAP_SERVERS", "k:9092")])).unwrap();
+        let config: Sample = load(
+            None,
+            env(&[("SNAPFEED_KAFKA__BOOTSTRAP_SERVERS", "k:9092")]),
+        )
+        .unwrap();
         assert_eq!(config.kafka.bootstrap_servers, "k:9092");
         assert_eq!(config.limits.batch_rows, 100);
     }
@@ -459,18 +511,26 @@ mod tests {
     #[test]
     fn unknown_key_is_rejected_with_its_name() {
         let file = write("[kafka]\nbootstrap_servers = \"a\"\nbootstrap_server = \"typo\"\n");
-        let error = load::<Sample>(Some(file.path()), env(&[])).unwrap_err().to_string();
+        let error = load::<Sample>(Some(file.path()), env(&[]))
+            .unwrap_err()
+            .to_string();
         assert!(error.contains("bootstrap_server"), "{error}");
         assert!(error.contains("unknown field"), "{error}");
-        assert!(error.contains(&file.path().display().to_string()), "{error}");
+        assert!(
+            error.contains(&file.path().display().to_string()),
+            "{error}"
+        );
     }
 
     #[test]
     fn wrong_type_names_key_value_expectation_and_env_origin() {
         let file = write("[kafka]\nbootstrap_servers = \"a\"\n");
-        let error = load::<Sample>(Some(file.path()), env(&[("SNAPFEED_LIMITS__BATCH_ROWS", "lots")]))
-            .unwrap_err()
-            .to_string();
+        let error = load::<Sample>(
+            Some(file.path()),
+            env(&[("SNAPFEED_LIMITS__BATCH_ROWS", "lots")]),
+        )
+        .unwrap_err()
+        .to_string();
         assert!(error.contains("`limits.batch_rows`"), "{error}");
         assert!(error.contains("\"lots\""), "{error}");
         assert!(error.contains("u32"), "{error}");
@@ -479,40 +539,58 @@ mod tests {
 
     #[test]
     fn missing_required_key_is_named() {
-        let error = load::<Sample>(None, env(&[("SNAPFEED_LIMITS__BATCH_ROWS", "3")])).unwrap_err().to_string();
+        let error = load::<Sample>(None, env(&[("SNAPFEED_LIMITS__BATCH_ROWS", "3")]))
+            .unwrap_err()
+            .to_string();
         assert!(error.starts_with("config key `kafka`"), "{error}");
         let file = write("[kafka]\n");
-        let error = load::<Sample>(Some(file.path()), env(&[])).unwrap_err().to_string();
-        assert!(error.starts_with("config key `kafka.bootstrap_servers`"), "{error}");
+        let error = load::<Sample>(Some(file.path()), env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.starts_with("config key `kafka.bootstrap_servers`"),
+            "{error}"
+        );
         assert!(error.contains("missing field"), "{error}");
     }
 
     #[test]
     fn rule_violation_names_key_and_value() {
         let file = write("[limits]\nbatch_rows = 0\n[kafka]\nbootstrap_servers = \"a\"\n");
-        let error = load::<Sample>(Some(file.path()), env(&[])).unwrap_err().to_string();
+        let error = load::<Sample>(Some(file.path()), env(&[]))
+            .unwrap_err()
+            .to_string();
         assert_eq!(error, "config key `limits.batch_rows` = 0: at least 1");
     }
 
     #[test]
     fn toml_syntax_error_names_file_and_line() {
         let file = write("[kafka\n");
-        let error = load::<Sample>(Some(file.path()), env(&[])).unwrap_err().to_string();
+        let error = load::<Sample>(Some(file.path()), env(&[]))
+            .unwrap_err()
+            .to_string();
         assert!(error.contains("line 1"), "{error}");
     }
 
     #[test]
     fn env_into_a_scalar_is_an_error() {
         let file = write("[limits]\nbatch_rows = 3\n[kafka]\nbootstrap_servers = \"a\"\n");
-        let error = load::<Sample>(Some(file.path()), env(&[("SNAPFEED_LIMITS__BATCH_ROWS__X", "1")]))
-            .unwrap_err()
-            .to_string();
+        let error = load::<Sample>(
+            Some(file.path()),
+            env(&[("SNAPFEED_LIMITS__BATCH_ROWS__X", "1")]),
+        )
+        .unwrap_err()
+        .to_string();
         assert!(error.contains("SNAPFEED_LIMITS__BATCH_ROWS__X"), "{error}");
     }
 
     #[test]
     fn quoted_env_value_stays_a_string() {
-        let config: Sample = load(None, env(&[("SNAPFEED_KAFKA__BOOTSTRAP_SERVERS", "\"123\"")])).unwrap();
+        let config: Sample = load(
+            None,
+            env(&[("SNAPFEED_KAFKA__BOOTSTRAP_SERVERS", "\"123\"")]),
+        )
+        .unwrap();
         assert_eq!(config.kafka.bootstrap_servers, "123");
     }
 
@@ -522,7 +600,10 @@ mod tests {
             None,
             env(&[
                 ("SNAPFEED_KAFKA__BOOTSTRAP_SERVERS", "k:9092"),
-                ("SNAPFEED_KAFKA__LIBRDKAFKA_OPTIONS__SASL_PASSWORD", "hunter2"),
+                (
+                    "SNAPFEED_KAFKA__LIBRDKAFKA_OPTIONS__SASL_PASSWORD",
+                    "hunter2",
+                ),
                 ("SNAPFEED_KAFKA__LIBRDKAFKA_OPTIONS__SASL_USERNAME", "svc"),
             ]),
         )
@@ -537,7 +618,9 @@ mod tests {
     #[test]
     fn secrets_resolve_from_file_and_never_debug_print() {
         let file = write("  s3cr3t\n");
-        let secret = SecretRef::File(file.path().to_path_buf()).resolve("api.auth.key").unwrap();
+        let secret = SecretRef::File(file.path().to_path_buf())
+            .resolve("api.auth.key")
+            .unwrap();
         assert_eq!(secret.expose(), "s3cr3t");
         assert!(!format!("{secret:?}").contains("s3cr3t"));
         let missing = SecretRef::Env("SNAPFEED_TEST_SURELY_UNSET_VAR".into())

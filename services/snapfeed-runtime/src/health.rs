@@ -39,16 +39,22 @@ fn default_listen() -> String {
 
 impl Default for HttpConfig {
     fn default() -> Self {
-        HttpConfig { listen: default_listen() }
+        HttpConfig {
+            listen: default_listen(),
+        }
     }
 }
 
 impl HttpConfig {
     /// The parsed listen address.
     pub fn addr(&self) -> Result<SocketAddr, ConfigError> {
-        self.listen
-            .parse()
-            .map_err(|_| ConfigError::invalid("http.listen", format!("{:?}", self.listen), "an ip:port such as 0.0.0.0:9090"))
+        self.listen.parse().map_err(|_| {
+            ConfigError::invalid(
+                "http.listen",
+                format!("{:?}", self.listen),
+                "an ip:port such as 0.0.0.0:9090",
+            )
+        })
     }
 }
 
@@ -68,14 +74,24 @@ impl Readiness {
 
     /// True when every condition holds (and at least one is registered).
     pub fn is_ready(&self) -> bool {
-        self.unmet().is_empty() && self.conditions.lock().map(|c| !c.is_empty()).unwrap_or(false)
+        self.unmet().is_empty()
+            && self
+                .conditions
+                .lock()
+                .map(|c| !c.is_empty())
+                .unwrap_or(false)
     }
 
     /// Names of the conditions that do not hold.
     pub fn unmet(&self) -> Vec<&'static str> {
         self.conditions
             .lock()
-            .map(|c| c.iter().filter(|(_, holds)| !**holds).map(|(name, _)| *name).collect())
+            .map(|c| {
+                c.iter()
+                    .filter(|(_, holds)| !**holds)
+                    .map(|(name, _)| *name)
+                    .collect()
+            })
             .unwrap_or_default()
     }
 }
@@ -107,7 +123,9 @@ impl HealthServer {
         let listener = TcpListener::bind(addr)
             .await
             .map_err(|source| HealthServerError { addr, source })?;
-        let bound = listener.local_addr().map_err(|source| HealthServerError { addr, source })?;
+        let bound = listener
+            .local_addr()
+            .map_err(|source| HealthServerError { addr, source })?;
         let task = tokio::spawn(serve(listener, registry, readiness, shutdown));
         Ok(HealthServer { addr: bound, task })
     }
@@ -118,7 +136,12 @@ impl HealthServer {
     }
 }
 
-async fn serve(listener: TcpListener, registry: Registry, readiness: Readiness, mut shutdown: Shutdown) {
+async fn serve(
+    listener: TcpListener,
+    registry: Registry,
+    readiness: Readiness,
+    mut shutdown: Shutdown,
+) {
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
@@ -147,8 +170,15 @@ fn respond(path: &str, registry: &Registry, readiness: &Readiness) -> Response<F
                 text(StatusCode::OK, "ready\n".into())
             } else {
                 let unmet = readiness.unmet();
-                let reasons = if unmet.is_empty() { "starting".to_string() } else { unmet.join(", ") };
-                text(StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {reasons}\n"))
+                let reasons = if unmet.is_empty() {
+                    "starting".to_string()
+                } else {
+                    unmet.join(", ")
+                };
+                text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("not ready: {reasons}\n"),
+                )
             }
         }
         "/metrics" => {
@@ -157,14 +187,19 @@ fn respond(path: &str, registry: &Registry, readiness: &Readiness) -> Response<F
                 Ok(()) => {
                     let mut response = Response::new(Full::new(Bytes::from(body)));
                     if let Ok(value) = TextEncoder::new().format_type().parse() {
-                        response.headers_mut().insert(hyper::header::CONTENT_TYPE, value);
+                        response
+                            .headers_mut()
+                            .insert(hyper::header::CONTENT_TYPE, value);
                     }
                     response
                 }
                 Err(error) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{error}\n")),
             }
         }
-        _ => text(StatusCode::NOT_FOUND, "not found: try /metrics, /healthz, /readyz\n".into()),
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "not found: try /metrics, /healthz, /readyz\n".into(),
+        ),
     }
 }
 
@@ -186,7 +221,11 @@ mod tests {
         let mut response = String::new();
         stream.read_to_string(&mut response).await.unwrap();
         let status = response[9..12].parse().unwrap();
-        let body = response.split("\r\n\r\n").nth(1).unwrap_or_default().to_string();
+        let body = response
+            .split("\r\n\r\n")
+            .nth(1)
+            .unwrap_or_default()
+            .to_string();
         (status, body)
     }
 
@@ -198,16 +237,24 @@ mod tests {
         counter.inc_by(3);
         let readiness = Readiness::default();
         let (trigger, shutdown) = crate::shutdown::channel();
-        let server = HealthServer::start("127.0.0.1:0".parse().unwrap(), registry, readiness.clone(), shutdown)
-            .await
-            .unwrap();
+        let server = HealthServer::start(
+            "127.0.0.1:0".parse().unwrap(),
+            registry,
+            readiness.clone(),
+            shutdown,
+        )
+        .await
+        .unwrap();
 
         assert_eq!(get(server.addr, "/healthz").await.0, 200);
         let (status, body) = get(server.addr, "/readyz").await;
         assert_eq!((status, body.as_str()), (503, "not ready: starting\n"));
         readiness.set("connected", true);
         readiness.set("restored", false);
-        assert_eq!(get(server.addr, "/readyz").await, (503, "not ready: restored\n".into()));
+        assert_eq!(
+            get(server.addr, "/readyz").await,
+            (503, "not ready: restored\n".into())
+        );
         readiness.set("restored", true);
         assert_eq!(get(server.addr, "/readyz").await.0, 200);
         let (status, body) = get(server.addr, "/metrics").await;
@@ -215,6 +262,8 @@ mod tests {
         assert!(body.contains("snapfeed_test_things_total 3"), "{body}");
 
         trigger.trigger();
-        tokio::time::timeout(std::time::Duration::from_secs(5), server.stopped()).await.unwrap();
+        tokio::time::timeout(std::time::Duration::from_secs(5), server.stopped())
+            .await
+            .unwrap();
     }
 }

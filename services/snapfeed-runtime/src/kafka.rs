@@ -90,13 +90,28 @@ fn default_request_timeout_ms() -> u64 {
 /// Properties snapfeed owns: setting them by pass-through would silently break a guarantee.
 const OWNED_PROPERTIES: &[(&str, &str)] = &[
     ("bootstrap.servers", "set kafka.bootstrap_servers instead"),
-    ("group.id", "each service derives its group from pipeline.name"),
-    ("transactional.id", "derived from the service and its instance"),
+    (
+        "group.id",
+        "each service derives its group from pipeline.name",
+    ),
+    (
+        "transactional.id",
+        "derived from the service and its instance",
+    ),
     ("enable.idempotence", "always on"),
     ("isolation.level", "follows pipeline.processing_guarantee"),
-    ("enable.auto.commit", "offsets are committed only after the downstream effect is durable"),
-    ("enable.auto.offset.store", "offsets are stored only after the downstream effect is durable"),
-    ("partitioner", "murmur2_random keeps topics co-partitioned with Java clients"),
+    (
+        "enable.auto.commit",
+        "offsets are committed only after the downstream effect is durable",
+    ),
+    (
+        "enable.auto.offset.store",
+        "offsets are stored only after the downstream effect is durable",
+    ),
+    (
+        "partitioner",
+        "murmur2_random keeps topics co-partitioned with Java clients",
+    ),
 ];
 
 impl KafkaConfig {
@@ -129,7 +144,11 @@ impl KafkaConfig {
             ));
         }
         if self.request_timeout_ms == 0 {
-            return Err(ConfigError::invalid("kafka.request_timeout_ms", 0, "at least 1"));
+            return Err(ConfigError::invalid(
+                "kafka.request_timeout_ms",
+                0,
+                "at least 1",
+            ));
         }
         Ok(())
     }
@@ -171,9 +190,10 @@ impl KafkaConfig {
             .set("compression.type", "lz4");
         if guarantee.is_transactional() {
             if let Some(id) = transactional_id {
-                config
-                    .set("transactional.id", id)
-                    .set("transaction.timeout.ms", self.transaction_timeout_ms.to_string());
+                config.set("transactional.id", id).set(
+                    "transaction.timeout.ms",
+                    self.transaction_timeout_ms.to_string(),
+                );
             }
         }
         config
@@ -181,7 +201,12 @@ impl KafkaConfig {
 
     /// A group consumer for `service` in `group_id`: manual offset storage and commits, reading
     /// committed data only when the guarantee is transactional.
-    pub fn consumer_config(&self, service: &str, group_id: &str, guarantee: ProcessingGuarantee) -> ClientConfig {
+    pub fn consumer_config(
+        &self,
+        service: &str,
+        group_id: &str,
+        guarantee: ProcessingGuarantee,
+    ) -> ClientConfig {
         let mut config = self.base(service);
         config
             .set("group.id", group_id)
@@ -241,7 +266,10 @@ pub fn close_consumer<C: ConsumerContext>(consumer: BaseConsumer<C>, deadline: D
     }
     while !consumer.closed() {
         if started.elapsed() >= deadline {
-            tracing::warn!(message = "Consumer did not close in time; abandoning it.", deadline_ms = deadline.as_millis() as u64);
+            tracing::warn!(
+                message = "Consumer did not close in time; abandoning it.",
+                deadline_ms = deadline.as_millis() as u64
+            );
             std::mem::forget(consumer);
             return false;
         }
@@ -263,12 +291,20 @@ mod tests {
     #[test]
     fn producer_uses_java_partitioner_and_transactions_only_in_exactly_once() {
         let kafka = config();
-        let eos = kafka.producer_config("file-source", ProcessingGuarantee::ExactlyOnce, Some("tx-1"));
+        let eos = kafka.producer_config(
+            "file-source",
+            ProcessingGuarantee::ExactlyOnce,
+            Some("tx-1"),
+        );
         assert_eq!(eos.get("partitioner"), Some("murmur2_random"));
         assert_eq!(eos.get("transactional.id"), Some("tx-1"));
         assert_eq!(eos.get("security.protocol"), Some("SASL_SSL"));
         assert_eq!(eos.get("client.id"), Some("snapfeed-file-source"));
-        let alo = kafka.producer_config("file-source", ProcessingGuarantee::AtLeastOnce, Some("tx-1"));
+        let alo = kafka.producer_config(
+            "file-source",
+            ProcessingGuarantee::AtLeastOnce,
+            Some("tx-1"),
+        );
         assert_eq!(alo.get("transactional.id"), None);
         assert_eq!(alo.get("enable.idempotence"), Some("true"));
     }
@@ -287,9 +323,14 @@ mod tests {
     #[test]
     fn owned_properties_are_refused_with_their_key() {
         let mut kafka = config();
-        kafka.librdkafka_options.insert("enable.auto.commit".into(), "true".into());
+        kafka
+            .librdkafka_options
+            .insert("enable.auto.commit".into(), "true".into());
         let error = kafka.validate().unwrap_err().to_string();
-        assert!(error.contains("kafka.librdkafka_options.\"enable.auto.commit\""), "{error}");
+        assert!(
+            error.contains("kafka.librdkafka_options.\"enable.auto.commit\""),
+            "{error}"
+        );
     }
 
     #[test]

@@ -63,7 +63,10 @@ pub enum KeyError {
 
 impl RecordKey {
     /// Builds the key from raw component values and their case rules (same length).
-    pub fn build<'a>(values: impl IntoIterator<Item = &'a str>, cases: &[KeyCase]) -> Result<RecordKey, KeyError> {
+    pub fn build<'a>(
+        values: impl IntoIterator<Item = &'a str>,
+        cases: &[KeyCase],
+    ) -> Result<RecordKey, KeyError> {
         let mut out = String::with_capacity(48);
         let mut count = 0;
         for (index, raw) in values.into_iter().enumerate() {
@@ -173,7 +176,10 @@ mod tests {
         );
         assert_eq!(
             RecordKey::build(["a", "b"], &CASES),
-            Err(KeyError::Arity { expected: 3, got: 2 })
+            Err(KeyError::Arity {
+                expected: 3,
+                got: 2
+            })
         );
         assert!(RecordKey::from_canonical("a|b\\").is_err());
     }

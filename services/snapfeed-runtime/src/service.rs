@@ -180,7 +180,11 @@ pub struct ServiceRuntime {
 
 impl ServiceRuntime {
     /// Loads schemas and starts the health/metrics endpoint.
-    pub async fn start(service: &'static str, common: CommonSections<'_>, shutdown: Shutdown) -> Result<ServiceRuntime, RuntimeError> {
+    pub async fn start(
+        service: &'static str,
+        common: CommonSections<'_>,
+        shutdown: Shutdown,
+    ) -> Result<ServiceRuntime, RuntimeError> {
         let schemas = Arc::new(SchemaStore::load_dir(&common.pipeline.schemas_dir)?);
         let registry = Registry::new();
         let build_info = IntGauge::with_opts(
@@ -203,7 +207,13 @@ impl ServiceRuntime {
             .register(Box::new(build_info))
             .map_err(|e| ConfigError::invalid("(metrics)", service, e.to_string()))?;
         let readiness = Readiness::default();
-        let health = HealthServer::start(common.http.addr()?, registry.clone(), readiness.clone(), shutdown).await?;
+        let health = HealthServer::start(
+            common.http.addr()?,
+            registry.clone(),
+            readiness.clone(),
+            shutdown,
+        )
+        .await?;
         tracing::info!(message = "Serving /metrics, /healthz, /readyz.", service, addr = %health.addr);
         Ok(ServiceRuntime {
             service,
@@ -255,7 +265,12 @@ impl ServiceRuntime {
         shutdown: &Shutdown,
     ) -> Result<BTreeMap<String, i32>, RuntimeError> {
         let admin = admin_client(common.kafka, self.service)?;
-        let all: Vec<String> = self.topics.specs(common.topics).into_iter().map(|s| s.name).collect();
+        let all: Vec<String> = self
+            .topics
+            .specs(common.topics)
+            .into_iter()
+            .map(|s| s.name)
+            .collect();
         let mut counts = wait_for_partition_counts(&admin, common.kafka, &all, shutdown).await?;
         if common.topics.create_missing {
             let created = topics::create_missing(
@@ -287,7 +302,10 @@ pub fn metric_service(service: &str) -> String {
 }
 
 /// An admin client (it runs its own background thread).
-pub fn admin_client(kafka: &KafkaConfig, service: &str) -> Result<Arc<AdminClient<DefaultClientContext>>, RuntimeError> {
+pub fn admin_client(
+    kafka: &KafkaConfig,
+    service: &str,
+) -> Result<Arc<AdminClient<DefaultClientContext>>, RuntimeError> {
     kafka
         .admin_config(service)
         .create()

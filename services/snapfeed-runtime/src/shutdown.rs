@@ -35,7 +35,11 @@ impl ShutdownConfig {
     /// Range check.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.drain_timeout_ms < 100 {
-            return Err(ConfigError::invalid("shutdown.drain_timeout_ms", self.drain_timeout_ms, "at least 100"));
+            return Err(ConfigError::invalid(
+                "shutdown.drain_timeout_ms",
+                self.drain_timeout_ms,
+                "at least 100",
+            ));
         }
         Ok(())
     }
@@ -96,7 +100,9 @@ pub fn trigger_on_signals(trigger: ShutdownTrigger) -> std::io::Result<()> {
                 _ = int.recv() => {}
             }
             if count == 1 {
-                tracing::info!(message = "Shutdown requested; draining. Signal again to exit at once.");
+                tracing::info!(
+                    message = "Shutdown requested; draining. Signal again to exit at once."
+                );
                 trigger.trigger();
             } else {
                 tracing::warn!(message = "Second signal; exiting without draining.");
@@ -118,9 +124,14 @@ mod tests {
         let waiter = tokio::spawn(async move { early.wait().await });
         assert!(!shutdown.is_triggered());
         trigger.trigger();
-        tokio::time::timeout(Duration::from_secs(1), waiter).await.unwrap().unwrap();
+        tokio::time::timeout(Duration::from_secs(1), waiter)
+            .await
+            .unwrap()
+            .unwrap();
         let mut late = shutdown.clone();
-        tokio::time::timeout(Duration::from_secs(1), late.wait()).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(1), late.wait())
+            .await
+            .unwrap();
         assert!(late.is_triggered());
     }
 }

@@ -41,7 +41,13 @@ impl LogConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         EnvFilter::try_new(&self.level)
             .map(|_| ())
-            .map_err(|error| ConfigError::invalid("log.level", format!("{:?}", self.level), format!("a tracing filter such as \"info\" ({error})")))
+            .map_err(|error| {
+                ConfigError::invalid(
+                    "log.level",
+                    format!("{:?}", self.level),
+                    format!("a tracing filter such as \"info\" ({error})"),
+                )
+            })
     }
 }
 
@@ -51,7 +57,9 @@ pub fn init(config: &LogConfig) {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&config.level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     let _ = match config.format {
         LogFormat::Human => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),

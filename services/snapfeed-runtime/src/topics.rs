@@ -99,7 +99,11 @@ impl TopicsConfig {
     /// Range checks.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.partitions < 1 {
-            return Err(ConfigError::invalid("topics.partitions", self.partitions, "at least 1"));
+            return Err(ConfigError::invalid(
+                "topics.partitions",
+                self.partitions,
+                "at least 1",
+            ));
         }
         if self.replication_factor < 1 {
             return Err(ConfigError::invalid(
@@ -114,7 +118,11 @@ impl TopicsConfig {
             ("topics.audit_retention_ms", self.audit_retention_ms),
         ] {
             if value != -1 && value < 60_000 {
-                return Err(ConfigError::invalid(key, value, "-1 (forever) or at least 60000"));
+                return Err(ConfigError::invalid(
+                    key,
+                    value,
+                    "-1 (forever) or at least 60000",
+                ));
             }
         }
         Ok(())
@@ -236,7 +244,9 @@ pub enum TopicError {
         source: rdkafka::error::KafkaError,
     },
     /// A required topic is missing and creation is off.
-    #[error("topic {topic:?} does not exist: run `init-topics`, or set topics.create_missing = true")]
+    #[error(
+        "topic {topic:?} does not exist: run `init-topics`, or set topics.create_missing = true"
+    )]
     Missing {
         /// The missing topic.
         topic: String,
@@ -297,7 +307,11 @@ pub fn partition_counts(metadata: &Metadata, topics: &[&str]) -> BTreeMap<String
 
 /// Checks that every topic in `required` exists and that snapshots/state/changes agree in
 /// partition count. `counts` comes from [`partition_counts`].
-pub fn verify(names: &TopicNames, required: &[&str], counts: &BTreeMap<String, i32>) -> Result<(), TopicError> {
+pub fn verify(
+    names: &TopicNames,
+    required: &[&str],
+    counts: &BTreeMap<String, i32>,
+) -> Result<(), TopicError> {
     for topic in required {
         if counts.get(*topic).copied().unwrap_or(0) == 0 {
             return Err(TopicError::Missing {
@@ -339,25 +353,38 @@ pub async fn create_missing(
     if missing.is_empty() {
         return Ok(Vec::new());
     }
-    let retention: Vec<Option<String>> = missing.iter().map(|s| s.retention_ms.map(|ms| ms.to_string())).collect();
+    let retention: Vec<Option<String>> = missing
+        .iter()
+        .map(|s| s.retention_ms.map(|ms| ms.to_string()))
+        .collect();
     let new_topics: Vec<NewTopic<'_>> = missing
         .iter()
         .zip(&retention)
         .map(|(spec, retention)| {
-            let mut topic = NewTopic::new(&spec.name, spec.partitions, TopicReplication::Fixed(replication_factor))
-                .set("cleanup.policy", spec.cleanup_policy.as_str());
+            let mut topic = NewTopic::new(
+                &spec.name,
+                spec.partitions,
+                TopicReplication::Fixed(replication_factor),
+            )
+            .set("cleanup.policy", spec.cleanup_policy.as_str());
             if let Some(ms) = retention {
                 topic = topic.set("retention.ms", ms);
             }
             topic
         })
         .collect();
-    let options = AdminOptions::new().operation_timeout(Some(timeout)).request_timeout(Some(timeout));
+    let options = AdminOptions::new()
+        .operation_timeout(Some(timeout))
+        .request_timeout(Some(timeout));
     let results = admin
         .create_topics(new_topics.iter(), &options)
         .await
         .map_err(|error| TopicError::Create {
-            topic: missing.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(","),
+            topic: missing
+                .iter()
+                .map(|s| s.name.as_str())
+                .collect::<Vec<_>>()
+                .join(","),
             reason: error.to_string(),
         })?;
     let mut created = Vec::new();
@@ -402,7 +429,13 @@ mod tests {
     #[test]
     fn specs_compact_state_and_files() {
         let specs = names().specs(&TopicsConfig::default());
-        let policy = |name: &str| specs.iter().find(|s| s.name == name).unwrap().cleanup_policy;
+        let policy = |name: &str| {
+            specs
+                .iter()
+                .find(|s| s.name == name)
+                .unwrap()
+                .cleanup_policy
+        };
         assert_eq!(policy("lab-results.state"), CleanupPolicy::Compact);
         assert_eq!(policy("lab-results.files"), CleanupPolicy::Compact);
         assert_eq!(policy("lab-results.snapshots"), CleanupPolicy::Delete);
@@ -427,9 +460,16 @@ mod tests {
     fn missing_required_topic_is_named() {
         let names = names();
         let counts: BTreeMap<String, i32> = [("lab-results.snapshots".to_string(), 6)].into();
-        let error = verify(&names, &["lab-results.snapshots", "lab-results.state"], &counts)
-            .unwrap_err()
-            .to_string();
-        assert!(error.contains("\"lab-results.state\" does not exist"), "{error}");
+        let error = verify(
+            &names,
+            &["lab-results.snapshots", "lab-results.state"],
+            &counts,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            error.contains("\"lab-results.state\" does not exist"),
+            "{error}"
+        );
     }
 }

@@ -57,7 +57,9 @@ fn every_schema_parses_and_every_record_kind_is_present() {
         DeadLetter::SCHEMA,
         "snapfeed.lab.LabResult",
     ] {
-        store.current(name).unwrap_or_else(|e| panic!("{name}: {e}"));
+        store
+            .current(name)
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
     }
 }
 
@@ -99,7 +101,9 @@ fn current_lab_result_reads_data_written_by_its_previous_version() {
         /// Added in v2 with default null.
         device_id: Option<String>,
     }
-    let read: Reader = store.decode(&written, "snapfeed.lab.LabResult", &at(0)).unwrap();
+    let read: Reader = store
+        .decode(&written, "snapfeed.lab.LabResult", &at(0))
+        .unwrap();
     assert_eq!(read.patient_id, "P-1");
     assert_eq!(read.patient_sex.as_deref(), Some("F"));
     assert_eq!(read.specimen_collection_date, 18_700);
@@ -109,7 +113,9 @@ fn current_lab_result_reads_data_written_by_its_previous_version() {
 
 fn v1_field_names(schema: &LoadedSchema) -> Vec<String> {
     match schema.parsed() {
-        apache_avro::Schema::Record(record) => record.fields.iter().map(|f| f.name.clone()).collect(),
+        apache_avro::Schema::Record(record) => {
+            record.fields.iter().map(|f| f.name.clone()).collect()
+        }
         _ => unreachable!(),
     }
 }
@@ -146,8 +152,17 @@ fn single_object_encoding_is_readable_by_apache_avro() {
     let apache_avro::types::Value::Record(fields) = value else {
         panic!("not a record")
     };
-    assert_eq!(fields[0], ("op".into(), apache_avro::types::Value::Enum(1, "UPDATE".into())));
-    assert_eq!(fields[2], ("version".into(), apache_avro::types::Value::Long(3)));
+    assert_eq!(
+        fields[0],
+        (
+            "op".into(),
+            apache_avro::types::Value::Enum(1, "UPDATE".into())
+        )
+    );
+    assert_eq!(
+        fields[2],
+        ("version".into(), apache_avro::types::Value::Long(3))
+    );
 }
 
 #[test]
@@ -159,7 +174,9 @@ fn unknown_fingerprint_names_topic_partition_offset() {
         .encode(&change_event(ChangeOp::Create, 1, None))
         .unwrap();
     bytes[2..10].copy_from_slice(&[9, 9, 9, 9, 9, 9, 9, 9]);
-    let error = store.decode::<ChangeEvent>(&bytes, ChangeEvent::SCHEMA, &at(17)).unwrap_err();
+    let error = store
+        .decode::<ChangeEvent>(&bytes, ChangeEvent::SCHEMA, &at(17))
+        .unwrap_err();
     assert!(matches!(error, AvroError::UnknownFingerprint { .. }));
     let text = error.to_string();
     assert!(text.contains("lab-results.changes/2@17"), "{text}");
@@ -172,16 +189,26 @@ fn corrupt_payloads_are_errors_with_location_never_panics() {
     let good = store
         .current(ChangeEvent::SCHEMA)
         .unwrap()
-        .encode(&change_event(ChangeOp::Create, 1, Some(b"patient Jane Doe".to_vec())))
+        .encode(&change_event(
+            ChangeOp::Create,
+            1,
+            Some(b"patient Jane Doe".to_vec()),
+        ))
         .unwrap();
     for cut in [0, 1, 5, 10, 11, good.len() / 2, good.len() - 1] {
         let error = store
             .decode::<ChangeEvent>(&good[..cut], ChangeEvent::SCHEMA, &at(5))
             .unwrap_err();
-        assert!(matches!(error, AvroError::Corrupt { .. }), "cut at {cut}: {error}");
+        assert!(
+            matches!(error, AvroError::Corrupt { .. }),
+            "cut at {cut}: {error}"
+        );
         let text = error.to_string();
         assert!(text.contains("lab-results.changes/2@5"), "{text}");
-        assert!(!text.contains("Jane"), "payload leaked into the error: {text}");
+        assert!(
+            !text.contains("Jane"),
+            "payload leaked into the error: {text}"
+        );
     }
     let garbage = b"\x00\x01not avro at all";
     assert!(matches!(
@@ -201,9 +228,18 @@ fn a_payload_of_another_record_kind_is_named() {
         last_changed_at: 1,
         last_snapshot_id: "s".into(),
     };
-    let bytes = store.current(DetectorState::SCHEMA).unwrap().encode(&state).unwrap();
-    let error = store.decode::<ChangeEvent>(&bytes, ChangeEvent::SCHEMA, &at(1)).unwrap_err();
-    assert!(error.to_string().contains("snapfeed.DetectorState"), "{error}");
+    let bytes = store
+        .current(DetectorState::SCHEMA)
+        .unwrap()
+        .encode(&state)
+        .unwrap();
+    let error = store
+        .decode::<ChangeEvent>(&bytes, ChangeEvent::SCHEMA, &at(1))
+        .unwrap_err();
+    assert!(
+        error.to_string().contains("snapfeed.DetectorState"),
+        "{error}"
+    );
 }
 
 fn round_trip<T>(value: &T) -> T
@@ -280,29 +316,38 @@ fn arb_dead_letter() -> impl Strategy<Value = DeadLetter> {
         proptest::option::of("[a-zA-Z0-9|\\\\]{1,20}"),
         proptest::option::of(any::<i64>()),
         proptest::option::of(100i32..600),
-        proptest::collection::vec((any::<i64>(), proptest::option::of(100i32..600), proptest::option::of("[a-z_]{1,12}")), 0..5),
+        proptest::collection::vec(
+            (
+                any::<i64>(),
+                proptest::option::of(100i32..600),
+                proptest::option::of("[a-z_]{1,12}"),
+            ),
+            0..5,
+        ),
         any::<i32>(),
     )
-        .prop_map(|(change, key, version, status, history, redrives)| DeadLetter {
-            change,
-            key,
-            version,
-            reason: "http_4xx".into(),
-            status,
-            response_excerpt: Some("{\"error\":\"bad\"}".into()),
-            attempts: history.len() as i32,
-            first_attempt_at: history.first().map(|h| h.0),
-            last_attempt_at: history.last().map(|h| h.0),
-            attempt_history: history
-                .into_iter()
-                .map(|(at, status, error)| Attempt { at, status, error })
-                .collect(),
-            source_topic: "p.changes".into(),
-            source_partition: 0,
-            source_offset: 1,
-            dead_lettered_at: 2,
-            redrive_count: redrives,
-        })
+        .prop_map(
+            |(change, key, version, status, history, redrives)| DeadLetter {
+                change,
+                key,
+                version,
+                reason: "http_4xx".into(),
+                status,
+                response_excerpt: Some("{\"error\":\"bad\"}".into()),
+                attempts: history.len() as i32,
+                first_attempt_at: history.first().map(|h| h.0),
+                last_attempt_at: history.last().map(|h| h.0),
+                attempt_history: history
+                    .into_iter()
+                    .map(|(at, status, error)| Attempt { at, status, error })
+                    .collect(),
+                source_topic: "p.changes".into(),
+                source_partition: 0,
+                source_offset: 1,
+                dead_lettered_at: 2,
+                redrive_count: redrives,
+            },
+        )
 }
 
 proptest! {
@@ -336,8 +381,14 @@ proptest! {
 fn fingerprints_match_the_java_implementation() {
     // SchemaNormalization.parsingFingerprint64 of "int" is 0x7275d51a3f395c8f (little-endian here).
     let int: serde_avro_fast::Schema = r#""int""#.parse().unwrap();
-    assert_eq!(int.rabin_fingerprint(), &0x7275_d51a_3f39_5c8fu64.to_le_bytes());
+    assert_eq!(
+        int.rabin_fingerprint(),
+        &0x7275_d51a_3f39_5c8fu64.to_le_bytes()
+    );
     // And for a schema with logical types, the value fastavro computes for change_event.avsc.
     let change = store().current(ChangeEvent::SCHEMA).unwrap();
-    assert_eq!(snapfeed_runtime::avro::hex(&change.fingerprint), "3cc1afa528055009");
+    assert_eq!(
+        snapfeed_runtime::avro::hex(&change.fingerprint),
+        "3cc1afa528055009"
+    );
 }

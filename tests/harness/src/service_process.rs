@@ -23,7 +23,13 @@ pub struct ServiceProcess {
 impl ServiceProcess {
     /// Starts `binary run --config <config>` in `cwd` with `env` overrides; the HTTP endpoint is
     /// put on a free port. Logs go to `log`.
-    pub fn start(binary: &Path, config: &Path, cwd: &Path, env: &[(String, String)], log: &Path) -> ServiceProcess {
+    pub fn start(
+        binary: &Path,
+        config: &Path,
+        cwd: &Path,
+        env: &[(String, String)],
+        log: &Path,
+    ) -> ServiceProcess {
         let port = TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .map(|a| a.port())
@@ -64,12 +70,19 @@ impl ServiceProcess {
         let deadline = Instant::now() + limit;
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("service exited with {status} before ready; log:\n{}", self.log_text());
+                panic!(
+                    "service exited with {status} before ready; log:\n{}",
+                    self.log_text()
+                );
             }
             if matches!(self.get("/readyz"), Some((200, _))) {
                 return;
             }
-            assert!(Instant::now() < deadline, "not ready after {limit:?}; log:\n{}", self.log_text());
+            assert!(
+                Instant::now() < deadline,
+                "not ready after {limit:?}; log:\n{}",
+                self.log_text()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -84,7 +97,10 @@ impl ServiceProcess {
             }
             if started.elapsed() > limit {
                 stop_process(&mut self.child, StopSignal::Kill);
-                panic!("did not exit within {limit:?} of SIGTERM; log:\n{}", self.log_text());
+                panic!(
+                    "did not exit within {limit:?} of SIGTERM; log:\n{}",
+                    self.log_text()
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -134,11 +150,18 @@ fn signal(child: &Child, sig: libc::c_int) {
 pub fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_millis(500)).ok()?;
     stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
     let mut response = String::new();
     stream.read_to_string(&mut response).ok()?;
     let status = response.get(9..12)?.parse().ok()?;
-    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
     Some((status, body))
 }
 
@@ -186,8 +209,14 @@ pub async fn assert_binary_lifecycle(binary: &Path, service: &str, extra_env: &[
     .await
     .expect("lifecycle");
     let prefix = format!("snapfeed_{}_build_info", service.replace('-', "_"));
-    assert!(metrics.contains(&prefix), "{prefix} missing from /metrics:\n{metrics}");
+    assert!(
+        metrics.contains(&prefix),
+        "{prefix} missing from /metrics:\n{metrics}"
+    );
     assert!(status.success(), "exit status {status} after SIGTERM");
     // The drain bound is 5 s; closing must stay within it (plus a margin for a loaded machine).
-    assert!(took < Duration::from_secs(10), "took {took:?} to exit after SIGTERM");
+    assert!(
+        took < Duration::from_secs(10),
+        "took {took:?} to exit after SIGTERM"
+    );
 }
