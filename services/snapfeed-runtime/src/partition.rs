@@ -40,7 +40,7 @@ pub fn murmur2(data: &[u8]) -> i32 {
 
 /// The partition the Java client would choose for `key` among `partitions` (> 0).
 pub fn partition_for_key(key: &[u8], partitions: i32) -> i32 {
-    ((murmur2(key) & 0x7fff_ffff) % partitions.max(1)) as i32
+    (murmur2(key) & 0x7fff_ffff) % partitions.max(1)
 }
 
 #[cfg(test)]

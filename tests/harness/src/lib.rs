@@ -13,6 +13,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod broker;
-
+pub mod generator;
 pub mod service_process;
-
+pub mod stub_api;
