@@ -1,5 +1,6 @@
 //! The api-sink binary, as a separate process against the test broker: ready, metrics, clean exit
 //! on SIGTERM; and its refusals at start.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
 
 use std::path::Path;
 use std::process::Command;

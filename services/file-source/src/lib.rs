@@ -7,6 +7,7 @@
 //! and serves until shutdown, then closes the producer within the drain bound.
 
 pub mod config;
+pub mod convert;
 
 use std::time::Duration;
 
@@ -41,15 +42,25 @@ pub enum FileSourceError {
 pub async fn run(config: FileSourceConfig, mut shutdown: Shutdown) -> Result<(), FileSourceError> {
     let common = config.common();
     let required = |t: &TopicNames| vec![t.snapshots.clone(), t.files.clone(), t.rejects.clone()];
-    let Some(runtime) = ServiceRuntime::start_verified(SERVICE, common, required, &shutdown).await? else {
+    let Some(runtime) =
+        ServiceRuntime::start_verified(SERVICE, common, required, &shutdown).await?
+    else {
         return Ok(());
     };
     let topics = runtime.topics.clone();
 
-    let transactional_id = format!("{}.{SERVICE}.{}", config.pipeline.name, config.pipeline.instance_id());
+    let transactional_id = format!(
+        "{}.{SERVICE}.{}",
+        config.pipeline.name,
+        config.pipeline.instance_id()
+    );
     let producer: BaseProducer = config
         .kafka
-        .producer_config(SERVICE, config.pipeline.processing_guarantee, Some(&transactional_id))
+        .producer_config(
+            SERVICE,
+            config.pipeline.processing_guarantee,
+            Some(&transactional_id),
+        )
         .create()
         .map_err(|source| FileSourceError::Kafka {
             context: "create producer",
@@ -78,6 +89,8 @@ pub async fn run(config: FileSourceConfig, mut shutdown: Shutdown) -> Result<(),
     }
     // Dropping a flushed producer returns at once; its background threads end with it.
     drop(producer);
-    tokio::time::timeout(Duration::from_secs(5), runtime.stop()).await.ok();
+    tokio::time::timeout(Duration::from_secs(5), runtime.stop())
+        .await
+        .ok();
     Ok(())
 }

@@ -172,10 +172,11 @@ impl LoadedSchema {
         buf: &mut Vec<u8>,
     ) -> Result<(), AvroError> {
         let mut config = serde_avro_fast::ser::SerializerConfig::new(&self.fast);
-        serde_avro_fast::to_single_object(value, buf, &mut config).map_err(|error| {
+        serde_avro_fast::to_single_object(value, buf, &mut config).map_err(|_| {
             AvroError::Encode {
                 schema: self.name.clone(),
-                reason: error.to_string(),
+                // The serializer's message can quote the value (e.g. an unknown enum symbol).
+                reason: "a value does not fit the schema".into(),
             }
         })?;
         Ok(())

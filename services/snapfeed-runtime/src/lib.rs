@@ -8,6 +8,7 @@
 //! - [`avro`]: schemas from `schemas/`, single-object encoding, fingerprint-based decoding.
 //! - [`records`]: Rust mirrors of snapfeed's own record schemas (change events, state, ledger…).
 //! - [`record_key`]: the canonical, escaped record key.
+//! - [`dataset`]: the dataset record (CSV row as Avro), driven by the mapping file; key, codec, evolution.
 //! - [`health`]: `/metrics`, `/healthz`, `/readyz`.
 //! - [`telemetry`]: `tracing` logs, human or JSON; never record contents.
 //! - [`shutdown`]: SIGTERM/SIGINT → drain within a bound; a second signal exits at once.
@@ -17,6 +18,7 @@
 pub mod avro;
 pub mod cli;
 pub mod config;
+pub mod dataset;
 pub mod health;
 pub mod kafka;
 pub mod partition;

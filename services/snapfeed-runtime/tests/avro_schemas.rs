@@ -1,6 +1,7 @@
 //! The schemas in `schemas/` and the framing every service relies on: they parse, they evolve
 //! by the documented rule, every record kind round-trips, other Avro readers can read what we
 //! write, and bad payloads are errors that say where they came from.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
 
 use std::path::{Path, PathBuf};
 

@@ -1,6 +1,7 @@
 //! The harness's brokers behave as the services need: topics per test, the Java partitioner,
 //! reading to partition EOF, transactions where the broker has them, persistence across a
 //! restart where it has that. Runs on whichever broker the environment selects.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
 
 use std::time::Duration;
 
