@@ -100,35 +100,45 @@ where
                 }
             })
         }
-        CommonCommand::Run => {
-            telemetry::init(config.common().log);
-            let runtime = match runtime() {
-                Ok(runtime) => runtime,
-                Err(code) => return code,
-            };
-            let code = runtime.block_on(async move {
-                let (trigger, shutdown) = shutdown::channel();
-                if let Err(error) = shutdown::trigger_on_signals(trigger) {
-                    eprintln!("error: cannot install signal handlers: {error}");
-                    return ExitCode::from(1);
-                }
-                match run(config, shutdown).await {
-                    Ok(()) => {
-                        tracing::info!(message = "Stopped.", service);
-                        ExitCode::SUCCESS
-                    }
-                    Err(error) => {
-                        tracing::error!(message = "Service failed.", service, %error);
-                        eprintln!("error: {error}");
-                        ExitCode::from(1)
-                    }
-                }
-            });
-            // Anything still running (a stuck blocking call) must not hold the exit hostage.
-            runtime.shutdown_timeout(std::time::Duration::from_secs(1));
-            code
-        }
+        CommonCommand::Run => run_with(service, config, run),
     }
+}
+
+/// Runs a service future with logging, a multi-threaded runtime and signal handling: the first
+/// SIGTERM/SIGINT fires `shutdown`, a second exits at once. 0 on `Ok`, 1 on `Err`.
+pub fn run_with<C, F, Fut, E>(service: &'static str, config: C, run: F) -> ExitCode
+where
+    C: HasCommonSections,
+    F: FnOnce(C, Shutdown) -> Fut,
+    Fut: Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
+    telemetry::init(config.common().log);
+    let runtime = match runtime() {
+        Ok(runtime) => runtime,
+        Err(code) => return code,
+    };
+    let code = runtime.block_on(async move {
+        let (trigger, shutdown) = shutdown::channel();
+        if let Err(error) = shutdown::trigger_on_signals(trigger) {
+            eprintln!("error: cannot install signal handlers: {error}");
+            return ExitCode::from(1);
+        }
+        match run(config, shutdown).await {
+            Ok(()) => {
+                tracing::info!(message = "Stopped.", service);
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                tracing::error!(message = "Service failed.", service, %error);
+                eprintln!("error: {error}");
+                ExitCode::from(1)
+            }
+        }
+    });
+    // Anything still running (a stuck blocking call) must not hold the exit hostage.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    code
 }
 
 /// Creates missing topics and verifies all of them; returns a printable report.

@@ -9,6 +9,7 @@
 //! - [`records`]: Rust mirrors of snapfeed's own record schemas (change events, state, ledger…).
 //! - [`record_key`]: the canonical, escaped record key.
 //! - [`dataset`]: the dataset record (CSV row as Avro), driven by the mapping file; key, codec, evolution.
+//! - [`headers`]: Kafka header names for provenance and control records.
 //! - [`health`]: `/metrics`, `/healthz`, `/readyz`.
 //! - [`telemetry`]: `tracing` logs, human or JSON; never record contents.
 //! - [`shutdown`]: SIGTERM/SIGINT → drain within a bound; a second signal exits at once.
@@ -19,6 +20,7 @@ pub mod avro;
 pub mod cli;
 pub mod config;
 pub mod dataset;
+pub mod headers;
 pub mod health;
 pub mod kafka;
 pub mod partition;

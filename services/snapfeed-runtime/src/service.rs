@@ -175,6 +175,8 @@ pub struct ServiceRuntime {
     pub topics: TopicNames,
     /// Loaded schemas.
     pub schemas: Arc<SchemaStore>,
+    /// Partition counts by topic, as verified at start ([`ServiceRuntime::start_verified`]).
+    pub partitions: BTreeMap<String, i32>,
     health: HealthServer,
 }
 
@@ -221,6 +223,7 @@ impl ServiceRuntime {
             readiness,
             topics: common.topic_names(),
             schemas,
+            partitions: BTreeMap::new(),
             health,
         })
     }
@@ -233,7 +236,7 @@ impl ServiceRuntime {
         required: impl Fn(&TopicNames) -> Vec<String>,
         shutdown: &Shutdown,
     ) -> Result<Option<ServiceRuntime>, RuntimeError> {
-        let runtime = match ServiceRuntime::start(service, common, shutdown.clone()).await {
+        let mut runtime = match ServiceRuntime::start(service, common, shutdown.clone()).await {
             Ok(runtime) => runtime,
             Err(RuntimeError::Interrupted) => return Ok(None),
             Err(error) => return Err(error),
@@ -241,13 +244,21 @@ impl ServiceRuntime {
         let required = required(&runtime.topics);
         let required: Vec<&str> = required.iter().map(String::as_str).collect();
         match runtime.ensure_topics(common, &required, shutdown).await {
-            Ok(_) => Ok(Some(runtime)),
+            Ok(counts) => {
+                runtime.partitions = counts;
+                Ok(Some(runtime))
+            }
             Err(RuntimeError::Interrupted) => {
                 runtime.stop().await;
                 Ok(None)
             }
             Err(error) => Err(error),
         }
+    }
+
+    /// Partition count of `topic` as verified at start (0 if unknown).
+    pub fn partitions_of(&self, topic: &str) -> i32 {
+        self.partitions.get(topic).copied().unwrap_or(0)
     }
 
     /// The bound address of the endpoint.

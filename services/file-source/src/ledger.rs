@@ -1,0 +1,133 @@
+//! The ingestion ledger: the compacted `files` topic, one entry per file content hash, read
+//! back in full at start. It answers "was this content already ingested?" (COMPLETED → skip)
+//! and "where does an interrupted file resume?" (IN_PROGRESS → after `rows_committed`).
+//!
+//! Entries are written by the ingest in the same transaction as the rows they account for, so
+//! a `read_committed` reader never sees a checkpoint ahead of its rows.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::{Message, Offset, TopicPartitionList};
+use snapfeed_runtime::avro::{MessageLocation, SchemaStore};
+use snapfeed_runtime::records::{AvroRecord, FileLedgerEntry, FileStatus};
+
+/// The latest entry per file hash.
+#[derive(Debug, Default, Clone)]
+pub struct Ledger {
+    entries: HashMap<String, FileLedgerEntry>,
+}
+
+/// What the ledger says about a file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LedgerVerdict {
+    /// Never seen (or failed before): ingest from the start.
+    New,
+    /// Interrupted: resume after this many data records.
+    Resume(u64),
+    /// Already ingested: skip.
+    Completed,
+}
+
+impl Ledger {
+    /// What to do with the file of this hash.
+    pub fn verdict(&self, hash: &str) -> LedgerVerdict {
+        match self.entries.get(hash) {
+            Some(entry) if entry.status == FileStatus::Completed => LedgerVerdict::Completed,
+            Some(entry) if entry.status == FileStatus::InProgress => {
+                LedgerVerdict::Resume(entry.rows_committed.max(0) as u64)
+            }
+            _ => LedgerVerdict::New,
+        }
+    }
+
+    /// The entry for a hash.
+    pub fn get(&self, hash: &str) -> Option<&FileLedgerEntry> {
+        self.entries.get(hash)
+    }
+
+    /// Records an entry this instance committed.
+    pub fn record(&mut self, entry: FileLedgerEntry) {
+        self.entries.insert(entry.file_hash.clone(), entry);
+    }
+
+    /// Number of files known.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// True when no file is known.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Reads every partition of `topic` from the beginning to partition EOF (blocking).
+    /// Undecodable entries are skipped with a warning: a ledger entry we cannot read must not
+    /// stop ingestion (at worst a file is ingested again, which the detector absorbs).
+    pub fn load(
+        consumer: &BaseConsumer,
+        topic: &str,
+        schemas: &SchemaStore,
+        timeout: Duration,
+    ) -> Result<Ledger, KafkaError> {
+        let metadata = consumer.fetch_metadata(Some(topic), timeout)?;
+        let partitions = metadata
+            .topics()
+            .first()
+            .map(|t| t.partitions().len())
+            .unwrap_or(0);
+        let mut assignment = TopicPartitionList::new();
+        for partition in 0..partitions as i32 {
+            assignment.add_partition_offset(topic, partition, Offset::Beginning)?;
+        }
+        consumer.assign(&assignment)?;
+        let mut ledger = Ledger::default();
+        let mut at_eof = vec![false; partitions];
+        let mut last_progress = Instant::now();
+        while at_eof.iter().any(|eof| !eof) {
+            match consumer.poll(Duration::from_millis(100)) {
+                Some(Ok(message)) => {
+                    last_progress = Instant::now();
+                    let Some(payload) = message.payload() else {
+                        // Tombstone: the entry was deleted.
+                        if let Some(Ok(hash)) = message.key_view::<str>() {
+                            ledger.entries.remove(hash);
+                        }
+                        continue;
+                    };
+                    let location = MessageLocation {
+                        topic: topic.to_string(),
+                        partition: message.partition(),
+                        offset: message.offset(),
+                    };
+                    match schemas.decode::<FileLedgerEntry>(
+                        payload,
+                        FileLedgerEntry::SCHEMA,
+                        &location,
+                    ) {
+                        Ok(entry) => ledger.record(entry),
+                        Err(error) => {
+                            tracing::warn!(message = "Skipping unreadable ledger entry.", %error)
+                        }
+                    }
+                }
+                Some(Err(KafkaError::PartitionEOF(partition))) => {
+                    if let Some(eof) = at_eof.get_mut(partition as usize) {
+                        *eof = true;
+                    }
+                }
+                Some(Err(error)) => return Err(error),
+                None if last_progress.elapsed() > timeout => {
+                    return Err(KafkaError::MetadataFetch(
+                        rdkafka::types::RDKafkaErrorCode::OperationTimedOut,
+                    ))
+                }
+                None => {}
+            }
+        }
+        consumer.unassign()?;
+        Ok(ledger)
+    }
+}

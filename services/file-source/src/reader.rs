@@ -1,0 +1,297 @@
+//! Reading a snapshot file: its identity (SHA-256 of the bytes as delivered), and its CSV
+//! records — decompressed by content (gzip, zstd), decoded (UTF-8 with or without BOM, or
+//! Latin-1) and split by the configured dialect, with the line each record starts on.
+
+use std::fs::File;
+use std::io::{self, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use sha2::{Digest, Sha256};
+
+use crate::config::{CsvDialect, TextEncoding};
+
+/// A snapshot file, identified by content.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotFile {
+    /// Where it is now.
+    pub path: PathBuf,
+    /// Its name (no directory).
+    pub name: String,
+    /// SHA-256 hex of its bytes as delivered (compressed or not).
+    pub hash: String,
+    /// Size in bytes.
+    pub bytes: u64,
+}
+
+impl SnapshotFile {
+    /// Hashes the file (one streaming read).
+    pub fn identify(path: &Path) -> io::Result<SnapshotFile> {
+        let mut file = File::open(path)?;
+        let mut hasher = Sha256::new();
+        let mut buf = vec![0u8; 1 << 16];
+        let mut bytes = 0u64;
+        loop {
+            let n = file.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+            bytes += n as u64;
+        }
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "file name is not UTF-8"))?
+            .to_string();
+        Ok(SnapshotFile {
+            path: path.to_path_buf(),
+            name,
+            hash: snapfeed_runtime::avro::hex(&hasher.finalize()),
+            bytes,
+        })
+    }
+}
+
+/// Counts bytes read from the underlying file, for progress reports.
+#[derive(Debug)]
+struct Counting<R> {
+    inner: R,
+    read: Arc<AtomicU64>,
+}
+
+impl<R: Read> Read for Counting<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.read.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
+    }
+}
+
+/// Latin-1 → UTF-8, byte by byte (every byte is a code point).
+#[derive(Debug)]
+struct Latin1<R> {
+    inner: R,
+    pending: Vec<u8>,
+    at: usize,
+}
+
+impl<R: Read> Read for Latin1<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.at == self.pending.len() {
+            let mut raw = [0u8; 8192];
+            let n = self.inner.read(&mut raw)?;
+            if n == 0 {
+                return Ok(0);
+            }
+            self.pending.clear();
+            self.at = 0;
+            for &b in &raw[..n] {
+                if b < 0x80 {
+                    self.pending.push(b);
+                } else {
+                    self.pending.push(0xC0 | (b >> 6));
+                    self.pending.push(0x80 | (b & 0x3F));
+                }
+            }
+        }
+        let n = buf.len().min(self.pending.len() - self.at);
+        buf[..n].copy_from_slice(&self.pending[self.at..self.at + n]);
+        self.at += n;
+        Ok(n)
+    }
+}
+
+/// The decoded text stream of a file plus a live count of raw bytes read.
+pub struct TextStream {
+    /// UTF-8 text (BOM removed).
+    pub reader: Box<dyn Read + Send>,
+    /// Raw (on-disk) bytes consumed so far.
+    pub raw_bytes_read: Arc<AtomicU64>,
+}
+
+impl std::fmt::Debug for TextStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TextStream").finish_non_exhaustive()
+    }
+}
+
+/// Opens `path` as UTF-8 text: gzip or zstd content is decompressed, the encoding applied, a
+/// UTF-8 BOM dropped.
+pub fn open_text(path: &Path, encoding: TextEncoding) -> io::Result<TextStream> {
+    let raw_bytes_read = Arc::new(AtomicU64::new(0));
+    let mut file = BufReader::with_capacity(
+        1 << 16,
+        Counting {
+            inner: File::open(path)?,
+            read: raw_bytes_read.clone(),
+        },
+    );
+    let magic = {
+        use io::BufRead;
+        let head = file.fill_buf()?;
+        [
+            head.first().copied(),
+            head.get(1).copied(),
+            head.get(2).copied(),
+            head.get(3).copied(),
+        ]
+    };
+    let decompressed: Box<dyn Read + Send> = match magic {
+        [Some(0x1f), Some(0x8b), ..] => Box::new(flate2::read::MultiGzDecoder::new(file)),
+        [Some(0x28), Some(0xb5), Some(0x2f), Some(0xfd)] => {
+            Box::new(zstd::stream::read::Decoder::with_buffer(file)?)
+        }
+        _ => Box::new(file),
+    };
+    let mut decompressed = BufReader::with_capacity(1 << 16, decompressed);
+    let reader: Box<dyn Read + Send> = match encoding {
+        TextEncoding::Utf8 => {
+            use io::BufRead;
+            if decompressed.fill_buf()?.starts_with(&[0xEF, 0xBB, 0xBF]) {
+                decompressed.consume(3);
+            }
+            Box::new(decompressed)
+        }
+        TextEncoding::Latin1 => Box::new(Latin1 {
+            inner: decompressed,
+            pending: Vec::new(),
+            at: 0,
+        }),
+    };
+    Ok(TextStream {
+        reader,
+        raw_bytes_read,
+    })
+}
+
+/// A CSV reader over `text` in `dialect`; the header is read as the first record by the caller.
+/// Flexible: rows with the wrong number of fields come back as records (and are rejected by
+/// the converter) instead of stopping the file.
+pub fn csv_reader(
+    text: Box<dyn Read + Send>,
+    dialect: &CsvDialect,
+) -> csv::Reader<Box<dyn Read + Send>> {
+    let mut builder = csv::ReaderBuilder::new();
+    builder
+        .has_headers(false)
+        .flexible(true)
+        .delimiter(dialect.delimiter as u8)
+        .quote(dialect.quote as u8)
+        .buffer_capacity(1 << 16);
+    if let Some(escape) = dialect.escape {
+        builder.escape(Some(escape as u8)).double_quote(false);
+    }
+    builder.from_reader(text)
+}
+
+/// The raw text of a record for `rejects`: fields re-joined in the file's dialect (quoted
+/// where needed), cut to `max_bytes` at a character boundary. Returns (text, truncated).
+pub fn raw_record(
+    record: &csv::ByteRecord,
+    dialect: &CsvDialect,
+    max_bytes: usize,
+) -> (String, bool) {
+    let mut writer = csv::WriterBuilder::new()
+        .delimiter(dialect.delimiter as u8)
+        .quote(dialect.quote as u8)
+        .terminator(csv::Terminator::Any(b'\n'))
+        .from_writer(Vec::new());
+    let _ = writer.write_byte_record(record);
+    let mut bytes = writer.into_inner().unwrap_or_default();
+    if bytes.last() == Some(&b'\n') {
+        bytes.pop();
+    }
+    let text = String::from_utf8_lossy(&bytes).into_owned();
+    if text.len() <= max_bytes {
+        return (text, false);
+    }
+    let mut cut = max_bytes;
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    (text[..cut].to_string(), true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn read_all(path: &Path, encoding: TextEncoding) -> String {
+        let mut text = String::new();
+        open_text(path, encoding)
+            .unwrap()
+            .reader
+            .read_to_string(&mut text)
+            .unwrap();
+        text
+    }
+
+    #[test]
+    fn gzip_zstd_bom_and_latin1_all_become_the_same_text() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = "name\nJosé\n";
+        let plain = dir.path().join("a.csv");
+        std::fs::write(&plain, text).unwrap();
+        let bom = dir.path().join("b.csv");
+        std::fs::write(&bom, [&[0xEF, 0xBB, 0xBF][..], text.as_bytes()].concat()).unwrap();
+        let gz = dir.path().join("c.csv.gz");
+        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        encoder.write_all(text.as_bytes()).unwrap();
+        std::fs::write(&gz, encoder.finish().unwrap()).unwrap();
+        let zst = dir.path().join("d.csv.zst");
+        std::fs::write(&zst, zstd::encode_all(text.as_bytes(), 1).unwrap()).unwrap();
+        let latin1 = dir.path().join("e.csv");
+        std::fs::write(&latin1, b"name\nJos\xe9\n").unwrap();
+        for path in [&plain, &bom, &gz, &zst] {
+            assert_eq!(
+                read_all(path, TextEncoding::Utf8),
+                text,
+                "{}",
+                path.display()
+            );
+        }
+        assert_eq!(read_all(&latin1, TextEncoding::Latin1), text);
+    }
+
+    #[test]
+    fn identity_is_the_sha256_of_the_delivered_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.csv");
+        std::fs::write(&path, "abc").unwrap();
+        let file = SnapshotFile::identify(&path).unwrap();
+        assert_eq!(
+            file.hash,
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        assert_eq!((file.name.as_str(), file.bytes), ("x.csv", 3));
+    }
+
+    #[test]
+    fn raw_record_requotes_and_truncates_on_a_char_boundary() {
+        let record = csv::ByteRecord::from(vec!["a,b", "Zoë", "plain"]);
+        let (text, cut) = raw_record(&record, &CsvDialect::default(), 1000);
+        assert_eq!((text.as_str(), cut), ("\"a,b\",Zoë,plain", false));
+        let (text, cut) = raw_record(&record, &CsvDialect::default(), 10);
+        assert!(cut);
+        assert_eq!(text, "\"a,b\",Zo");
+    }
+
+    #[test]
+    fn truncated_gzip_is_an_error_not_a_short_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        encoder.write_all(&b"h\n1\n".repeat(10_000)).unwrap();
+        let bytes = encoder.finish().unwrap();
+        let path = dir.path().join("t.csv.gz");
+        std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
+        let mut text = String::new();
+        assert!(open_text(&path, TextEncoding::Utf8)
+            .unwrap()
+            .reader
+            .read_to_string(&mut text)
+            .is_err());
+    }
+}
