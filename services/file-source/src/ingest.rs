@@ -28,14 +28,13 @@ use std::time::{Duration, Instant};
 
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
 use rdkafka::types::RDKafkaErrorCode;
-use rdkafka::ClientContext;
 use serde::Serialize;
 use snapfeed_runtime::avro::{AvroError, SchemaStore};
 use snapfeed_runtime::dataset::{Dataset, DatasetRecord};
 use snapfeed_runtime::headers;
-use snapfeed_runtime::kafka::ProcessingGuarantee;
+use snapfeed_runtime::kafka::{DeliveryTracker, ProcessingGuarantee};
 use snapfeed_runtime::partition::partition_for_key;
 use snapfeed_runtime::record_key::RecordKey;
 use snapfeed_runtime::records::{
@@ -52,25 +51,6 @@ use crate::reader::{self, SnapshotFile};
 pub const BAD_ENCODING: &str = "bad_encoding";
 /// Reason of a row repeating an earlier row's key (the first occurrence wins).
 pub const DUPLICATE_KEY: &str = "duplicate_key";
-
-/// Counts failed deliveries, so an at-least-once chunk is only checkpointed when every record
-/// of it was acknowledged.
-#[derive(Debug, Default)]
-pub struct DeliveryTracker {
-    failed: AtomicU64,
-}
-
-impl ClientContext for DeliveryTracker {}
-
-impl ProducerContext for DeliveryTracker {
-    type DeliveryOpaque = ();
-
-    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
-        if result.is_err() {
-            self.failed.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-}
 
 /// The producer file-source sends with.
 pub type SourceProducer = ThreadedProducer<DeliveryTracker>;
@@ -596,12 +576,7 @@ impl ChunkWriter<'_> {
             .producer
             .flush(self.ctx.kafka_timeout)
             .map_err(kafka("flush"))?;
-        let failed = self
-            .ctx
-            .producer
-            .context()
-            .failed
-            .swap(0, Ordering::Relaxed);
+        let failed = self.ctx.producer.context().take_failures();
         if failed > 0 {
             return Err(IngestError::Unacknowledged(failed));
         }

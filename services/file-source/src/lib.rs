@@ -34,9 +34,10 @@ use snapfeed_runtime::shutdown::Shutdown;
 use snapfeed_runtime::topics::TopicNames;
 
 pub use config::FileSourceConfig;
-use ingest::{DeliveryTracker, FileOutcome, IngestContext, IngestError, SourceProducer};
+use ingest::{FileOutcome, IngestContext, IngestError, SourceProducer};
 use ledger::Ledger;
 use metrics::SourceMetrics;
+use snapfeed_runtime::kafka::DeliveryTracker;
 
 /// The service name: metric prefix, client id.
 pub const SERVICE: &str = "file-source";

@@ -292,6 +292,33 @@ where
         .unwrap_or(Err(rdkafka::error::KafkaError::Canceled))
 }
 
+/// Counts failed deliveries, so an at-least-once step is only considered done (and the next
+/// step taken) when every record of it was acknowledged.
+#[derive(Debug, Default)]
+pub struct DeliveryTracker {
+    failed: std::sync::atomic::AtomicU64,
+}
+
+impl DeliveryTracker {
+    /// Failures since the last call, resetting the count.
+    pub fn take_failures(&self) -> u64 {
+        self.failed.swap(0, std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+impl rdkafka::ClientContext for DeliveryTracker {}
+
+impl rdkafka::producer::ProducerContext for DeliveryTracker {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &rdkafka::producer::DeliveryResult<'_>, _: ()) {
+        if result.is_err() {
+            self.failed
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

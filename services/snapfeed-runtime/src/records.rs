@@ -87,7 +87,8 @@ impl AvroRecord for ChangeEvent {
     const SCHEMA: &'static str = "snapfeed.ChangeEvent";
 }
 
-/// Detector state per key (`<p>.state`, compacted; a tombstone means deleted).
+/// Detector state per key (`<p>.state`, compacted). A deleted key keeps its entry with
+/// `deleted = true`, so a key that comes back continues its version sequence.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DetectorState {
     /// Hex content hash of the last version.
@@ -102,6 +103,9 @@ pub struct DetectorState {
     pub last_changed_at: TimestampMillis,
     /// The snapshot that last wrote this entry.
     pub last_snapshot_id: String,
+    /// Emitted as DELETE; a later CREATE continues the version sequence.
+    #[serde(default)]
+    pub deleted: bool,
 }
 
 impl AvroRecord for DetectorState {

@@ -228,6 +228,7 @@ fn a_payload_of_another_record_kind_is_named() {
         first_seen_at: 1,
         last_changed_at: 1,
         last_snapshot_id: "s".into(),
+        deleted: false,
     };
     let bytes = store
         .current(DetectorState::SCHEMA)

@@ -1,0 +1,950 @@
+//! The filter stage's loop: consume `snapshots`, decide per record, emit changes and state, and
+//! commit each batch — the delivery guarantee lives here.
+//!
+//! **`exactly_once`.** One Kafka transaction per batch (closed by size or time): the change
+//! events, the state updates and the consumer offsets (`send_offsets_to_transaction` with the
+//! consumer's group metadata, KIP-447) commit together. A crash or rebalance therefore never
+//! loses a change and never shows one twice to `read_committed` readers. On revoke the open
+//! batch is committed (or aborted) before the partitions are released; after an abort the
+//! in-memory state is rebuilt from `state` and the consumer rewinds to the committed offsets,
+//! so versions stay what the committed history says.
+//!
+//! **`at_least_once`.** Changes are produced and acknowledged, then state, then the offsets are
+//! committed. A crash between the steps repeats the batch: the same records against the same
+//! state give the same changes — same key, version and payload (`detected_at` is the snapshot
+//! record's timestamp, not the wall clock) — so the sink's Idempotency-Key absorbs the repeat.
+//!
+//! Threading: the loop runs on a dedicated thread; every librdkafka call here blocks that
+//! thread only, never an async worker. Rebalance callbacks run inside `poll` on the same thread
+//! and reach the engine through a mutex that the loop never holds across `poll`.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::error::{KafkaError, KafkaResult};
+use rdkafka::message::{BorrowedMessage, Headers};
+use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
+use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
+use snapfeed_runtime::avro::{MessageLocation, SchemaStore};
+use snapfeed_runtime::dataset::Dataset;
+use snapfeed_runtime::headers;
+use snapfeed_runtime::health::Readiness;
+use snapfeed_runtime::kafka::{DeliveryTracker, ProcessingGuarantee};
+use snapfeed_runtime::records::{
+    now_millis, AvroRecord, ChangeEvent, ChangeOp, DetectorState, Provenance, RejectedRow,
+    SnapshotEnd,
+};
+use snapfeed_runtime::topics::TopicNames;
+
+use crate::config::{CorruptPolicy, DetectorConfig};
+use crate::content_hash::{content_hash, hash_hex};
+use crate::metrics::DetectorMetrics;
+use crate::state::{Decision, DeleteVerdict, PartitionState, Streams};
+
+/// The producer the detector writes changes and state with.
+pub type DetectorProducer = ThreadedProducer<DeliveryTracker>;
+
+/// Readiness condition: every assigned partition's state is restored.
+pub const RESTORED: &str = "restored";
+/// Readiness condition: no partition is stopped on a corrupt record.
+pub const NOT_PAUSED: &str = "no_paused_partitions";
+
+/// Why a batch could not be committed.
+#[derive(Debug, thiserror::Error)]
+pub enum BatchError {
+    /// A Kafka call failed.
+    #[error("kafka {context}: {source}")]
+    Kafka {
+        /// What we were doing.
+        context: &'static str,
+        /// The client error.
+        source: KafkaError,
+    },
+    /// Records were not acknowledged (at_least_once).
+    #[error("{0} records were not acknowledged")]
+    Unacknowledged(u64),
+    /// An envelope could not be encoded.
+    #[error(transparent)]
+    Encode(#[from] snapfeed_runtime::avro::AvroError),
+}
+
+fn kafka(context: &'static str) -> impl FnOnce(KafkaError) -> BatchError {
+    move |source| BatchError::Kafka { context, source }
+}
+
+/// The open batch.
+#[derive(Debug, Default)]
+struct Batch {
+    started: Option<Instant>,
+    records: usize,
+    /// Next offset to consume, per partition.
+    offsets: BTreeMap<i32, i64>,
+    in_transaction: bool,
+    /// State updates held back until the changes are acknowledged (at_least_once).
+    pending_state: Vec<(String, i32, Vec<u8>)>,
+}
+
+/// Everything the loop and the rebalance callbacks share.
+pub struct Engine {
+    dataset: Arc<Dataset>,
+    schemas: Arc<SchemaStore>,
+    topics: TopicNames,
+    guarantee: ProcessingGuarantee,
+    config: DetectorConfig,
+    producer: Arc<DetectorProducer>,
+    producer_config: ClientConfig,
+    reader: BaseConsumer,
+    partitions: HashMap<i32, PartitionState>,
+    streams: Streams,
+    batch: Batch,
+    paused: HashSet<i32>,
+    metrics: DetectorMetrics,
+    readiness: Readiness,
+    timeout: Duration,
+    value: Vec<u8>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("partitions", &self.partitions.keys().collect::<Vec<_>>())
+            .field("batch_records", &self.batch.records)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What the engine needs to be built.
+pub struct EngineParts {
+    /// Dataset (decode, key, content hash).
+    pub dataset: Arc<Dataset>,
+    /// Schemas.
+    pub schemas: Arc<SchemaStore>,
+    /// Topic names.
+    pub topics: TopicNames,
+    /// Guarantee.
+    pub guarantee: ProcessingGuarantee,
+    /// `[detector]`.
+    pub config: DetectorConfig,
+    /// Producer settings (transactional id included), to create and re-create the producer.
+    pub producer_config: ClientConfig,
+    /// A group-less reader for restoring `state`.
+    pub reader: BaseConsumer,
+    /// Metrics.
+    pub metrics: DetectorMetrics,
+    /// Readiness.
+    pub readiness: Readiness,
+    /// Bound of one blocking Kafka call.
+    pub timeout: Duration,
+}
+
+impl std::fmt::Debug for EngineParts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EngineParts")
+            .field("topics", &self.topics)
+            .finish_non_exhaustive()
+    }
+}
+
+fn create_producer(
+    config: &ClientConfig,
+    guarantee: ProcessingGuarantee,
+    timeout: Duration,
+) -> KafkaResult<Arc<DetectorProducer>> {
+    let producer: DetectorProducer = config.create_with_context(DeliveryTracker::default())?;
+    if guarantee.is_transactional() {
+        producer.init_transactions(timeout)?;
+    }
+    Ok(Arc::new(producer))
+}
+
+impl Engine {
+    /// Creates the producer (blocking: `init_transactions` fences an earlier incarnation).
+    pub fn new(parts: EngineParts) -> KafkaResult<Engine> {
+        let producer = create_producer(&parts.producer_config, parts.guarantee, parts.timeout)?;
+        parts.readiness.set(RESTORED, true);
+        parts.readiness.set(NOT_PAUSED, true);
+        Ok(Engine {
+            dataset: parts.dataset,
+            schemas: parts.schemas,
+            topics: parts.topics,
+            guarantee: parts.guarantee,
+            config: parts.config,
+            producer,
+            producer_config: parts.producer_config,
+            reader: parts.reader,
+            partitions: HashMap::new(),
+            streams: Streams::default(),
+            batch: Batch::default(),
+            paused: HashSet::new(),
+            metrics: parts.metrics,
+            readiness: parts.readiness,
+            timeout: parts.timeout,
+            value: Vec::with_capacity(1024),
+        })
+    }
+
+    /// The producer (for the final flush).
+    pub fn producer(&self) -> Arc<DetectorProducer> {
+        self.producer.clone()
+    }
+
+    /// How long the loop may wait for the next record before the open batch is due.
+    pub fn poll_timeout(&self) -> Duration {
+        match self.batch.started {
+            None => Duration::from_millis(100),
+            Some(started) => Duration::from_millis(self.config.batch_max_ms)
+                .saturating_sub(started.elapsed())
+                .min(Duration::from_millis(100)),
+        }
+    }
+
+    /// True when the open batch must be committed now.
+    pub fn batch_due(&self) -> bool {
+        match self.batch.started {
+            None => false,
+            Some(started) => {
+                self.batch.records >= self.config.batch_max_records
+                    || started.elapsed() >= Duration::from_millis(self.config.batch_max_ms)
+            }
+        }
+    }
+
+    /// Handles one `snapshots` record.
+    pub fn handle<C: ConsumerContext>(
+        &mut self,
+        consumer: &BaseConsumer<C>,
+        message: &BorrowedMessage<'_>,
+    ) -> Result<(), BatchError> {
+        let partition = message.partition();
+        if !self.partitions.contains_key(&partition) || self.paused.contains(&partition) {
+            return Ok(());
+        }
+        self.batch.started.get_or_insert_with(Instant::now);
+        let meta = RecordMeta::from_message(message);
+        let at = message.timestamp().to_millis().unwrap_or(0);
+        let location = MessageLocation {
+            topic: message.topic().to_string(),
+            partition,
+            offset: message.offset(),
+        };
+        let payload = message.payload().unwrap_or_default();
+        if meta.control.as_deref() == Some(headers::CONTROL_SNAPSHOT_END) {
+            match self
+                .schemas
+                .decode::<SnapshotEnd>(payload, SnapshotEnd::SCHEMA, &location)
+            {
+                Ok(marker) => self.on_snapshot_end(partition, &marker, &meta, at)?,
+                Err(error) => {
+                    if !self.on_corrupt(consumer, &meta, &location, &error.to_string())? {
+                        return Ok(());
+                    }
+                }
+            }
+        } else {
+            match self.dataset.decode(payload, &self.schemas, &location) {
+                Ok(record) => {
+                    let key = match message.key().map(std::str::from_utf8) {
+                        Some(Ok(key)) => key.to_string(),
+                        _ => match record.key(&self.dataset) {
+                            Ok(key) => key.into_string(),
+                            Err(error) => {
+                                if !self.on_corrupt(
+                                    consumer,
+                                    &meta,
+                                    &location,
+                                    &format!("no record key: {error}"),
+                                )? {
+                                    return Ok(());
+                                }
+                                self.batch.offsets.insert(partition, message.offset() + 1);
+                                return Ok(());
+                            }
+                        },
+                    };
+                    let hash = content_hash(&self.dataset, &record);
+                    let stream = self.streams.id(&meta.stream);
+                    let decision = self
+                        .partitions
+                        .get_mut(&partition)
+                        .map(|state| state.observe(&key, hash, stream, &meta.snapshot_id, at))
+                        .unwrap_or(Decision::Unchanged);
+                    match decision {
+                        Decision::Unchanged => {
+                            self.metrics.records.with_label_values(&["unchanged"]).inc()
+                        }
+                        Decision::Create { version, previous } => {
+                            self.metrics.records.with_label_values(&["created"]).inc();
+                            self.emit(
+                                partition,
+                                ChangeOp::Create,
+                                &key,
+                                version,
+                                hash,
+                                previous,
+                                Some(payload),
+                                &meta,
+                                at,
+                            )?;
+                        }
+                        Decision::Update { version, previous } => {
+                            self.metrics.records.with_label_values(&["updated"]).inc();
+                            self.emit(
+                                partition,
+                                ChangeOp::Update,
+                                &key,
+                                version,
+                                hash,
+                                Some(previous),
+                                Some(payload),
+                                &meta,
+                                at,
+                            )?;
+                        }
+                    }
+                }
+                Err(error) => {
+                    if !self.on_corrupt(consumer, &meta, &location, &error.to_string())? {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+        self.batch.offsets.insert(partition, message.offset() + 1);
+        self.batch.records += 1;
+        Ok(())
+    }
+
+    /// A record that does not decode: `Ok(true)` when the policy moves past it.
+    fn on_corrupt<C: ConsumerContext>(
+        &mut self,
+        consumer: &BaseConsumer<C>,
+        meta: &RecordMeta,
+        location: &MessageLocation,
+        error: &str,
+    ) -> Result<bool, BatchError> {
+        self.metrics.records.with_label_values(&["corrupt"]).inc();
+        match self.config.on_corrupt {
+            CorruptPolicy::Skip => {
+                tracing::warn!(message = "Skipping a snapshot record that does not decode.", %location, %error);
+                let row = RejectedRow {
+                    file_name: meta.file_name.clone(),
+                    file_hash: meta.file_hash.clone(),
+                    snapshot_id: meta.snapshot_id.clone(),
+                    stream: meta.stream.clone(),
+                    line: meta.line.unwrap_or(0),
+                    column: None,
+                    reason: "corrupt_payload".into(),
+                    detail: error.to_string(),
+                    raw_line: String::new(),
+                    raw_truncated: false,
+                    rejected_at: now_millis(),
+                };
+                let payload = self.schemas.current(RejectedRow::SCHEMA)?.encode(&row)?;
+                let key = location.to_string();
+                self.ensure_transaction()?;
+                self.send(
+                    BaseRecord::to(&self.topics.rejects)
+                        .key(key.as_bytes())
+                        .payload(payload.as_slice()),
+                )?;
+                Ok(true)
+            }
+            CorruptPolicy::Pause => {
+                tracing::error!(
+                    message = "Stopping the partition at a snapshot record that does not decode (on_corrupt = pause); replay past it once resolved.",
+                    %location,
+                    %error
+                );
+                let mut tpl = TopicPartitionList::new();
+                tpl.add_partition(&location.topic, location.partition);
+                consumer.pause(&tpl).map_err(kafka("pause"))?;
+                self.paused.insert(location.partition);
+                self.metrics.paused_partitions.set(self.paused.len() as i64);
+                self.readiness.set(NOT_PAUSED, false);
+                Ok(false)
+            }
+        }
+    }
+
+    fn on_snapshot_end(
+        &mut self,
+        partition: i32,
+        marker: &SnapshotEnd,
+        meta: &RecordMeta,
+        at: i64,
+    ) -> Result<(), BatchError> {
+        if !self.config.deletes.enabled {
+            return Ok(());
+        }
+        let stream = self.streams.id(&marker.stream);
+        let Some(state) = self.partitions.get(&partition) else {
+            return Ok(());
+        };
+        let verdict = state.complete_snapshot(
+            stream,
+            &marker.snapshot_id,
+            marker.rows_in_partition.max(0) as u64,
+            self.config.deletes.max_share,
+        );
+        match verdict {
+            DeleteVerdict::Incomplete { seen, expected } => {
+                self.metrics
+                    .snapshots
+                    .with_label_values(&["incomplete"])
+                    .inc();
+                tracing::info!(
+                    message = "Snapshot not seen whole on this partition; no deletes for it.",
+                    snapshot_id = %marker.snapshot_id,
+                    stream = %marker.stream,
+                    partition,
+                    seen,
+                    expected
+                );
+            }
+            DeleteVerdict::GuardTripped { would_delete, of } => {
+                self.metrics
+                    .snapshots
+                    .with_label_values(&["complete"])
+                    .inc();
+                self.metrics.delete_guard_tripped.inc();
+                tracing::error!(
+                    message = "Delete guard tripped: the snapshot would delete too many records; none deleted.",
+                    snapshot_id = %marker.snapshot_id,
+                    file = %marker.file_name,
+                    stream = %marker.stream,
+                    partition,
+                    would_delete,
+                    of,
+                    max_share = self.config.deletes.max_share
+                );
+            }
+            DeleteVerdict::Delete(keys) => {
+                self.metrics
+                    .snapshots
+                    .with_label_values(&["complete"])
+                    .inc();
+                for key in keys {
+                    let Some(after) = self
+                        .partitions
+                        .get_mut(&partition)
+                        .and_then(|s| s.delete(&key, at))
+                    else {
+                        continue;
+                    };
+                    self.metrics.records.with_label_values(&["deleted"]).inc();
+                    let meta = RecordMeta {
+                        line: None,
+                        ..meta.clone()
+                    };
+                    self.emit(
+                        partition,
+                        ChangeOp::Delete,
+                        &key,
+                        after.version,
+                        after.hash(),
+                        Some(after.hash()),
+                        None,
+                        &meta,
+                        at,
+                    )?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn emit(
+        &mut self,
+        partition: i32,
+        op: ChangeOp,
+        key: &str,
+        version: i64,
+        hash: u128,
+        previous: Option<u128>,
+        record: Option<&[u8]>,
+        meta: &RecordMeta,
+        at: i64,
+    ) -> Result<(), BatchError> {
+        let event = ChangeEvent {
+            op,
+            key: key.to_string(),
+            version,
+            content_hash: hash_hex(hash),
+            previous_hash: previous.map(hash_hex),
+            record: record.map(<[u8]>::to_vec),
+            record_schema: self.dataset.schema_name().to_string(),
+            source: Provenance {
+                file_name: meta.file_name.clone(),
+                file_hash: meta.file_hash.clone(),
+                line: meta.line,
+                snapshot_id: meta.snapshot_id.clone(),
+                stream: meta.stream.clone(),
+            },
+            // The snapshot record's timestamp: a repeated batch yields a byte-identical event.
+            detected_at: at,
+        };
+        self.value.clear();
+        self.schemas
+            .current(ChangeEvent::SCHEMA)?
+            .encode_into(&event, &mut self.value)?;
+        let value = std::mem::take(&mut self.value);
+        self.ensure_transaction()?;
+        // Same key, same partition count: the partition the snapshot record came from.
+        let sent = self.send(
+            BaseRecord::to(&self.topics.changes)
+                .partition(partition)
+                .key(key.as_bytes())
+                .payload(value.as_slice()),
+        );
+        self.value = value;
+        sent?;
+        let state = self
+            .partitions
+            .get(&partition)
+            .and_then(|s| s.to_record(key, &self.streams, &meta.snapshot_id));
+        if let Some(state) = state {
+            let payload = self
+                .schemas
+                .current(DetectorState::SCHEMA)?
+                .encode(&state)?;
+            if self.guarantee.is_transactional() {
+                self.send(
+                    BaseRecord::to(&self.topics.state)
+                        .partition(partition)
+                        .key(key.as_bytes())
+                        .payload(payload.as_slice()),
+                )?;
+            } else {
+                self.batch
+                    .pending_state
+                    .push((key.to_string(), partition, payload));
+            }
+        }
+        Ok(())
+    }
+
+    fn ensure_transaction(&mut self) -> Result<(), BatchError> {
+        if self.guarantee.is_transactional() && !self.batch.in_transaction {
+            self.producer
+                .begin_transaction()
+                .map_err(kafka("begin transaction"))?;
+            self.batch.in_transaction = true;
+        }
+        Ok(())
+    }
+
+    fn send(&self, record: BaseRecord<'_, [u8], [u8], ()>) -> Result<(), BatchError> {
+        let mut record = record;
+        loop {
+            match self.producer.send(record) {
+                Ok(()) => return Ok(()),
+                Err((
+                    KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull),
+                    back,
+                )) => {
+                    record = back;
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err((error, _)) => return Err(kafka("send")(error)),
+            }
+        }
+    }
+
+    /// Commits the open batch (changes, state, offsets). On failure it aborts and recovers:
+    /// state rebuilt from `state`, consumer rewound to the committed offsets.
+    pub fn commit_batch<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>) {
+        if self.batch.offsets.is_empty() && !self.batch.in_transaction {
+            self.batch = Batch::default();
+            return;
+        }
+        let started = self.batch.started.unwrap_or_else(Instant::now);
+        match self.try_commit(consumer) {
+            Ok(()) => {
+                self.metrics
+                    .transactions
+                    .with_label_values(&["committed"])
+                    .inc();
+                self.metrics
+                    .transaction_seconds
+                    .observe(started.elapsed().as_secs_f64());
+                self.batch = Batch::default();
+            }
+            Err(error) => {
+                self.metrics
+                    .transactions
+                    .with_label_values(&["aborted"])
+                    .inc();
+                tracing::warn!(message = "Batch failed; aborting and rebuilding from committed state.", %error);
+                self.recover(consumer);
+            }
+        }
+        self.metrics
+            .state_keys
+            .set(self.partitions.values().map(|p| p.len() as i64).sum());
+    }
+
+    fn offsets_tpl(&self) -> Result<TopicPartitionList, BatchError> {
+        let mut tpl = TopicPartitionList::new();
+        for (partition, offset) in &self.batch.offsets {
+            tpl.add_partition_offset(&self.topics.snapshots, *partition, Offset::Offset(*offset))
+                .map_err(kafka("offsets"))?;
+        }
+        Ok(tpl)
+    }
+
+    fn try_commit<C: ConsumerContext>(
+        &mut self,
+        consumer: &BaseConsumer<C>,
+    ) -> Result<(), BatchError> {
+        let offsets = self.offsets_tpl()?;
+        if self.guarantee.is_transactional() {
+            self.ensure_transaction()?;
+            let metadata = consumer.group_metadata().ok_or(BatchError::Kafka {
+                context: "group metadata",
+                source: KafkaError::NoMessageReceived,
+            })?;
+            if offsets.count() > 0 {
+                self.producer
+                    .send_offsets_to_transaction(&offsets, &metadata, self.timeout)
+                    .map_err(kafka("send offsets to transaction"))?;
+            }
+            self.producer
+                .commit_transaction(self.timeout)
+                .map_err(kafka("commit transaction"))?;
+            self.batch.in_transaction = false;
+            return Ok(());
+        }
+        // at_least_once: changes acknowledged → state → acknowledged → offsets.
+        self.flush_acknowledged()?;
+        for (key, partition, payload) in std::mem::take(&mut self.batch.pending_state) {
+            self.send(
+                BaseRecord::to(&self.topics.state)
+                    .partition(partition)
+                    .key(key.as_bytes())
+                    .payload(payload.as_slice()),
+            )?;
+        }
+        self.flush_acknowledged()?;
+        if offsets.count() > 0 {
+            consumer
+                .commit(&offsets, CommitMode::Sync)
+                .map_err(kafka("commit offsets"))?;
+        }
+        Ok(())
+    }
+
+    fn flush_acknowledged(&self) -> Result<(), BatchError> {
+        self.producer.flush(self.timeout).map_err(kafka("flush"))?;
+        match self.producer.context().take_failures() {
+            0 => Ok(()),
+            failed => Err(BatchError::Unacknowledged(failed)),
+        }
+    }
+
+    /// Abort, rebuild every held partition from `state`, rewind to the committed offsets.
+    fn recover<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>) {
+        if self.batch.in_transaction {
+            if let Err(error) = self.producer.abort_transaction(self.timeout) {
+                tracing::warn!(message = "Abort failed; replacing the producer.", %error);
+                match create_producer(&self.producer_config, self.guarantee, self.timeout) {
+                    Ok(producer) => self.producer = producer,
+                    Err(error) => tracing::error!(message = "Cannot replace the producer.", %error),
+                }
+            }
+        }
+        let _ = self.producer.context().take_failures();
+        self.batch = Batch::default();
+        let held: Vec<i32> = self.partitions.keys().copied().collect();
+        self.restore(&held);
+        match consumer.committed(self.timeout) {
+            Ok(committed) => {
+                let mut rewind = TopicPartitionList::new();
+                for element in committed.elements() {
+                    let offset = match element.offset() {
+                        Offset::Invalid => Offset::Beginning,
+                        offset => offset,
+                    };
+                    let _ =
+                        rewind.add_partition_offset(element.topic(), element.partition(), offset);
+                }
+                if let Err(error) = consumer.seek_partitions(rewind, self.timeout) {
+                    tracing::error!(message = "Cannot rewind to the committed offsets.", %error);
+                }
+            }
+            Err(error) => tracing::error!(message = "Cannot read the committed offsets.", %error),
+        }
+    }
+
+    /// Restores the state of `partitions` from the `state` topic (replacing what is held).
+    pub fn restore(&mut self, partitions: &[i32]) {
+        self.readiness.set(RESTORED, false);
+        for &partition in partitions {
+            let started = Instant::now();
+            match self.read_state(partition) {
+                Ok((state, entries)) => {
+                    let seconds = started.elapsed().as_secs_f64();
+                    self.metrics.restore_seconds.observe(seconds);
+                    self.metrics.restored_entries.inc_by(entries);
+                    tracing::info!(
+                        message = "State restored.",
+                        partition,
+                        keys = state.len(),
+                        entries,
+                        seconds
+                    );
+                    self.partitions.insert(partition, state);
+                }
+                Err(error) => {
+                    // Without its state a partition would re-emit everything as CREATE: never
+                    // process it. The partition stays unrestored (not ready) until a rebalance.
+                    tracing::error!(message = "Cannot restore state; partition left unprocessed.", partition, %error);
+                    self.partitions.remove(&partition);
+                }
+            }
+        }
+        self.metrics
+            .state_keys
+            .set(self.partitions.values().map(|p| p.len() as i64).sum());
+        self.readiness.set(RESTORED, true);
+    }
+
+    fn read_state(&mut self, partition: i32) -> KafkaResult<(PartitionState, u64)> {
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(&self.topics.state, partition, Offset::Beginning)?;
+        self.reader.assign(&tpl)?;
+        let mut state = PartitionState::default();
+        let mut entries = 0u64;
+        let mut last_progress = Instant::now();
+        let location = |offset| MessageLocation {
+            topic: self.topics.state.clone(),
+            partition,
+            offset,
+        };
+        loop {
+            match self.reader.poll(Duration::from_millis(100)) {
+                Some(Ok(message)) => {
+                    last_progress = Instant::now();
+                    entries += 1;
+                    let Some(Ok(key)) = message.key().map(std::str::from_utf8) else {
+                        continue;
+                    };
+                    match message.payload() {
+                        None => state.restore_entry(key, None, &mut self.streams),
+                        Some(payload) => match self.schemas.decode::<DetectorState>(
+                            payload,
+                            DetectorState::SCHEMA,
+                            &location(message.offset()),
+                        ) {
+                            Ok(entry) => state.restore_entry(key, Some(&entry), &mut self.streams),
+                            Err(error) => {
+                                tracing::warn!(message = "Skipping an unreadable state entry.", %error)
+                            }
+                        },
+                    }
+                }
+                // End of the partition as the fetch high-watermark shows it.
+                Some(Err(KafkaError::PartitionEOF(_))) => break,
+                Some(Err(error)) => return Err(error),
+                None if last_progress.elapsed() > self.timeout => {
+                    return Err(KafkaError::MetadataFetch(
+                        rdkafka::types::RDKafkaErrorCode::OperationTimedOut,
+                    ))
+                }
+                None => {}
+            }
+        }
+        self.reader.unassign()?;
+        Ok((state, entries))
+    }
+
+    /// Drops the state of revoked partitions.
+    pub fn release(&mut self, partitions: &[i32]) {
+        for partition in partitions {
+            self.partitions.remove(partition);
+            self.batch.offsets.remove(partition);
+            if self.paused.remove(partition) {
+                self.metrics.paused_partitions.set(self.paused.len() as i64);
+            }
+        }
+        self.readiness.set(NOT_PAUSED, self.paused.is_empty());
+        self.metrics
+            .state_keys
+            .set(self.partitions.values().map(|p| p.len() as i64).sum());
+    }
+
+    /// Total records not yet consumed on the assigned partitions.
+    pub fn measure_lag<C: ConsumerContext>(&self, consumer: &BaseConsumer<C>) {
+        let Ok(positions) = consumer.position() else {
+            return;
+        };
+        let mut lag = 0i64;
+        for element in positions.elements() {
+            let Ok((_, high)) =
+                consumer.fetch_watermarks(element.topic(), element.partition(), self.timeout)
+            else {
+                continue;
+            };
+            if let Offset::Offset(position) = element.offset() {
+                lag += (high - position).max(0);
+            }
+        }
+        self.metrics.consumer_lag.set(lag);
+    }
+}
+
+/// Provenance headers of a snapshot record.
+#[derive(Debug, Clone, Default)]
+struct RecordMeta {
+    file_name: String,
+    file_hash: String,
+    snapshot_id: String,
+    stream: String,
+    line: Option<i64>,
+    control: Option<String>,
+}
+
+impl RecordMeta {
+    fn from_message(message: &BorrowedMessage<'_>) -> RecordMeta {
+        let mut meta = RecordMeta {
+            stream: "default".into(),
+            ..RecordMeta::default()
+        };
+        if let Some(headers) = message.headers() {
+            for header in headers.iter() {
+                let Some(Ok(value)) = header.value.map(std::str::from_utf8) else {
+                    continue;
+                };
+                match header.key {
+                    headers::FILE_NAME => meta.file_name = value.to_string(),
+                    headers::FILE_HASH => meta.file_hash = value.to_string(),
+                    headers::SNAPSHOT_ID => meta.snapshot_id = value.to_string(),
+                    headers::STREAM => meta.stream = value.to_string(),
+                    headers::LINE => meta.line = value.parse().ok(),
+                    headers::CONTROL => meta.control = Some(value.to_string()),
+                    _ => {}
+                }
+            }
+        }
+        meta
+    }
+}
+
+/// The consumer context: commits or aborts the open batch before partitions are released,
+/// and restores state for assigned partitions before any of their records are processed.
+#[derive(Debug, Clone)]
+pub struct DetectorContext {
+    engine: Arc<Mutex<Option<Engine>>>,
+}
+
+impl DetectorContext {
+    /// A context whose engine is installed later ([`DetectorContext::install`]).
+    pub fn new() -> DetectorContext {
+        DetectorContext {
+            engine: Arc::new(Mutex::new(None)),
+        }
+    }
+
+    /// Installs the engine.
+    pub fn install(&self, engine: Engine) {
+        *lock(&self.engine) = Some(engine);
+    }
+
+    /// The engine (the loop takes it for each step; never held across `poll`).
+    pub fn engine(&self) -> MutexGuard<'_, Option<Engine>> {
+        lock(&self.engine)
+    }
+}
+
+impl Default for DetectorContext {
+    fn default() -> Self {
+        DetectorContext::new()
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn partitions_of(tpl: &TopicPartitionList) -> Vec<i32> {
+    tpl.elements().iter().map(|e| e.partition()).collect()
+}
+
+impl ClientContext for DetectorContext {}
+
+impl ConsumerContext for DetectorContext {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(tpl) = rebalance {
+            if let Some(engine) = lock(&self.engine).as_mut() {
+                // Finish (or abort) the open batch before the partitions go.
+                engine.commit_batch(consumer);
+                engine.release(&partitions_of(tpl));
+                tracing::info!(message = "Partitions revoked.", partitions = ?partitions_of(tpl));
+            }
+        }
+    }
+
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(tpl) = rebalance {
+            if let Some(engine) = lock(&self.engine).as_mut() {
+                let partitions = partitions_of(tpl);
+                tracing::info!(message = "Partitions assigned; restoring state.", partitions = ?partitions);
+                engine.restore(&partitions);
+            }
+        }
+    }
+}
+
+/// The consume → decide → commit loop, on the calling (dedicated) thread, until `stop`.
+pub fn run_loop(
+    consumer: &BaseConsumer<DetectorContext>,
+    stop: &AtomicBool,
+    lag_interval: Duration,
+) {
+    let context = consumer.context().clone();
+    let mut lag_at = Instant::now();
+    let mut last_error: Option<Instant> = None;
+    while !stop.load(Ordering::Relaxed) {
+        let timeout = context
+            .engine()
+            .as_ref()
+            .map(Engine::poll_timeout)
+            .unwrap_or(Duration::from_millis(100));
+        match consumer.poll(timeout) {
+            Some(Ok(message)) => {
+                if let Some(engine) = context.engine().as_mut() {
+                    if let Err(error) = engine.handle(consumer, &message) {
+                        tracing::warn!(message = "Record handling failed; recovering.", %error);
+                        engine.recover(consumer);
+                    }
+                }
+            }
+            Some(Err(KafkaError::PartitionEOF(_))) | None => {}
+            Some(Err(error)) => {
+                if last_error.is_none_or(|at| at.elapsed() > Duration::from_secs(10)) {
+                    tracing::warn!(message = "Consumer error.", %error);
+                    last_error = Some(Instant::now());
+                }
+            }
+        }
+        if let Some(engine) = context.engine().as_mut() {
+            if engine.batch_due() {
+                engine.commit_batch(consumer);
+            }
+            if lag_at.elapsed() >= lag_interval {
+                lag_at = Instant::now();
+                engine.measure_lag(consumer);
+            }
+        }
+    }
+    let mut engine = context.engine();
+    if let Some(engine) = engine.as_mut() {
+        engine.commit_batch(consumer);
+    }
+}
