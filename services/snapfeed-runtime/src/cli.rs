@@ -141,6 +141,42 @@ where
     code
 }
 
+/// `replay --to …`: resets `service`'s consumer group on the topic `topic_of` picks.
+pub fn execute_replay<C>(
+    service: &'static str,
+    config_path: Option<&Path>,
+    target: &str,
+    topic_of: impl Fn(&topics::TopicNames) -> String,
+) -> ExitCode
+where
+    C: ServiceConfig + HasCommonSections,
+{
+    let config: C = match load_config(config_path) {
+        Ok(config) => config,
+        Err(code) => return code,
+    };
+    let target: crate::replay::ReplayTarget = match target.parse() {
+        Ok(target) => target,
+        Err(problem) => {
+            eprintln!("error: --to {problem}");
+            return ExitCode::from(2);
+        }
+    };
+    let common = config.common();
+    let group = common.pipeline.group_id(service);
+    let topic = topic_of(&common.topic_names());
+    match crate::replay::replay(common.kafka, service, &group, &topic, &target) {
+        Ok(report) => {
+            print!("{report}");
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("error: {error}");
+            ExitCode::from(1)
+        }
+    }
+}
+
 /// Creates missing topics and verifies all of them; returns a printable report.
 pub async fn init_topics(
     service: &'static str,

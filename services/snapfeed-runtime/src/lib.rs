@@ -13,6 +13,7 @@
 //! - [`health`]: `/metrics`, `/healthz`, `/readyz`.
 //! - [`telemetry`]: `tracing` logs, human or JSON; never record contents.
 //! - [`shutdown`]: SIGTERM/SIGINT → drain within a bound; a second signal exits at once.
+//! - [`replay`]: reset a stage's consumer-group offsets (earliest, a time, explicit offsets).
 //! - [`service`]: the frame every stage runs in (schemas, endpoint, topic checks).
 //! - [`cli`]: the binary edge (`run`, `check-config`, `init-topics`).
 
@@ -26,6 +27,7 @@ pub mod kafka;
 pub mod partition;
 pub mod record_key;
 pub mod records;
+pub mod replay;
 pub mod service;
 pub mod shutdown;
 pub mod telemetry;
