@@ -442,8 +442,13 @@ pub struct StubApi {
 impl StubApi {
     /// Binds `127.0.0.1:0` and serves in a tokio task.
     pub async fn start() -> StubApi {
-        let listener = bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0))).expect("bind 127.0.0.1:0");
-        let addr = listener.local_addr().expect("bound address");
+        StubApi::start_on(SocketAddr::from((Ipv4Addr::LOCALHOST, 0))).expect("bind 127.0.0.1:0")
+    }
+
+    /// Binds `addr` (e.g. `0.0.0.0:8080` in a container) and serves in a tokio task.
+    pub fn start_on(addr: SocketAddr) -> std::io::Result<StubApi> {
+        let listener = bind(addr)?;
+        let addr = listener.local_addr()?;
         let state = Arc::new(Mutex::new(State {
             requests: Vec::new(),
             rules: Vec::new(),
@@ -457,11 +462,11 @@ impl StubApi {
             require_bearer: false,
         }));
         let server = Some(Server::spawn(listener, Arc::clone(&state)));
-        StubApi {
+        Ok(StubApi {
             addr,
             state,
             server,
-        }
+        })
     }
 
     /// Base URL, `http://127.0.0.1:PORT`.
