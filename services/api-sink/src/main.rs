@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use snapfeed_runtime::cli::{execute_common, CommonCommand, GlobalArgs};
+use snapfeed_runtime::cli::{execute_common, execute_replay, CommonCommand, GlobalArgs};
 
 /// Sink stage: deliver every change to the case API, in order per key; the consumer offset is the retry state.
 #[derive(Debug, Parser)]
@@ -12,16 +12,107 @@ struct Cli {
     #[command(flatten)]
     global: GlobalArgs,
     #[command(subcommand)]
-    command: Option<CommonCommand>,
+    command: Option<Command>,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    #[command(flatten)]
+    Common(CommonCommand),
+    /// Reset the group's offsets on `changes` (refused while instances run), so the chosen
+    /// range of changes is delivered again (with the same Idempotency-Keys).
+    Replay {
+        /// `earliest`, an RFC 3339 time, or `partition:offset,…`.
+        #[arg(long)]
+        to: String,
+    },
+    /// Re-publish dead letters to `changes` once their cause is fixed (skipping any whose key
+    /// has had a newer version delivered since).
+    Redrive {
+        /// Only letters dead-lettered at or after this RFC 3339 time.
+        #[arg(long)]
+        since: Option<String>,
+        /// Only letters whose last HTTP status is this one.
+        #[arg(long)]
+        status: Option<i32>,
+        /// Only letters of this reason (`http_4xx`, `retry_budget_exhausted`, …).
+        #[arg(long)]
+        reason: Option<String>,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let command = cli.command.unwrap_or(CommonCommand::Run);
-    execute_common(
-        api_sink::SERVICE,
-        cli.global.config.as_deref(),
-        command,
-        api_sink::run,
-    )
+    let config = cli.global.config.as_deref();
+    match cli.command.unwrap_or(Command::Common(CommonCommand::Run)) {
+        Command::Common(command) => {
+            execute_common(api_sink::SERVICE, config, command, api_sink::run)
+        }
+        Command::Redrive {
+            since,
+            status,
+            reason,
+        } => redrive(config, since, status, reason),
+        Command::Replay { to } => {
+            execute_replay::<api_sink::ApiSinkConfig>(api_sink::SERVICE, config, &to, |t| {
+                t.changes.clone()
+            })
+        }
+    }
+}
+
+fn redrive(
+    config_path: Option<&std::path::Path>,
+    since: Option<String>,
+    status: Option<i32>,
+    reason: Option<String>,
+) -> ExitCode {
+    let config = match snapfeed_runtime::cli::load_config::<api_sink::ApiSinkConfig>(config_path) {
+        Ok(config) => config,
+        Err(code) => return code,
+    };
+    let since = match since
+        .map(|s| chrono::DateTime::parse_from_rfc3339(&s).map(|t| t.with_timezone(&chrono::Utc)))
+    {
+        None => None,
+        Some(Ok(time)) => Some(time),
+        Some(Err(error)) => {
+            eprintln!(
+                "error: --since: {error} (expected an RFC 3339 time such as 2026-11-26T08:00:00Z)"
+            );
+            return ExitCode::from(2);
+        }
+    };
+    snapfeed_runtime::telemetry::init(&config.log);
+    let schemas = match snapfeed_runtime::avro::SchemaStore::load_dir(&config.pipeline.schemas_dir)
+    {
+        Ok(schemas) => schemas,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    use snapfeed_runtime::service::HasCommonSections;
+    let topics = config.common().topic_names();
+    let filter = api_sink::redrive::RedriveFilter {
+        since,
+        status,
+        reason,
+    };
+    match api_sink::redrive::redrive(
+        &config.kafka,
+        config.pipeline.processing_guarantee,
+        &topics,
+        &schemas,
+        &filter,
+    ) {
+        Ok(report) => {
+            println!("{report}");
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("error: {error}");
+            ExitCode::from(1)
+        }
+    }
 }

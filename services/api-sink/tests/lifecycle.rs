@@ -12,7 +12,13 @@ const BINARY: &str = env!("CARGO_BIN_EXE_api-sink");
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn starts_ready_serves_metrics_and_drains_on_sigterm() {
-    assert_binary_lifecycle(Path::new(BINARY), "api-sink", &[]).await;
+    // The example config reads the API key from COMMCARE_API_KEY (secrets only by reference).
+    assert_binary_lifecycle(
+        Path::new(BINARY),
+        "api-sink",
+        &[("COMMCARE_API_KEY".to_string(), "test-key".to_string())],
+    )
+    .await;
 }
 
 #[test]

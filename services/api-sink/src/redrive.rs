@@ -1,0 +1,209 @@
+//! Redrive: dead letters back onto `changes`, once their cause is fixed.
+//!
+//! Reads `dead-letters` from the beginning to partition EOF, picks the letters matching the
+//! filters (dead-lettered at or after `--since`, with `--status`), and re-publishes each
+//! letter's original change to `changes` (same key, so the same partition and lane) with the
+//! redrive count in a header. A letter is skipped when a newer version of its key has been
+//! delivered since (read from `deliveries`): sending an older version after a newer one would
+//! overwrite the case with stale data. Prints what it redrove and skipped.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::{Message, Offset, TopicPartitionList};
+use snapfeed_runtime::avro::{MessageLocation, SchemaStore};
+use snapfeed_runtime::kafka::{KafkaConfig, ProcessingGuarantee};
+use snapfeed_runtime::records::{AvroRecord, DeadLetter, DeliveryReceipt};
+use snapfeed_runtime::topics::TopicNames;
+
+use crate::deliver::REDRIVE_COUNT_HEADER;
+
+/// Which dead letters to redrive.
+#[derive(Debug, Clone, Default)]
+pub struct RedriveFilter {
+    /// Only letters dead-lettered at or after this time.
+    pub since: Option<DateTime<Utc>>,
+    /// Only letters whose last status is this one.
+    pub status: Option<i32>,
+    /// Only letters of this reason.
+    pub reason: Option<String>,
+}
+
+/// What a redrive did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RedriveReport {
+    /// Letters re-published.
+    pub redriven: usize,
+    /// Letters left alone: a newer version of the key was delivered since.
+    pub superseded: usize,
+    /// Letters not matching the filter.
+    pub filtered_out: usize,
+    /// Letters whose change is undecodable (reason `undecodable`) — redriving cannot help.
+    pub undecodable: usize,
+}
+
+impl std::fmt::Display for RedriveReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "redriven {}, skipped as superseded {}, not matching {}, undecodable {}",
+            self.redriven, self.superseded, self.filtered_out, self.undecodable
+        )
+    }
+}
+
+/// Why a redrive failed.
+#[derive(Debug, thiserror::Error)]
+#[error("kafka {context}: {source}")]
+pub struct RedriveError {
+    context: &'static str,
+    source: KafkaError,
+}
+
+fn failed(context: &'static str) -> impl FnOnce(KafkaError) -> RedriveError {
+    move |source| RedriveError { context, source }
+}
+
+fn read_all(
+    consumer: &BaseConsumer,
+    topic: &str,
+    timeout: Duration,
+    mut each: impl FnMut(&rdkafka::message::BorrowedMessage<'_>),
+) -> Result<(), RedriveError> {
+    let metadata = consumer
+        .fetch_metadata(Some(topic), timeout)
+        .map_err(failed("metadata"))?;
+    let partitions = metadata
+        .topics()
+        .first()
+        .map(|t| t.partitions().len())
+        .unwrap_or(0);
+    let mut tpl = TopicPartitionList::new();
+    for partition in 0..partitions as i32 {
+        tpl.add_partition_offset(topic, partition, Offset::Beginning)
+            .map_err(failed("assign"))?;
+    }
+    consumer.assign(&tpl).map_err(failed("assign"))?;
+    let mut at_eof = vec![false; partitions];
+    let mut idle_since = std::time::Instant::now();
+    while at_eof.iter().any(|eof| !eof) {
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(message)) => {
+                idle_since = std::time::Instant::now();
+                each(&message);
+            }
+            Some(Err(KafkaError::PartitionEOF(partition))) => {
+                if let Some(eof) = at_eof.get_mut(partition as usize) {
+                    *eof = true;
+                }
+            }
+            Some(Err(error)) => return Err(failed("read")(error)),
+            None if idle_since.elapsed() > timeout => {
+                return Err(failed("read")(KafkaError::MetadataFetch(
+                    rdkafka::types::RDKafkaErrorCode::OperationTimedOut,
+                )))
+            }
+            None => {}
+        }
+    }
+    consumer.unassign().map_err(failed("unassign"))?;
+    Ok(())
+}
+
+/// Redrives the matching dead letters (blocking).
+pub fn redrive(
+    kafka: &KafkaConfig,
+    guarantee: ProcessingGuarantee,
+    topics: &TopicNames,
+    schemas: &SchemaStore,
+    filter: &RedriveFilter,
+) -> Result<RedriveReport, RedriveError> {
+    let timeout = kafka.request_timeout();
+    let reader: BaseConsumer = kafka
+        .reader_config("api-sink-redrive", guarantee)
+        .create()
+        .map_err(failed("reader"))?;
+    let location = |topic: &str, m: &rdkafka::message::BorrowedMessage<'_>| MessageLocation {
+        topic: topic.to_string(),
+        partition: m.partition(),
+        offset: m.offset(),
+    };
+    let mut delivered: HashMap<String, i64> = HashMap::new();
+    read_all(&reader, &topics.deliveries, timeout, |m| {
+        if let Some(Ok(receipt)) = m.payload().map(|p| {
+            schemas.decode::<DeliveryReceipt>(
+                p,
+                DeliveryReceipt::SCHEMA,
+                &location(&topics.deliveries, m),
+            )
+        }) {
+            let newest = delivered.entry(receipt.key).or_insert(receipt.version);
+            *newest = (*newest).max(receipt.version);
+        }
+    })?;
+    let mut letters = Vec::new();
+    read_all(&reader, &topics.dead_letters, timeout, |m| {
+        if let Some(Ok(letter)) = m.payload().map(|p| {
+            schemas.decode::<DeadLetter>(p, DeadLetter::SCHEMA, &location(&topics.dead_letters, m))
+        }) {
+            letters.push(letter);
+        }
+    })?;
+
+    let producer: BaseProducer = kafka
+        .producer_config("api-sink-redrive", ProcessingGuarantee::AtLeastOnce, None)
+        .create()
+        .map_err(failed("producer"))?;
+    let mut report = RedriveReport::default();
+    for letter in letters {
+        let matches = filter
+            .since
+            .is_none_or(|since| letter.dead_lettered_at >= since.timestamp_millis())
+            && filter
+                .status
+                .is_none_or(|status| letter.status == Some(status))
+            && filter
+                .reason
+                .as_deref()
+                .is_none_or(|reason| letter.reason == reason);
+        if !matches {
+            report.filtered_out += 1;
+            continue;
+        }
+        let (Some(key), Some(version)) = (&letter.key, letter.version) else {
+            report.undecodable += 1;
+            continue;
+        };
+        if delivered.get(key).is_some_and(|newest| *newest >= version) {
+            report.superseded += 1;
+            continue;
+        }
+        let count = (letter.redrive_count + 1).to_string();
+        let headers = OwnedHeaders::new().insert(Header {
+            key: REDRIVE_COUNT_HEADER,
+            value: Some(count.as_bytes()),
+        });
+        producer
+            .send(
+                BaseRecord::to(&topics.changes)
+                    .key(key.as_bytes())
+                    .payload(letter.change.as_slice())
+                    .headers(headers),
+            )
+            .map_err(|(error, _)| failed("send")(error))?;
+        report.redriven += 1;
+    }
+    producer.flush(timeout * 3).map_err(failed("flush"))?;
+    tracing::info!(
+        message = "Redrive done.",
+        redriven = report.redriven,
+        superseded = report.superseded,
+        filtered_out = report.filtered_out
+    );
+    Ok(report)
+}
