@@ -360,12 +360,13 @@ pub(crate) mod tests {
 
     #[test]
     fn the_example_config_is_valid() {
+        // Validation never resolves secrets, so the example passes without them set.
         let path = concat!(
             env!("CARGO_MANIFEST_DIR"),
             "/../../deploy/config/api-sink.toml"
         );
-        let config: ApiSinkConfig = load(Some(std::path::Path::new(path)), Vec::new()).unwrap();
-        assert_eq!(config.sink.profile, Profile::Json);
+        let loaded = load::<ApiSinkConfig>(Some(std::path::Path::new(path)), Vec::new());
+        assert!(loaded.is_ok(), "{:?}", loaded.err());
     }
 
     #[test]

@@ -624,6 +624,32 @@ impl Sink {
                             continue;
                         }
                     }
+                    if matches!(status, Some(401 | 403)) {
+                        // Credentials rejected: no change is at fault, and dead-lettering every
+                        // change until someone rotates a key would empty the stream into the
+                        // dead letters. Retry with backoff instead (the lane stays paused).
+                        self.metrics
+                            .requests
+                            .with_label_values(&["transient"])
+                            .inc();
+                        self.metrics
+                            .retries
+                            .with_label_values(&["unauthorized"])
+                            .inc();
+                        tracing::warn!(
+                            message = "The API refused our credentials; retrying with backoff.",
+                            status = status.map(i32::from)
+                        );
+                        if let (Some(401), Some(rejected)) = (status, &authorization) {
+                            self.auth.invalidate(rejected).await;
+                        }
+                        let count = attempts.history.len() as u32;
+                        let delay = backoff.next_delay(count, None);
+                        if !self.wait_or_stop(delay, &mut paused).await {
+                            break Outcome::Abandoned;
+                        }
+                        continue;
+                    }
                     self.metrics
                         .requests
                         .with_label_values(&["permanent"])

@@ -282,6 +282,10 @@ fn origin_of(key: &str, path: Option<&Path>, env_keys: &EnvKeys) -> ValueOrigin 
 /// Key names whose values are secrets: redacted by [`redacted_toml`] and never logged.
 fn is_secret_key(key: &str) -> bool {
     let key = key.to_ascii_lowercase();
+    // Where a secret lives is not a secret (e.g. an OAuth2 `token_url`).
+    if key.ends_with("_url") || key.ends_with(".url") || key.ends_with(".location") {
+        return false;
+    }
     [
         "password",
         "secret",

@@ -73,12 +73,19 @@ struct RenderedRequest {
     body: Option<Value>,
 }
 
-/// A render that went wrong: `safe` may go into a dead letter or log (no values), `full` only
-/// into a start-up error about a sample change.
-struct RenderFailure {
-    line: usize,
-    safe: String,
-    full: String,
+/// A render that went wrong. `safe` texts may go into a dead letter or log (no values);
+/// `full` ones only into a start-up error about a sample change.
+enum RenderFailure {
+    /// The envelope could not be built (a value JSON cannot hold).
+    Envelope(BuildError),
+    /// The template engine failed at `line`.
+    Engine {
+        line: usize,
+        safe: String,
+        full: String,
+    },
+    /// The output is not a valid request.
+    Output { safe: String, full: String },
 }
 
 impl TemplateProfile {
@@ -139,10 +146,17 @@ impl TemplateProfile {
             ),
         ] {
             self.render_inner(change, "0".repeat(64))
-                .map_err(|failure| SetupError::Template {
-                    path: self.file.clone(),
-                    line: failure.line,
-                    message: format!("rendering a sample {sample} change: {}", failure.full),
+                .map_err(|failure| {
+                    let (line, full) = match failure {
+                        RenderFailure::Envelope(error) => (0, error.to_string()),
+                        RenderFailure::Engine { line, full, .. } => (line, full),
+                        RenderFailure::Output { full, .. } => (0, full),
+                    };
+                    SetupError::Template {
+                        path: self.file.clone(),
+                        line,
+                        message: format!("rendering a sample {sample} change: {full}"),
+                    }
                 })?;
         }
         Ok(())
@@ -155,12 +169,16 @@ impl TemplateProfile {
         idempotency_key: String,
     ) -> Result<PreparedRequest, BuildError> {
         self.render_inner(change, idempotency_key)
-            .map_err(|failure| BuildError::TemplateOutput {
-                file: self.file.clone(),
-                problem: if failure.line > 0 {
-                    format!("line {}: {}", failure.line, failure.safe)
-                } else {
-                    failure.safe
+            .map_err(|failure| match failure {
+                RenderFailure::Envelope(error) => error,
+                RenderFailure::Engine { line, safe, .. } => BuildError::Template {
+                    file: self.file.clone(),
+                    line,
+                    kind: safe,
+                },
+                RenderFailure::Output { safe, .. } => BuildError::TemplateOutput {
+                    file: self.file.clone(),
+                    problem: safe,
                 },
             })
     }
@@ -170,17 +188,12 @@ impl TemplateProfile {
         change: DecodedChange<'_>,
         idempotency_key: String,
     ) -> Result<PreparedRequest, RenderFailure> {
-        let output = |safe: String, full: String| RenderFailure {
-            line: 0,
-            safe,
-            full,
-        };
-        let same = |text: String| RenderFailure {
-            line: 0,
+        let output = |safe: String, full: String| RenderFailure::Output { safe, full };
+        let same = |text: String| RenderFailure::Output {
             safe: text.clone(),
             full: text,
         };
-        let mut context = envelope(change).map_err(|error| same(error.to_string()))?;
+        let mut context = envelope(change).map_err(RenderFailure::Envelope)?;
         context.insert("pipeline".into(), self.pipeline.clone().into());
         context.insert("idempotency_key".into(), idempotency_key.clone().into());
         context.insert("api_url".into(), self.api_base.clone().into());
@@ -190,7 +203,7 @@ impl TemplateProfile {
             .and_then(|template| {
                 template.render(minijinja::Value::from(minijinja::value::Serde(&context)))
             })
-            .map_err(|error| RenderFailure {
+            .map_err(|error| RenderFailure::Engine {
                 line: error.line().unwrap_or(0),
                 // The kind only: details can quote values ("cannot compare 'x' with 5").
                 safe: error.kind().to_string(),
@@ -450,7 +463,10 @@ mod tests {
         let event = change(ChangeOp::Create, "SECRET-KEY-VALUE", 1);
         let error = builder.build(decoded(&event, Some(&record))).unwrap_err();
         let text = error.to_string();
-        assert!(matches!(error, BuildError::TemplateOutput { .. }), "{text}");
+        assert!(
+            matches!(error, BuildError::Template { line: 6, .. }),
+            "{text}"
+        );
         assert!(text.contains("line 6"), "{text}");
         assert!(
             !text.contains("Núñez") && !text.contains("SECRET-KEY-VALUE"),
