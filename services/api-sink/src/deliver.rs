@@ -274,6 +274,14 @@ impl Sink {
         }
     }
 
+    /// Changes routed and not yet finished, over all partitions.
+    pub fn total_backlog(&self) -> usize {
+        lock(&self.partitions)
+            .values()
+            .map(|p| p.backlog.load(Ordering::Relaxed))
+            .sum()
+    }
+
     /// Changes routed to `partition` and not yet finished.
     pub fn backlog(&self, partition: i32) -> usize {
         lock(&self.partitions)

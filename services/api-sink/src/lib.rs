@@ -42,10 +42,10 @@ use deliver::{Incoming, Sink, SinkParts};
 /// The service name: metric prefix, client id, consumer group suffix.
 pub const SERVICE: &str = "api-sink";
 
-/// A partition's backlog above which fetching it pauses …
-const BACKLOG_PAUSE: usize = 2_000;
-/// … and below which it resumes.
-const BACKLOG_RESUME: usize = 200;
+/// Changes routed and not yet finished above which the consumer stops taking more.
+const BACKLOG_LIMIT: usize = 20_000;
+/// Longest gap between two polls while the backlog is full (well below max.poll.interval.ms).
+const MAX_POLL_GAP: Duration = Duration::from_secs(60);
 
 /// Why api-sink stopped.
 #[derive(Debug, thiserror::Error)]
@@ -231,6 +231,12 @@ pub async fn run(config: ApiSinkConfig, mut shutdown: Shutdown) -> Result<(), Ap
 }
 
 /// The consumer thread: fetch, route, flow control, commit; then drain and leave the group.
+///
+/// Flow control is a soft bound on changes routed and not yet finished: above it the thread
+/// stops taking messages (librdkafka keeps the group membership alive in the background) and
+/// only commits, until the lanes have worked the backlog down. Pausing single partitions was
+/// tried first; after a pause/resume cycle on transactional topics fetching did not restart
+/// on the in-process broker, so the bound is global — see the README's notes.
 fn consume(
     consumer: BaseConsumer<SinkContext>,
     sink: &Arc<Sink>,
@@ -238,27 +244,25 @@ fn consume(
     stop: &AtomicBool,
     drain: Duration,
 ) {
-    let mut paused: Vec<i32> = Vec::new();
     let mut last_commit = Instant::now();
+    let mut last_poll = Instant::now();
     let mut last_error: Option<Instant> = None;
     while !stop.load(Ordering::Relaxed) {
-        match consumer.poll(Duration::from_millis(50)) {
-            Some(Ok(message)) => {
-                let partition = message.partition();
-                sink.route(message.key(), Incoming::from_message(&message));
-                if sink.backlog(partition) > BACKLOG_PAUSE && !paused.contains(&partition) {
-                    let mut tpl = TopicPartitionList::new();
-                    tpl.add_partition(topic, partition);
-                    if consumer.pause(&tpl).is_ok() {
-                        paused.push(partition);
+        // Above the bound, wait — but poll at least every MAX_POLL_GAP so a rebalance is
+        // served and the member is not dropped for not polling (max.poll.interval.ms).
+        let full = sink.total_backlog() > BACKLOG_LIMIT;
+        if full && last_poll.elapsed() < MAX_POLL_GAP {
+            std::thread::sleep(Duration::from_millis(20));
+        } else {
+            last_poll = Instant::now();
+            match consumer.poll(Duration::from_millis(50)) {
+                Some(Ok(message)) => sink.route(message.key(), Incoming::from_message(&message)),
+                Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) | None => {}
+                Some(Err(error)) => {
+                    if last_error.is_none_or(|at| at.elapsed() > Duration::from_secs(10)) {
+                        tracing::warn!(message = "Consumer error.", %error);
+                        last_error = Some(Instant::now());
                     }
-                }
-            }
-            Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) | None => {}
-            Some(Err(error)) => {
-                if last_error.is_none_or(|at| at.elapsed() > Duration::from_secs(10)) {
-                    tracing::warn!(message = "Consumer error.", %error);
-                    last_error = Some(Instant::now());
                 }
             }
         }
@@ -266,14 +270,6 @@ fn consume(
             last_commit = Instant::now();
             commit(&consumer, sink, topic, CommitMode::Async);
             sink.check_reachability();
-            paused.retain(|partition| {
-                if sink.backlog(*partition) >= BACKLOG_RESUME {
-                    return true;
-                }
-                let mut tpl = TopicPartitionList::new();
-                tpl.add_partition(topic, *partition);
-                consumer.resume(&tpl).is_err()
-            });
         }
     }
     // Drain: in-progress deliveries finish (or give up at the bound), what is done is committed.
