@@ -81,6 +81,15 @@ impl Incoming {
     }
 }
 
+/// Which assignment of which partition a run of changes belongs to: when the partition is
+/// revoked (or the sink stops) the run is cancelled — a revoked lane must never deliver an old
+/// version after the new owner delivered a newer one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Lane {
+    partition: i32,
+    generation: u64,
+}
+
 /// Per-partition bookkeeping the consumer thread and the lanes share.
 #[derive(Debug, Default)]
 struct PartitionLanes {
@@ -244,6 +253,27 @@ impl Sink {
         self.stop.load(Ordering::Relaxed)
     }
 
+    /// True once the sink stops or the lane's partition assignment is gone.
+    fn cancelled(&self, lane: Lane) -> bool {
+        self.stopping()
+            || lock(&self.partitions)
+                .get(&lane.partition)
+                .map(|p| p.generation)
+                != Some(lane.generation)
+    }
+
+    /// Completes when `lane` is cancelled.
+    async fn until_cancelled(&self, lane: Lane) {
+        loop {
+            // Created before the check: a notification in between is not missed.
+            let notified = self.stopped.notified();
+            if self.cancelled(lane) {
+                return;
+            }
+            notified.await;
+        }
+    }
+
     /// Routes a consumed change to its lane (consumer thread).
     pub fn route(self: &Arc<Self>, key: Option<&[u8]>, mut incoming: Incoming) {
         let lanes_per_partition = self.config.lanes_per_partition.max(1);
@@ -309,6 +339,8 @@ impl Sink {
                 }
             }
         }
+        // Wake every waiting lane: the revoked ones give up at once.
+        self.stopped.notify_waiters();
         let deadline = std::time::Instant::now() + wait;
         while self.busy.load(Ordering::Relaxed) > 0 && std::time::Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(10));
@@ -495,7 +527,11 @@ impl Sink {
     ) -> Result<(), ()> {
         let members = batch.members.clone();
         let mut attempts = Attempts::default();
-        let outcome = self.send_with_retries(&batch, &mut attempts).await;
+        let lane = Lane {
+            partition: run[0].partition,
+            generation: run[0].generation,
+        };
+        let outcome = self.send_with_retries(lane, &batch, &mut attempts).await;
         match outcome {
             Outcome::Abandoned => Err(()),
             Outcome::DeadLetter {
@@ -535,17 +571,32 @@ impl Sink {
 
     /// Sends one request until it is delivered, permanently refused, out of budget, or
     /// abandoned — honouring the global breaker, the rate limit and `max_in_flight`.
-    async fn send_with_retries(&self, batch: &PreparedBatch, attempts: &mut Attempts) -> Outcome {
+    async fn send_with_retries(
+        &self,
+        lane: Lane,
+        batch: &PreparedBatch,
+        attempts: &mut Attempts,
+    ) -> Outcome {
         let mut backoff = Backoff::new(&self.config.retry);
         let mut reauthenticated = false;
         let mut paused = false;
         let outcome = loop {
-            if self.stopping() {
+            if self.cancelled(lane) {
                 break Outcome::Abandoned;
             }
-            self.breaker.wait().await;
-            self.rate_limit().await;
-            let Ok(_permit) = self.in_flight.acquire().await else {
+            tokio::select! {
+                _ = self.breaker.wait() => {}
+                _ = self.until_cancelled(lane) => break Outcome::Abandoned,
+            }
+            tokio::select! {
+                _ = self.rate_limit() => {}
+                _ = self.until_cancelled(lane) => break Outcome::Abandoned,
+            }
+            let permit = tokio::select! {
+                permit = self.in_flight.acquire() => permit,
+                _ = self.until_cancelled(lane) => break Outcome::Abandoned,
+            };
+            let Ok(_permit) = permit else {
                 break Outcome::Abandoned;
             };
             let now = Instant::now();
@@ -566,12 +617,16 @@ impl Sink {
                         error: Some(error.reason().to_string()),
                     });
                     let delay = backoff.next_delay(attempts.history.len() as u32, None);
-                    if !self.wait_or_stop(delay, &mut paused).await {
+                    if !self.wait_or_stop(lane, delay, &mut paused).await {
                         break Outcome::Abandoned;
                     }
                     continue;
                 }
             };
+            if self.cancelled(lane) {
+                // Revoked or stopping while waiting for credentials: the new owner sends it.
+                break Outcome::Abandoned;
+            }
             let started = Instant::now();
             let result = batch
                 .request
@@ -653,7 +708,7 @@ impl Sink {
                         }
                         let count = attempts.history.len() as u32;
                         let delay = backoff.next_delay(count, None);
-                        if !self.wait_or_stop(delay, &mut paused).await {
+                        if !self.wait_or_stop(lane, delay, &mut paused).await {
                             break Outcome::Abandoned;
                         }
                         continue;
@@ -707,7 +762,7 @@ impl Sink {
                         };
                     }
                     let delay = backoff.next_delay(count, retry_after);
-                    if !self.wait_or_stop(delay, &mut paused).await {
+                    if !self.wait_or_stop(lane, delay, &mut paused).await {
                         break Outcome::Abandoned;
                     }
                 }
@@ -723,7 +778,7 @@ impl Sink {
     }
 
     /// Sleeps `delay` (the lane is paused meanwhile); false if shutdown came first.
-    async fn wait_or_stop(&self, delay: Duration, paused: &mut bool) -> bool {
+    async fn wait_or_stop(&self, lane: Lane, delay: Duration, paused: &mut bool) -> bool {
         if !*paused {
             *paused = true;
             self.paused_lanes.fetch_add(1, Ordering::Relaxed);
@@ -731,13 +786,9 @@ impl Sink {
                 .paused_partitions
                 .set(self.paused_lanes.load(Ordering::Relaxed) as i64);
         }
-        let stopped = self.stopped.notified();
-        if self.stopping() {
-            return false;
-        }
         tokio::select! {
-            _ = tokio::time::sleep(delay) => !self.stopping(),
-            _ = stopped => false,
+            _ = tokio::time::sleep(delay) => !self.cancelled(lane),
+            _ = self.until_cancelled(lane) => false,
         }
     }
 

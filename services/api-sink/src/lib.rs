@@ -108,6 +108,24 @@ impl ConsumerContext for SinkContext {
         }
     }
 
+    fn commit_callback(
+        &self,
+        result: rdkafka::error::KafkaResult<()>,
+        offsets: &TopicPartitionList,
+    ) {
+        if result.is_ok() {
+            let confirmed: Vec<(i32, i64)> = offsets
+                .elements()
+                .iter()
+                .filter_map(|e| match e.offset() {
+                    Offset::Offset(offset) => Some((e.partition(), offset)),
+                    _ => None,
+                })
+                .collect();
+            self.sink.committed(&confirmed);
+        }
+    }
+
     fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Assign(tpl) = rebalance {
             let partitions: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
@@ -140,7 +158,10 @@ fn commit<C: ConsumerContext>(
         }
     }
     match consumer.commit(&tpl, mode) {
-        Ok(()) => sink.committed(&offsets),
+        // An async commit is only queued here: it is recorded by `commit_callback` once the
+        // broker confirms it, so a failed one is offered again.
+        Ok(()) if matches!(mode, CommitMode::Sync) => sink.committed(&offsets),
+        Ok(()) => {}
         Err(error) => tracing::warn!(message = "Offset commit failed; will retry.", %error),
     }
 }

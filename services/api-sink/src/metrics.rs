@@ -12,7 +12,8 @@ pub struct SinkMetrics {
     pub requests: IntCounterVec,
     /// Request latency.
     pub request_duration: Histogram,
-    /// Retries by reason: `connect`, `timeout`, `status_408`, `status_429`, `status_5xx`, `other`.
+    /// Retries by reason: `connect_error`, `timeout`, `transport_error`, `rate_limited` (429),
+    /// `server_error` (5xx), `http_status` (another listed status), `unauthorized`.
     pub retries: IntCounterVec,
     /// Dead letters by reason: `http_4xx`, `retry_budget_exhausted`, `undecodable`, `request_build_failed`.
     pub dead_letters: IntCounterVec,

@@ -18,7 +18,7 @@ use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{Message, Offset, TopicPartitionList};
 use snapfeed_runtime::avro::{MessageLocation, SchemaStore};
 use snapfeed_runtime::kafka::{KafkaConfig, ProcessingGuarantee};
-use snapfeed_runtime::records::{AvroRecord, DeadLetter, DeliveryReceipt};
+use snapfeed_runtime::records::{AvroRecord, ChangeEvent, DeadLetter, DeliveryReceipt};
 use snapfeed_runtime::topics::TopicNames;
 
 use crate::deliver::REDRIVE_COUNT_HEADER;
@@ -155,6 +155,26 @@ pub fn redrive(
         }
     })?;
 
+    // A newer version still waiting on `changes` (not yet delivered) supersedes a letter too:
+    // redriving the old one behind it would leave the API on the older version.
+    let wanted: std::collections::HashSet<&str> =
+        letters.iter().filter_map(|l| l.key.as_deref()).collect();
+    let mut pending: HashMap<String, i64> = HashMap::new();
+    read_all(&reader, &topics.changes, timeout, |m| {
+        let Some(Ok(key)) = m.key().map(std::str::from_utf8) else {
+            return;
+        };
+        if !wanted.contains(key) {
+            return;
+        }
+        if let Some(Ok(change)) = m.payload().map(|p| {
+            schemas.decode::<ChangeEvent>(p, ChangeEvent::SCHEMA, &location(&topics.changes, m))
+        }) {
+            let newest = pending.entry(change.key).or_insert(change.version);
+            *newest = (*newest).max(change.version);
+        }
+    })?;
+
     let producer: BaseProducer = kafka
         .producer_config("api-sink-redrive", ProcessingGuarantee::AtLeastOnce, None)
         .create()
@@ -179,7 +199,9 @@ pub fn redrive(
             report.undecodable += 1;
             continue;
         };
-        if delivered.get(key).is_some_and(|newest| *newest >= version) {
+        if delivered.get(key).is_some_and(|newest| *newest >= version)
+            || pending.get(key).is_some_and(|newest| *newest > version)
+        {
             report.superseded += 1;
             continue;
         }
