@@ -107,3 +107,62 @@ async fn refuses_to_start_when_snapshots_state_and_changes_are_not_copartitioned
         "{text}"
     );
 }
+
+#[test]
+fn init_topics_creates_missing_topics_with_their_policies_and_verifies_them() {
+    use snapfeed_harness::broker::{BrokerKind, TestBroker};
+    let broker = TestBroker::from_env();
+    if broker.kind() == BrokerKind::Mock {
+        // Gap (mock cluster): no admin API, so topics cannot be created through it.
+        eprintln!("skipped on the mock cluster: no admin API");
+        return;
+    }
+    let pipeline = format!("t-init-{}", std::process::id());
+    let run = || {
+        Command::new(BINARY)
+            .current_dir(repo_root())
+            .args([
+                "--config",
+                "deploy/config/change-detector.toml",
+                "init-topics",
+            ])
+            .env("SNAPFEED_KAFKA__BOOTSTRAP_SERVERS", broker.bootstrap())
+            .env("SNAPFEED_PIPELINE__NAME", &pipeline)
+            .env("SNAPFEED_TOPICS__PARTITIONS", "3")
+            .env("SNAPFEED_TOPICS__REPLICATION_FACTOR", "1")
+            .output()
+            .unwrap()
+    };
+    let first = run();
+    let stdout = String::from_utf8_lossy(&first.stdout);
+    assert!(
+        first.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    for (topic, partitions, policy) in [
+        ("snapshots", 3, "delete"),
+        ("state", 3, "compact"),
+        ("changes", 3, "delete"),
+        ("files", 1, "compact"),
+        ("dead-letters", 3, "delete"),
+    ] {
+        let line = stdout
+            .lines()
+            .find(|l| l.starts_with(&format!("{pipeline}.{topic} ")))
+            .unwrap_or_else(|| panic!("no line for {topic}:\n{stdout}"));
+        assert!(line.contains(&format!("{partitions} partitions")), "{line}");
+        assert!(line.contains(policy), "{line}");
+        assert!(line.ends_with("created"), "{line}");
+    }
+    // A second run finds them all and still verifies co-partitioning.
+    let second = run();
+    let stdout = String::from_utf8_lossy(&second.stdout);
+    assert!(second.status.success(), "{stdout}");
+    assert_eq!(
+        stdout.lines().filter(|l| l.ends_with("exists")).count(),
+        7,
+        "{stdout}"
+    );
+    assert!(stdout.contains("co-partitioned"), "{stdout}");
+}
