@@ -47,11 +47,13 @@ pub struct Candidate {
 }
 
 impl Inbox {
-    /// The inbox of `config`.
-    pub fn new(config: &SourceConfig) -> Inbox {
+    /// The inbox of `config`, for the instance `instance_id`: each instance claims into a work
+    /// directory of its own, so a starting instance never adopts a file another live instance
+    /// is ingesting (a crashed instance's files are resumed when it — the same id — returns).
+    pub fn new(config: &SourceConfig, instance_id: &str) -> Inbox {
         Inbox {
             dir: config.inbox.clone(),
-            work_dir: config.work_dir(),
+            work_dir: instance_work_dir(config, instance_id),
             patterns: config.patterns.clone(),
             marker_suffix: config.marker_suffix.clone(),
             stable_for: Duration::from_millis(config.stable_for_ms),
@@ -167,6 +169,25 @@ impl Inbox {
     }
 }
 
+/// The work directory of one instance: `<work_dir>/<instance_id>` (the id made file-name safe).
+pub fn instance_work_dir(config: &SourceConfig, instance_id: &str) -> std::path::PathBuf {
+    let safe: String = instance_id
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    config.work_dir().join(if safe.is_empty() {
+        "0".to_string()
+    } else {
+        safe
+    })
+}
+
 /// The shard a file name belongs to (FNV-1a: stable across builds and platforms).
 pub fn shard_of(name: &str, count: u32) -> u32 {
     let mut hash: u32 = 0x811c_9dc5;
@@ -243,7 +264,7 @@ mod tests {
     #[test]
     fn a_file_is_taken_only_after_it_stopped_changing() {
         let dir = tempfile::tempdir().unwrap();
-        let mut inbox = Inbox::new(&config(dir.path(), None));
+        let mut inbox = Inbox::new(&config(dir.path(), None), "0");
         let t0 = Instant::now();
         std::fs::write(dir.path().join("a.csv"), "h\n").unwrap();
         assert!(inbox.scan(t0).unwrap().is_empty());
@@ -265,7 +286,7 @@ mod tests {
     #[test]
     fn with_markers_only_marked_files_are_complete() {
         let dir = tempfile::tempdir().unwrap();
-        let mut inbox = Inbox::new(&config(dir.path(), Some(".ok")));
+        let mut inbox = Inbox::new(&config(dir.path(), Some(".ok")), "0");
         std::fs::write(dir.path().join("a.csv"), "h\n").unwrap();
         std::fs::write(dir.path().join("b.csv"), "h\n").unwrap();
         std::fs::write(dir.path().join("b.csv.ok"), "").unwrap();
@@ -275,7 +296,7 @@ mod tests {
             ["b.csv"]
         );
         let claimed = inbox.claim(&ready[0]).unwrap().unwrap();
-        assert!(claimed.ends_with("work/b.csv"));
+        assert!(claimed.ends_with("work/0/b.csv"));
         assert!(!dir.path().join("b.csv.ok").exists());
     }
 
@@ -283,7 +304,7 @@ mod tests {
     fn two_instances_never_claim_the_same_file() {
         let dir = tempfile::tempdir().unwrap();
         let config = config(dir.path(), Some(".ok"));
-        let (mut first, mut second) = (Inbox::new(&config), Inbox::new(&config));
+        let (mut first, mut second) = (Inbox::new(&config, "a"), Inbox::new(&config, "b"));
         std::fs::write(dir.path().join("a.csv"), "h\n").unwrap();
         std::fs::write(dir.path().join("a.csv.ok"), "").unwrap();
         let seen_by_first = first.scan(Instant::now()).unwrap();
@@ -310,7 +331,7 @@ mod tests {
     #[test]
     fn oldest_first() {
         let dir = tempfile::tempdir().unwrap();
-        let mut inbox = Inbox::new(&config(dir.path(), Some(".ok")));
+        let mut inbox = Inbox::new(&config(dir.path(), Some(".ok")), "0");
         for (name, age_s) in [("new.csv", 10), ("old.csv", 1000), ("mid.csv", 100)] {
             let path = dir.path().join(name);
             std::fs::write(&path, "h\n").unwrap();

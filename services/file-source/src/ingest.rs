@@ -191,12 +191,17 @@ pub enum IngestError {
     /// Shutdown interrupted the file.
     #[error("interrupted by shutdown")]
     Interrupted,
+    /// An open transaction could neither commit nor abort: only a new producer (a restart,
+    /// whose init_transactions aborts it) gets out of that.
+    #[error("the producer's transaction is stuck (neither commit nor abort succeeded)")]
+    ProducerWedged,
 }
 
 impl IngestError {
     /// True when the producer must be replaced (fenced or in a fatal state).
     pub fn needs_new_producer(&self) -> bool {
         match self {
+            IngestError::ProducerWedged => true,
             IngestError::Kafka { source, .. } => {
                 matches!(
                     source.rdkafka_error_code(),
@@ -564,12 +569,33 @@ impl ChunkWriter<'_> {
     fn commit(&mut self) -> Result<(), IngestError> {
         if self.ctx.guarantee.is_transactional() {
             if self.in_transaction {
-                self.ctx
-                    .producer
-                    .commit_transaction(self.ctx.kafka_timeout)
-                    .map_err(kafka("commit transaction"))?;
+                let mut delay = Duration::from_millis(100);
+                for attempt in 1.. {
+                    match self.ctx.producer.commit_transaction(self.ctx.kafka_timeout) {
+                        Ok(()) => break,
+                        // A timed-out commit may be retried until it resolves (librdkafka's rule).
+                        Err(KafkaError::Transaction(error))
+                            if error.is_retriable() && attempt < 5 =>
+                        {
+                            tracing::warn!(message = "Commit not confirmed yet; retrying.", error = %error);
+                            std::thread::sleep(delay);
+                            delay *= 2;
+                        }
+                        Err(error) => return Err(kafka("commit transaction")(error)),
+                    }
+                }
                 self.in_transaction = false;
             }
+            return Ok(());
+        }
+        self.settle()
+    }
+
+    /// at_least_once: everything sent so far is acknowledged (no-op with transactions, where
+    /// the commit does it). Called before a checkpoint is sent, so a checkpoint never gets
+    /// ahead of the rows it accounts for.
+    fn settle(&mut self) -> Result<(), IngestError> {
+        if self.ctx.guarantee.is_transactional() {
             return Ok(());
         }
         self.ctx
@@ -583,14 +609,24 @@ impl ChunkWriter<'_> {
         Ok(())
     }
 
-    /// Leaves nothing half-done: aborts an open transaction.
-    fn abandon(&mut self) {
-        if self.in_transaction {
-            if let Err(error) = self.ctx.producer.abort_transaction(self.ctx.kafka_timeout) {
-                tracing::warn!(message = "Could not abort the open transaction.", %error);
-            }
-            self.in_transaction = false;
+    /// Leaves nothing half-done: aborts an open transaction. `false` when the abort itself
+    /// failed: the producer is then unusable until it is replaced.
+    fn abandon(&mut self) -> bool {
+        if !self.in_transaction {
+            return true;
         }
+        for _ in 0..3 {
+            match self.ctx.producer.abort_transaction(self.ctx.kafka_timeout) {
+                Ok(()) => {
+                    self.in_transaction = false;
+                    return true;
+                }
+                Err(error) => {
+                    tracing::warn!(message = "Could not abort the open transaction.", %error)
+                }
+            }
+        }
+        false
     }
 }
 
@@ -638,8 +674,8 @@ fn send(
         in_transaction: false,
     };
     let result = send_chunks(ctx, &mut writer, file, resume_after, validation, ledger);
-    if result.is_err() {
-        writer.abandon();
+    if result.is_err() && !writer.abandon() {
+        return Err(IngestError::ProducerWedged);
     }
     result
 }
@@ -758,6 +794,7 @@ fn send_chunks(
         }
         index += 1;
         if !skip && index % ctx.config.rows_per_transaction == 0 && index < validation.rows {
+            writer.settle()?;
             let checkpoint = entry(FileStatus::InProgress, index, sent, rejected, None);
             let payload = ledger_schema.encode(&checkpoint)?;
             writer.send(
@@ -786,7 +823,9 @@ fn send_chunks(
         });
     }
 
-    // The snapshot is complete: a marker on every partition, then the COMPLETED entry.
+    // The snapshot is complete: a marker on every partition, then the COMPLETED entry — each
+    // after what it accounts for is acknowledged (at_least_once; one transaction otherwise).
+    writer.settle()?;
     let completed_at = now_millis();
     let marker_schema = ctx.schemas.current(SnapshotEnd::SCHEMA)?;
     for (partition, rows_in_partition) in per_partition.iter().enumerate() {
@@ -813,6 +852,7 @@ fn send_chunks(
                 .headers(headers),
         )?;
     }
+    writer.settle()?;
     let done = entry(FileStatus::Completed, index, sent, rejected, Some(index));
     let payload = ledger_schema.encode(&done)?;
     writer.send(
@@ -873,8 +913,8 @@ fn write_failed_entry(
                 .payload(payload.as_slice()),
         )
         .and_then(|()| writer.commit());
-    if result.is_err() {
-        writer.abandon();
+    if result.is_err() && !writer.abandon() {
+        return Err(IngestError::ProducerWedged);
     }
     result?;
     ledger.record(entry);

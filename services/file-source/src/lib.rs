@@ -121,7 +121,7 @@ impl FileSource {
             ))
         })?;
         for dir in [
-            config.source.work_dir(),
+            inbox::instance_work_dir(&config.source, &config.pipeline.instance_id()),
             config.source.processed_dir(),
             config.source.failed_dir(),
         ] {
@@ -133,10 +133,13 @@ impl FileSource {
 
         let guarantee = config.pipeline.processing_guarantee;
         let timeout = config.kafka.request_timeout();
-        // One transactional id per inbox shard: a restarted instance fences its predecessor.
+        // One transactional id per instance (shard + instance id): a restarted instance fences its
+        // predecessor, and two instances never fence each other.
         let transactional_id = format!(
-            "{}.{SERVICE}.{}",
-            config.pipeline.name, config.source.instance_index
+            "{}.{SERVICE}.{}.{}",
+            config.pipeline.name,
+            config.source.instance_index,
+            config.pipeline.instance_id()
         );
         let producer: SourceProducer = config
             .kafka
@@ -299,7 +302,7 @@ impl FileSource {
 /// Runs file-source until `shutdown` fires: resumes files left in the work directory, then
 /// takes complete inbox files one at a time, oldest first.
 pub async fn run(config: FileSourceConfig, shutdown: Shutdown) -> Result<(), FileSourceError> {
-    let mut inbox = inbox::Inbox::new(&config.source);
+    let mut inbox = inbox::Inbox::new(&config.source, &config.pipeline.instance_id());
     let poll = Duration::from_millis(config.source.poll_interval_ms);
     let Some(source) = FileSource::connect(config, &shutdown).await? else {
         return Ok(());
@@ -345,6 +348,12 @@ async fn watch(
             }
         }
         if let Some(path) = pending.first().cloned() {
+            if !path.exists() {
+                // Moved away by hand (or by an operator's cleanup): nothing left to resume.
+                tracing::warn!(message = "A claimed file vanished from the work directory.", file = %path.display());
+                pending.remove(0);
+                continue;
+            }
             let worker = source.clone();
             let task_path = path.clone();
             let result = tokio::task::spawn_blocking(move || worker.process(&task_path))
@@ -380,9 +389,40 @@ pub async fn ingest_paths(
     paths: Vec<PathBuf>,
     shutdown: Shutdown,
 ) -> Result<Vec<FileOutcome>, FileSourceError> {
-    let Some(source) = FileSource::connect(config, &shutdown).await? else {
+    // The service frame (endpoint) stops with this run, not only on a signal: a one-shot
+    // command must not wait on it. A signal still stops the ingest mid-file.
+    let (finished, run_shutdown) = snapfeed_runtime::shutdown::channel();
+    let forward = {
+        let (finished, mut shutdown) = (finished.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            shutdown.wait().await;
+            finished.trigger();
+        })
+    };
+    let Some(source) = FileSource::connect(config, &run_shutdown).await? else {
+        forward.abort();
         return Ok(Vec::new());
     };
+    let stopper = {
+        let (source, mut run_shutdown) = (source.clone(), run_shutdown.clone());
+        tokio::spawn(async move {
+            run_shutdown.wait().await;
+            source.stop_taking_work();
+        })
+    };
+    let outcomes = ingest_each(&source, paths, &shutdown).await;
+    finished.trigger();
+    forward.abort();
+    let _ = stopper.await;
+    source.close().await;
+    outcomes
+}
+
+async fn ingest_each(
+    source: &Arc<FileSource>,
+    paths: Vec<PathBuf>,
+    shutdown: &Shutdown,
+) -> Result<Vec<FileOutcome>, FileSourceError> {
     let mut outcomes = Vec::new();
     let mut failed = 0;
     let mut result = Ok(());
@@ -423,7 +463,6 @@ pub async fn ingest_paths(
             }
         }
     }
-    source.close().await;
     result?;
     if failed > 0 {
         return Err(FileSourceError::FilesFailed(failed));

@@ -103,6 +103,64 @@ impl<R: Read> Read for Latin1<R> {
     }
 }
 
+/// `\r\n` → `\n`, so the CSV parser counts lines the same for CRLF and LF files (it reports
+/// a CRLF record's start line one too low otherwise). A `\r` not followed by `\n` is kept.
+/// Inside quoted values a CRLF line break becomes LF: the same text, one line-ending form.
+#[derive(Debug)]
+struct CrlfToLf<R> {
+    inner: R,
+    /// A `\r` at the end of the previous read, not yet known to precede `\n`.
+    held_cr: bool,
+    raw: Vec<u8>,
+}
+
+impl<R: Read> Read for CrlfToLf<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        // At most buf.len() - 1 raw bytes, so a held `\r` always fits in front.
+        let want = buf.len().saturating_sub(1).max(1);
+        self.raw.resize(want, 0);
+        loop {
+            let n = self.inner.read(&mut self.raw[..want])?;
+            if n == 0 {
+                if self.held_cr {
+                    self.held_cr = false;
+                    buf[0] = b'\r';
+                    return Ok(1);
+                }
+                return Ok(0);
+            }
+            let mut out = 0;
+            if self.held_cr {
+                self.held_cr = false;
+                if self.raw[0] != b'\n' {
+                    buf[out] = b'\r';
+                    out += 1;
+                }
+            }
+            for i in 0..n {
+                let b = self.raw[i];
+                if b == b'\r' {
+                    if i + 1 == n {
+                        self.held_cr = true;
+                    } else if self.raw[i + 1] != b'\n' {
+                        buf[out] = b;
+                        out += 1;
+                    }
+                } else {
+                    buf[out] = b;
+                    out += 1;
+                }
+            }
+            if out > 0 {
+                return Ok(out);
+            }
+        }
+    }
+}
+
 /// The decoded text stream of a file plus a live count of raw bytes read.
 pub struct TextStream {
     /// UTF-8 text (BOM removed).
@@ -160,6 +218,11 @@ pub fn open_text(path: &Path, encoding: TextEncoding) -> io::Result<TextStream> 
             at: 0,
         }),
     };
+    let reader: Box<dyn Read + Send> = Box::new(CrlfToLf {
+        inner: reader,
+        held_cr: false,
+        raw: Vec::new(),
+    });
     Ok(TextStream {
         reader,
         raw_bytes_read,
@@ -233,6 +296,8 @@ mod tests {
     fn gzip_zstd_bom_and_latin1_all_become_the_same_text() {
         let dir = tempfile::tempdir().unwrap();
         let text = "name\nJosé\n";
+        let crlf = dir.path().join("f.csv");
+        std::fs::write(&crlf, "name\r\nJosé\r\n").unwrap();
         let plain = dir.path().join("a.csv");
         std::fs::write(&plain, text).unwrap();
         let bom = dir.path().join("b.csv");
@@ -245,7 +310,7 @@ mod tests {
         std::fs::write(&zst, zstd::encode_all(text.as_bytes(), 1).unwrap()).unwrap();
         let latin1 = dir.path().join("e.csv");
         std::fs::write(&latin1, b"name\nJos\xe9\n").unwrap();
-        for path in [&plain, &bom, &gz, &zst] {
+        for path in [&plain, &bom, &gz, &zst, &crlf] {
             assert_eq!(
                 read_all(path, TextEncoding::Utf8),
                 text,
@@ -274,7 +339,8 @@ mod tests {
         let record = csv::ByteRecord::from(vec!["a,b", "Zoë", "plain"]);
         let (text, cut) = raw_record(&record, &CsvDialect::default(), 1000);
         assert_eq!((text.as_str(), cut), ("\"a,b\",Zoë,plain", false));
-        let (text, cut) = raw_record(&record, &CsvDialect::default(), 10);
+        // "a,b",Zoë is 10 bytes; cutting at 9 would split the ë, so 8 bytes remain.
+        let (text, cut) = raw_record(&record, &CsvDialect::default(), 9);
         assert!(cut);
         assert_eq!(text, "\"a,b\",Zo");
     }
