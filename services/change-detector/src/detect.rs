@@ -106,6 +106,8 @@ pub struct Engine {
     readiness: Readiness,
     timeout: Duration,
     value: Vec<u8>,
+    /// Snapshots whose deletes the guard refused (metric counted once per snapshot).
+    tripped_snapshots: HashSet<String>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -184,6 +186,7 @@ impl Engine {
             readiness: parts.readiness,
             timeout: parts.timeout,
             value: Vec::with_capacity(1024),
+            tripped_snapshots: HashSet::new(),
         })
     }
 
@@ -410,7 +413,13 @@ impl Engine {
                     .snapshots
                     .with_label_values(&["complete"])
                     .inc();
-                self.metrics.delete_guard_tripped.inc();
+                // One truncated file trips on every partition: count the snapshot once.
+                if self.tripped_snapshots.insert(marker.snapshot_id.clone()) {
+                    self.metrics.delete_guard_tripped.inc();
+                }
+                if self.tripped_snapshots.len() > 1_000 {
+                    self.tripped_snapshots.clear();
+                }
                 tracing::error!(
                     message = "Delete guard tripped: the snapshot would delete too many records; none deleted.",
                     snapshot_id = %marker.snapshot_id,
@@ -777,22 +786,22 @@ impl Engine {
             .set(self.partitions.values().map(|p| p.len() as i64).sum());
     }
 
-    /// Total records not yet consumed on the assigned partitions.
-    pub fn measure_lag<C: ConsumerContext>(&self, consumer: &BaseConsumer<C>) {
-        let Ok(positions) = consumer.position() else {
-            return;
-        };
-        let mut lag = 0i64;
-        for element in positions.elements() {
-            let Ok((_, high)) =
-                consumer.fetch_watermarks(element.topic(), element.partition(), self.timeout)
-            else {
-                continue;
-            };
-            if let Offset::Offset(position) = element.offset() {
-                lag += (high - position).max(0);
-            }
-        }
+    /// Records the consumer lag librdkafka reports in its statistics (summed over the
+    /// assigned partitions of `topic`). Measured by librdkafka from its own fetch responses:
+    /// asking the broker for watermarks here would block the loop behind the long-poll fetch.
+    pub fn record_lag(&self, statistics: &rdkafka::Statistics) {
+        let lag: i64 = statistics
+            .topics
+            .get(&self.topics.snapshots)
+            .map(|topic| {
+                topic
+                    .partitions
+                    .iter()
+                    .filter(|(partition, _)| self.partitions.contains_key(partition))
+                    .map(|(_, p)| p.consumer_lag.max(0))
+                    .sum()
+            })
+            .unwrap_or(0);
         self.metrics.consumer_lag.set(lag);
     }
 }
@@ -876,7 +885,13 @@ fn partitions_of(tpl: &TopicPartitionList) -> Vec<i32> {
     tpl.elements().iter().map(|e| e.partition()).collect()
 }
 
-impl ClientContext for DetectorContext {}
+impl ClientContext for DetectorContext {
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        if let Some(engine) = lock(&self.engine).as_ref() {
+            engine.record_lag(&statistics);
+        }
+    }
+}
 
 impl ConsumerContext for DetectorContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -902,13 +917,8 @@ impl ConsumerContext for DetectorContext {
 }
 
 /// The consume → decide → commit loop, on the calling (dedicated) thread, until `stop`.
-pub fn run_loop(
-    consumer: &BaseConsumer<DetectorContext>,
-    stop: &AtomicBool,
-    lag_interval: Duration,
-) {
+pub fn run_loop(consumer: &BaseConsumer<DetectorContext>, stop: &AtomicBool) {
     let context = consumer.context().clone();
-    let mut lag_at = Instant::now();
     let mut last_error: Option<Instant> = None;
     while !stop.load(Ordering::Relaxed) {
         let timeout = context
@@ -936,10 +946,6 @@ pub fn run_loop(
         if let Some(engine) = context.engine().as_mut() {
             if engine.batch_due() {
                 engine.commit_batch(consumer);
-            }
-            if lag_at.elapsed() >= lag_interval {
-                lag_at = Instant::now();
-                engine.measure_lag(consumer);
             }
         }
     }

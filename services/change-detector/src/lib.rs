@@ -125,6 +125,11 @@ pub async fn run(
     let consumer: BaseConsumer<detect::DetectorContext> = config
         .kafka
         .consumer_config(SERVICE, &group, guarantee)
+        // Lag comes from librdkafka's statistics, at this interval.
+        .set(
+            "statistics.interval.ms",
+            config.detector.lag_interval_ms.to_string(),
+        )
         .create_with_context(detect::DetectorContext::new())
         .map_err(kafka_error("create consumer"))?;
     let producer = engine.producer();
@@ -137,13 +142,12 @@ pub async fn run(
 
     let stop = Arc::new(AtomicBool::new(false));
     let drain = config.shutdown.drain_timeout();
-    let lag_interval = Duration::from_millis(config.detector.lag_interval_ms);
     let worker = {
         let stop = stop.clone();
         std::thread::Builder::new()
             .name("change-detector".into())
             .spawn(move || {
-                detect::run_loop(&consumer, &stop, lag_interval);
+                detect::run_loop(&consumer, &stop);
                 // Leaving the group revokes the partitions: the open batch is already committed.
                 if !close_consumer(consumer, drain) {
                     tracing::warn!(message = "Consumer did not close within the drain bound.");

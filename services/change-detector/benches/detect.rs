@@ -1,0 +1,427 @@
+//! change-detector's hot paths without Kafka, on realistic records (generator snapshot →
+//! file-source CSV conversion → `Dataset::encode`), single-threaded (so "per core"):
+//!
+//! - unchanged records: `Dataset::decode` + `content_hash` + `PartitionState::observe` (target
+//!   ≥ 2,000,000/s); also with the per-record allocations `Engine::handle` adds today (message
+//!   location, provenance header strings, key string);
+//! - changed records: the same plus building and encoding the state entry and change event;
+//! - restore: `SchemaStore::decode::<DetectorState>` + `PartitionState::restore_entry` (target
+//!   ≥ 1,000,000/s);
+//! - memory per key at 1M and 5M keys: RSS growth of a fresh process filling a
+//!   `PartitionState` with ~29-character keys (target ≤ 150 B).
+//!
+//! Each throughput is measured over several runs; median, min and max are printed.
+//! Run: `cargo bench -p change-detector --bench detect`.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark: a panic is a failed run
+
+use std::hint::black_box;
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Instant;
+
+use change_detector::content_hash::{content_hash, hash_hex};
+use change_detector::state::{Decision, PartitionState, Streams};
+use file_source::config::{CsvDialect, TextEncoding};
+use file_source::convert::{HeaderMap, RowConverter};
+use file_source::reader::{csv_reader, open_text};
+use snapfeed_harness::broker::repo_root;
+use snapfeed_harness::generator::{Snapshot, SnapshotDelta, WriteOptions};
+use snapfeed_runtime::avro::{MessageLocation, SchemaStore};
+use snapfeed_runtime::dataset::{Dataset, DatasetMapping};
+use snapfeed_runtime::records::{AvroRecord, ChangeEvent, ChangeOp, DetectorState, Provenance};
+
+/// Records per throughput run.
+const RECORDS: usize = 500_000;
+/// State entries per restore run.
+const RESTORE_ENTRIES: usize = 1_000_000;
+/// Runs per throughput figure.
+const RUNS: usize = 5;
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(at) = args.iter().position(|a| a == "--memory-child") {
+        let keys: usize = args[at + 1].parse().expect("key count");
+        memory_child(keys);
+        return;
+    }
+
+    let root = repo_root();
+    let store = SchemaStore::load_dir(&root.join("schemas")).expect("schemas");
+    let dataset = Arc::new(
+        DatasetMapping::load(&root.join("deploy/config/lab_results.mapping.toml"), &store)
+            .expect("mapping"),
+    );
+    let dir = tempfile::tempdir().expect("temp dir");
+
+    let started = Instant::now();
+    let s1 = Snapshot::initial(RECORDS, 20_240_601);
+    let (s2, _) = s1.next(
+        SnapshotDelta {
+            updated: 1.0,
+            added: 0.0,
+            removed: 0.0,
+        },
+        20_240_602,
+    );
+    let unchanged = encode_snapshot(&s1, &dataset, &dir.path().join("s1.csv"));
+    let changed = encode_snapshot(&s2, &dataset, &dir.path().join("s2.csv"));
+    let bytes: usize = unchanged.iter().map(|(_, p)| p.len()).sum();
+    println!(
+        "setup: {RECORDS} records encoded twice in {:.1} s (mean payload {} B, mean key {} chars)",
+        started.elapsed().as_secs_f64(),
+        bytes / RECORDS,
+        unchanged.iter().map(|(k, _)| k.len()).sum::<usize>() / RECORDS
+    );
+    println!();
+
+    bench_unchanged(&dataset, &store, &unchanged);
+    bench_changed(&dataset, &store, &unchanged, &changed);
+    bench_restore(&store);
+    bench_memory();
+}
+
+/// Writes `snapshot` as CSV, reads it back through file-source's reader and converter, and
+/// returns each row's canonical key and `Dataset::encode` payload.
+fn encode_snapshot(
+    snapshot: &Snapshot,
+    dataset: &Arc<Dataset>,
+    path: &Path,
+) -> Vec<(String, Vec<u8>)> {
+    snapshot
+        .write(path, &WriteOptions::default())
+        .expect("write csv");
+    let text = open_text(path, TextEncoding::Utf8).expect("open csv");
+    let mut csv = csv_reader(text.reader, &CsvDialect::default());
+    let mut rows = csv.records();
+    let header = rows.next().expect("header").expect("header");
+    let map = HeaderMap::match_header(header.iter(), dataset).expect("header matches");
+    let mut converter = RowConverter::new(dataset.clone(), map);
+    rows.map(|row| {
+        let record = converter.convert(&row.expect("row")).expect("valid row");
+        let key = record.key(dataset).expect("key").into_string();
+        let mut payload = Vec::with_capacity(512);
+        dataset.encode(&record, &mut payload).expect("encode");
+        (key, payload)
+    })
+    .collect()
+}
+
+fn location() -> MessageLocation {
+    MessageLocation {
+        topic: "lab-results.snapshots".into(),
+        partition: 0,
+        offset: 0,
+    }
+}
+
+fn seeded(
+    dataset: &Dataset,
+    store: &SchemaStore,
+    records: &[(String, Vec<u8>)],
+    streams: &mut Streams,
+) -> PartitionState {
+    let stream = streams.id("default");
+    let location = location();
+    let mut state = PartitionState::default();
+    for (key, payload) in records {
+        let record = dataset.decode(payload, store, &location).expect("decode");
+        state.observe(key, content_hash(dataset, &record), stream, "seed", 1);
+    }
+    state
+}
+
+/// Median, min and max of `per_second`, printed with `label`.
+fn report(label: &str, mut per_second: Vec<f64>, target: Option<f64>) {
+    per_second.sort_by(f64::total_cmp);
+    let median = per_second[per_second.len() / 2];
+    let verdict = match target {
+        Some(target) if median >= target => format!("  (target ≥ {target:.0}: met)"),
+        Some(target) => format!("  (target ≥ {target:.0}: NOT met)"),
+        None => String::new(),
+    };
+    println!(
+        "{label:<58} median {median:>12.0}/s  min {:>12.0}  max {:>12.0}  ({} runs){verdict}",
+        per_second[0],
+        per_second[per_second.len() - 1],
+        per_second.len()
+    );
+}
+
+fn bench_unchanged(dataset: &Dataset, store: &SchemaStore, records: &[(String, Vec<u8>)]) {
+    let mut streams = Streams::default();
+    let stream = streams.id("default");
+    let mut state = seeded(dataset, store, records, &mut streams);
+    let location = location();
+
+    let mut rates = Vec::new();
+    for run in 0..RUNS {
+        let snapshot = format!("unchanged-{run}");
+        let started = Instant::now();
+        let mut same = 0usize;
+        for (key, payload) in records {
+            let record = dataset.decode(payload, store, &location).expect("decode");
+            let hash = content_hash(dataset, &record);
+            if state.observe(key, hash, stream, &snapshot, 2) == Decision::Unchanged {
+                same += 1;
+            }
+        }
+        let seconds = started.elapsed().as_secs_f64();
+        assert_eq!(same, records.len(), "every record unchanged");
+        rates.push(records.len() as f64 / seconds);
+    }
+    report(
+        "unchanged: decode + content hash + state lookup",
+        rates,
+        Some(2_000_000.0),
+    );
+
+    // Where the time goes: each step alone.
+    let decoded: Vec<_> = records
+        .iter()
+        .map(|(_, p)| dataset.decode(p, store, &location).expect("decode"))
+        .collect();
+    let hashed: Vec<u128> = decoded.iter().map(|r| content_hash(dataset, r)).collect();
+    let (mut decode, mut hash, mut observe) = (Vec::new(), Vec::new(), Vec::new());
+    for run in 0..RUNS {
+        let started = Instant::now();
+        for (_, payload) in records {
+            black_box(dataset.decode(payload, store, &location).expect("decode"));
+        }
+        decode.push(records.len() as f64 / started.elapsed().as_secs_f64());
+        let started = Instant::now();
+        for record in &decoded {
+            black_box(content_hash(dataset, record));
+        }
+        hash.push(records.len() as f64 / started.elapsed().as_secs_f64());
+        let snapshot = format!("observe-only-{run}");
+        let started = Instant::now();
+        for ((key, _), hash) in records.iter().zip(&hashed) {
+            black_box(state.observe(key, *hash, stream, &snapshot, 2));
+        }
+        observe.push(records.len() as f64 / started.elapsed().as_secs_f64());
+    }
+    drop(decoded);
+    report("  of which Dataset::decode alone", decode, None);
+    report("  of which content_hash alone", hash, None);
+    report("  of which PartitionState::observe alone", observe, None);
+
+    // What Engine::handle adds per record today: the location's topic String, four provenance
+    // header Strings (RecordMeta), the key String.
+    let mut rates = Vec::new();
+    for run in 0..RUNS {
+        let snapshot = format!("unchanged-alloc-{run}");
+        let started = Instant::now();
+        for (offset, (key, payload)) in records.iter().enumerate() {
+            let location = MessageLocation {
+                topic: black_box("lab-results.snapshots").to_string(),
+                partition: 0,
+                offset: offset as i64,
+            };
+            let meta = [
+                black_box("s1.csv").to_string(),
+                black_box("5c99dfde6720b8cf68f42dbf8dfad0358226d01dd2ec165fa0ff0d78efff8bf4")
+                    .to_string(),
+                black_box(snapshot.as_str()).to_string(),
+                black_box("default").to_string(),
+            ];
+            let key = black_box(key.as_str()).to_string();
+            let record = dataset.decode(payload, store, &location).expect("decode");
+            let hash = content_hash(dataset, &record);
+            black_box(state.observe(&key, hash, stream, &meta[2], 2));
+            black_box(&meta);
+        }
+        rates.push(records.len() as f64 / started.elapsed().as_secs_f64());
+    }
+    report(
+        "unchanged, with handle()'s per-record String allocations",
+        rates,
+        Some(2_000_000.0),
+    );
+}
+
+fn bench_changed(
+    dataset: &Dataset,
+    store: &SchemaStore,
+    before: &[(String, Vec<u8>)],
+    after: &[(String, Vec<u8>)],
+) {
+    let location = location();
+    let state_schema = store.current(DetectorState::SCHEMA).expect("state schema");
+    let change_schema = store.current(ChangeEvent::SCHEMA).expect("change schema");
+    let mut rates = Vec::new();
+    let mut value = Vec::with_capacity(1024);
+    for run in 0..3 {
+        let mut streams = Streams::default();
+        let stream = streams.id("default");
+        let mut state = seeded(dataset, store, before, &mut streams);
+        let snapshot = format!("changed-{run}");
+        let started = Instant::now();
+        let mut updates = 0usize;
+        for (key, payload) in after {
+            let record = dataset.decode(payload, store, &location).expect("decode");
+            let hash = content_hash(dataset, &record);
+            let Decision::Update { version, previous } =
+                state.observe(key, hash, stream, &snapshot, 3)
+            else {
+                continue;
+            };
+            updates += 1;
+            let event = ChangeEvent {
+                op: ChangeOp::Update,
+                key: key.clone(),
+                version,
+                content_hash: hash_hex(hash),
+                previous_hash: Some(hash_hex(previous)),
+                record: Some(payload.clone()),
+                record_schema: dataset.schema_name().to_string(),
+                source: Provenance {
+                    file_name: "s2.csv".into(),
+                    file_hash: "5c99dfde6720b8cf68f42dbf8dfad0358226d01dd2ec165fa0ff0d78efff8bf4"
+                        .into(),
+                    line: Some(2),
+                    snapshot_id: snapshot.clone(),
+                    stream: "default".into(),
+                },
+                detected_at: 3,
+            };
+            value.clear();
+            change_schema
+                .encode_into(&event, &mut value)
+                .expect("encode change");
+            let entry = state
+                .to_record(key, &streams, &snapshot)
+                .expect("state entry");
+            black_box(state_schema.encode(&entry).expect("encode state"));
+        }
+        let seconds = started.elapsed().as_secs_f64();
+        assert!(
+            updates * 10 >= after.len() * 9,
+            "most records changed ({updates})"
+        );
+        rates.push(after.len() as f64 / seconds);
+    }
+    report(
+        "changed: + encode change event and state entry",
+        rates,
+        None,
+    );
+}
+
+/// A realistic canonical key of about 29 characters (CLIA | accession | LOINC code).
+fn synthetic_key(i: usize, out: &mut String) {
+    use std::fmt::Write;
+    out.clear();
+    write!(out, "05D{:07}|21{:08}|94500-6", i % 10_000_000, i).expect("format");
+}
+
+fn bench_restore(store: &SchemaStore) {
+    let schema = store.current(DetectorState::SCHEMA).expect("state schema");
+    let mut key = String::new();
+    let entries: Vec<(String, Vec<u8>)> = (0..RESTORE_ENTRIES)
+        .map(|i| {
+            synthetic_key(i, &mut key);
+            let entry = DetectorState {
+                content_hash: hash_hex(
+                    (i as u128).wrapping_mul(0x9E37_79B9_7F4A_7C15_F39C_C060_5CED_C835),
+                ),
+                version: 1 + (i % 3) as i64,
+                stream: "default".into(),
+                first_seen_at: 1_700_000_000_000 + i as i64,
+                last_changed_at: 1_700_000_000_000 + i as i64,
+                last_snapshot_id:
+                    "5c99dfde6720b8cf68f42dbf8dfad0358226d01dd2ec165fa0ff0d78efff8bf4".into(),
+                deleted: false,
+            };
+            (key.clone(), schema.encode(&entry).expect("encode"))
+        })
+        .collect();
+    let location = MessageLocation {
+        topic: "lab-results.state".into(),
+        partition: 0,
+        offset: 0,
+    };
+    let mut rates = Vec::new();
+    for _ in 0..RUNS {
+        let mut streams = Streams::default();
+        let mut state = PartitionState::default();
+        let started = Instant::now();
+        for (key, payload) in &entries {
+            let entry: DetectorState = store
+                .decode(payload, DetectorState::SCHEMA, &location)
+                .expect("decode state");
+            state.restore_entry(key, Some(&entry), &mut streams);
+        }
+        let seconds = started.elapsed().as_secs_f64();
+        assert_eq!(state.len(), RESTORE_ENTRIES);
+        rates.push(RESTORE_ENTRIES as f64 / seconds);
+        drop(black_box(state));
+    }
+    report(
+        &format!("restore: decode state entry + restore_entry ({RESTORE_ENTRIES})"),
+        rates,
+        Some(1_000_000.0),
+    );
+}
+
+fn bench_memory() {
+    println!();
+    for keys in [1_000_000usize, 5_000_000] {
+        let mut per_key = Vec::new();
+        for _ in 0..3 {
+            let output = Command::new(std::env::current_exe().expect("own path"))
+                .args(["--memory-child", &keys.to_string()])
+                .output()
+                .expect("memory child");
+            let text = String::from_utf8_lossy(&output.stdout);
+            let bytes: f64 = text
+                .lines()
+                .find_map(|l| l.strip_prefix("bytes_per_key="))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or_else(|| {
+                    panic!(
+                        "child said: {text}{}",
+                        String::from_utf8_lossy(&output.stderr)
+                    )
+                });
+            per_key.push(bytes);
+        }
+        per_key.sort_by(f64::total_cmp);
+        let median = per_key[1];
+        println!(
+            "memory at {keys:>9} keys (~29-char keys): median {median:>6.1} B/key  min {:>6.1}  max {:>6.1}  (3 fresh processes, RSS growth)  (target ≤ 150: {})",
+            per_key[0],
+            per_key[2],
+            if median <= 150.0 { "met" } else { "NOT met" }
+        );
+    }
+}
+
+/// Resident set size of this process, in bytes (`VmRSS` of /proc/self/status).
+fn rss_bytes() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .expect("VmRSS")
+        * 1024.0
+}
+
+/// In a fresh process: RSS growth per key of a `PartitionState` holding `keys` keys.
+fn memory_child(keys: usize) {
+    let mut streams = Streams::default();
+    let stream = streams.id("default");
+    let mut key = String::with_capacity(64);
+    let before = rss_bytes();
+    let mut state = PartitionState::default();
+    for i in 0..keys {
+        synthetic_key(i, &mut key);
+        let hash = (i as u128).wrapping_mul(0x9E37_79B9_7F4A_7C15_F39C_C060_5CED_C835);
+        state.observe(&key, hash, stream, "snapshot-1", 1_700_000_000_000);
+    }
+    let after = rss_bytes();
+    assert_eq!(state.len(), keys);
+    println!("bytes_per_key={:.1}", (after - before) / keys as f64);
+    black_box(state);
+}

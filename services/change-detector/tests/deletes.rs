@@ -1,0 +1,212 @@
+//! Deletes (`[detector.deletes] enabled = true`): keys absent from a complete snapshot of their
+//! stream are emitted once as DELETE at the next version; a truncated snapshot trips the guard
+//! and deletes nothing; one stream's snapshot never deletes another stream's keys. The
+//! detector runs in-process; its `/metrics` is read on the address it was given.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
+
+mod common;
+
+use std::collections::BTreeMap;
+
+use common::*;
+use snapfeed_harness::generator::{Snapshot, SnapshotDelta, WriteOptions};
+use snapfeed_runtime::records::ChangeOp;
+
+const GUARD_TRIPPED: &str = "snapfeed_change_detector_delete_guard_tripped_total";
+
+fn with_deletes(max_share: f64) -> DetectorOptions {
+    DetectorOptions {
+        deletes: Some(max_share),
+        ..DetectorOptions::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_missing_from_a_complete_snapshot_are_deleted_once_at_the_next_version() {
+    let fixture = Fixture::new("cd-delete", 3).await;
+    let detector = fixture.start_detector(&with_deletes(0.10)).await;
+    let s1 = Snapshot::initial(ROWS, 201);
+    let r1 = fixture.ingest_snapshot(&s1, "s1.csv").await;
+    fixture
+        .wait_caught_up(&[detector.endpoint()], CATCH_UP)
+        .await;
+
+    let (s2, delta) = s1.next(
+        SnapshotDelta {
+            updated: 0.01,
+            added: 0.005,
+            removed: 0.02,
+        },
+        2011,
+    );
+    assert_eq!(delta.removed.len(), 40);
+    let r2 = fixture.ingest_snapshot(&s2, "s2.csv").await;
+    fixture
+        .wait_caught_up(&[detector.endpoint()], CATCH_UP)
+        .await;
+
+    let expected = second_snapshot_changes(&delta, true);
+    let second = fixture.changes_of(&r2);
+    assert_exactly_once(&second, &expected);
+    let created: BTreeMap<String, String> = fixture
+        .changes_of(&r1)
+        .into_iter()
+        .map(|c| (c.event.key, c.event.content_hash))
+        .collect();
+    for change in second.iter().filter(|c| c.event.op == ChangeOp::Delete) {
+        let event = &change.event;
+        assert_eq!(event.record, None, "a DELETE carries no record");
+        assert_eq!(event.previous_hash.as_ref(), Some(&created[&event.key]));
+        assert_eq!(event.source.line, None);
+        assert_eq!(event.source.stream, "default");
+    }
+    assert_eq!(
+        detector.metric("snapfeed_change_detector_records_total{outcome=\"deleted\"}"),
+        40.0
+    );
+
+    // The next snapshot (without the removed keys) deletes nothing again.
+    let (s3, _) = s2.next(SnapshotDelta::default(), 2012);
+    let r3 = fixture.ingest_snapshot(&s3, "s3.csv").await;
+    fixture
+        .wait_caught_up(&[detector.endpoint()], CATCH_UP)
+        .await;
+    assert!(fixture.changes_of(&r3).is_empty());
+    let mut everything = all_created(&s1);
+    everything.extend(expected);
+    assert_exactly_once(&fixture.changes(), &everything);
+    assert_eq!(detector.metric(GUARD_TRIPPED), 0.0);
+    detector.stop().await;
+}
+
+/// Ingests a first snapshot, then the next one cut to its first half (a truncated transfer):
+/// returns the fixture, the running detector, the first snapshot and the truncated report.
+async fn truncated_second_snapshot(
+    label: &str,
+    seed: u64,
+) -> (Fixture, Detector, Snapshot, file_source::ingest::FileReport) {
+    let fixture = Fixture::new(label, 3).await;
+    let detector = fixture.start_detector(&with_deletes(0.10)).await;
+    let s1 = Snapshot::initial(ROWS, seed);
+    fixture.ingest_snapshot(&s1, "s1.csv").await;
+    fixture
+        .wait_caught_up(&[detector.endpoint()], CATCH_UP)
+        .await;
+
+    let (s2, _) = s1.next(SnapshotDelta::default(), seed + 1);
+    let path = fixture.write(&s2, "s2-truncated.csv", &WriteOptions::default());
+    let kept = truncate_csv(&path, 0.5);
+    let report = fixture.ingest(&path).await;
+    assert_eq!(report.rows_sent, kept as u64);
+    fixture
+        .wait_caught_up(&[detector.endpoint()], CATCH_UP)
+        .await;
+    (fixture, detector, s1, report)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_truncated_snapshot_trips_the_guard_and_deletes_nothing() {
+    let (fixture, detector, s1, truncated) = truncated_second_snapshot("cd-guard", 202).await;
+    assert!(
+        fixture.changes_of(&truncated).is_empty(),
+        "no DELETE (and nothing else) for a snapshot with half the rows"
+    );
+    assert!(detector.metric(GUARD_TRIPPED) >= 1.0);
+    assert_eq!(
+        detector.metric("snapfeed_change_detector_records_total{outcome=\"deleted\"}"),
+        0.0
+    );
+
+    // Every key is still alive: the full snapshot that follows is unchanged throughout.
+    let (s3, _) = s1.next(SnapshotDelta::default(), 2023);
+    let r3 = fixture.ingest_snapshot(&s3, "s3.csv").await;
+    fixture
+        .wait_caught_up(&[detector.endpoint()], CATCH_UP)
+        .await;
+    assert!(fixture.changes_of(&r3).is_empty());
+    assert_exactly_once(&fixture.changes(), &all_created(&s1));
+    detector.stop().await;
+}
+
+/// The metric counts snapshots whose deletes were refused ("Snapshots whose deletes were
+/// refused because too many keys would go"): one truncated file is one, however many
+/// partitions it spans.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_guard_metric_counts_a_truncated_snapshot_once() {
+    let (_fixture, detector, _, _) = truncated_second_snapshot("cd-guard-once", 203).await;
+    assert_eq!(
+        detector.metric(GUARD_TRIPPED),
+        1.0,
+        "one truncated snapshot (over 3 partitions)"
+    );
+    detector.stop().await;
+}
+
+/// Ingests `snapshot` as `name` with two stream rules: `lab-a-*` and `lab-b-*`.
+async fn ingest_stream(
+    fixture: &Fixture,
+    snapshot: &Snapshot,
+    name: &str,
+) -> file_source::ingest::FileReport {
+    let streams = "[[source.streams]]\nstream = \"lab-a\"\npattern = \"lab-a-*\"\n\
+                   [[source.streams]]\nstream = \"lab-b\"\npattern = \"lab-b-*\"\n";
+    let path = fixture.write(snapshot, name, &WriteOptions::default());
+    fixture
+        .ingest_with(fixture.source_config(streams), &path)
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deletes_never_cross_snapshot_streams() {
+    let fixture = Fixture::new("cd-streams", 3).await;
+    // Guard off: a crossing bug would show as mass DELETEs, not as a tripped guard.
+    let detector = fixture.start_detector(&with_deletes(1.0)).await;
+
+    let a1 = Snapshot::initial(ROWS / 2, 204);
+    // Lab B's keys: all new (the same generator lineage never reuses a key).
+    let removed_all = SnapshotDelta {
+        updated: 0.0,
+        added: 1.0,
+        removed: 1.0,
+    };
+    let (b1, b_keys) = a1.next(removed_all, 2041);
+    assert!(b_keys.created.is_disjoint(&b_keys.removed));
+    let ra1 = ingest_stream(&fixture, &a1, "lab-a-1.csv").await;
+    let rb1 = ingest_stream(&fixture, &b1, "lab-b-1.csv").await;
+    assert_eq!(
+        (ra1.stream.as_str(), rb1.stream.as_str()),
+        ("lab-a", "lab-b")
+    );
+    fixture
+        .wait_caught_up(&[detector.endpoint()], CATCH_UP)
+        .await;
+
+    // Lab A drops 3% of its keys; lab B resends everything unchanged. Each complete snapshot
+    // lacks every key of the other lab.
+    let (a2, a_delta) = a1.next(
+        SnapshotDelta {
+            removed: 0.03,
+            ..SnapshotDelta::default()
+        },
+        2042,
+    );
+    let (b2, _) = b1.next(SnapshotDelta::default(), 2043);
+    let ra2 = ingest_stream(&fixture, &a2, "lab-a-2.csv").await;
+    let rb2 = ingest_stream(&fixture, &b2, "lab-b-2.csv").await;
+    fixture
+        .wait_caught_up(&[detector.endpoint()], CATCH_UP)
+        .await;
+
+    assert!(
+        fixture.changes_of(&rb2).is_empty(),
+        "lab B's snapshot deletes none of lab A's keys"
+    );
+    let deletes = fixture.changes_of(&ra2);
+    assert_exactly_once(&deletes, &ids(&a_delta.removed, ChangeOp::Delete, 2));
+    assert!(deletes.iter().all(|c| c.event.source.stream == "lab-a"));
+    let mut expected = all_created(&a1);
+    expected.extend(all_created(&b1));
+    expected.extend(ids(&a_delta.removed, ChangeOp::Delete, 2));
+    assert_exactly_once(&fixture.changes(), &expected);
+    detector.stop().await;
+}
