@@ -179,11 +179,14 @@ async fn with_a_marker_suffix_a_file_waits_for_its_marker() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_instance_started_mid_file_does_not_take_the_file_another_is_ingesting() {
     let fx = Fixture::new("fs-late", 3).await;
-    if fx.broker.kind() == BrokerKind::Nisshi {
-        // Gap (Nisshi): a reader of a partition that is being appended to every few
+    if matches!(fx.broker.kind(), BrokerKind::Nisshi | BrokerKind::Tansu) {
+        // Gap (Nisshi, Tansu): a reader of a partition that is being appended to every few
         // milliseconds never gets partition EOF, so the second instance's ledger load — and its
         // readiness — waits until the first has finished the file: the scenario cannot be staged.
-        eprintln!("skipped on nisshi: no partition EOF while the ledger is being written");
+        eprintln!(
+            "skipped on {}: no partition EOF while the ledger is being written",
+            fx.broker.kind()
+        );
         return;
     }
     // Chunks small enough that the first instance is still at it when the second has started
