@@ -1,9 +1,9 @@
 //! change-detector's hot paths without Kafka, on realistic records (generator snapshot →
 //! file-source CSV conversion → `Dataset::encode`), single-threaded (so "per core"):
 //!
-//! - unchanged records: `Dataset::decode` + `content_hash` + `PartitionState::observe` (target
-//!   ≥ 2,000,000/s); also with the per-record allocations `Engine::handle` adds today (message
-//!   location, provenance header strings, key string);
+//! - unchanged records: `ContentHasher::payload` (the hash read straight from the Avro binary)
+//!   and `PartitionState::observe`, as `Engine::handle` does (target ≥ 2,000,000/s); also the
+//!   full-decode fallback used for payloads of older writer schemas;
 //! - changed records: the same plus building and encoding the state entry and change event;
 //! - restore: `SchemaStore::decode::<DetectorState>` + `PartitionState::restore_entry` (target
 //!   ≥ 1,000,000/s);
@@ -20,7 +20,8 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::Instant;
 
-use change_detector::content_hash::{content_hash, hash_hex};
+use change_detector::content_hash::{content_hash, hash_hex, ContentHasher};
+use change_detector::detect::{recognise_unchanged, Recognised};
 use change_detector::state::{Decision, PartitionState, Streams};
 use file_source::config::{CsvDialect, TextEncoding};
 use file_source::convert::{HeaderMap, RowConverter};
@@ -31,7 +32,8 @@ use snapfeed_runtime::avro::{MessageLocation, SchemaStore};
 use snapfeed_runtime::dataset::{Dataset, DatasetMapping};
 use snapfeed_runtime::records::{AvroRecord, ChangeEvent, ChangeOp, DetectorState, Provenance};
 
-/// Records per throughput run.
+/// Records per throughput run (`SNAPFEED_BENCH_RECORDS` overrides, e.g. for a short run under
+/// `valgrind --tool=callgrind`).
 const RECORDS: usize = 500_000;
 /// State entries per restore run.
 const RESTORE_ENTRIES: usize = 1_000_000;
@@ -55,7 +57,11 @@ fn main() {
     let dir = tempfile::tempdir().expect("temp dir");
 
     let started = Instant::now();
-    let s1 = Snapshot::initial(RECORDS, 20_240_601);
+    let records = std::env::var("SNAPFEED_BENCH_RECORDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(RECORDS);
+    let s1 = Snapshot::initial(records, 20_240_601);
     let (s2, _) = s1.next(
         SnapshotDelta {
             updated: 1.0,
@@ -68,17 +74,32 @@ fn main() {
     let changed = encode_snapshot(&s2, &dataset, &dir.path().join("s2.csv"));
     let bytes: usize = unchanged.iter().map(|(_, p)| p.len()).sum();
     println!(
-        "setup: {RECORDS} records encoded twice in {:.1} s (mean payload {} B, mean key {} chars)",
+        "setup: {records} records encoded twice in {:.1} s (mean payload {} B, mean key {} chars)",
         started.elapsed().as_secs_f64(),
-        bytes / RECORDS,
-        unchanged.iter().map(|(k, _)| k.len()).sum::<usize>() / RECORDS
+        bytes / records,
+        unchanged.iter().map(|(k, _)| k.len()).sum::<usize>() / records
     );
     println!();
 
-    bench_unchanged(&dataset, &store, &unchanged);
-    bench_changed(&dataset, &store, &unchanged, &changed);
-    bench_restore(&store);
-    bench_memory();
+    // `--only unchanged|changed|restore|memory` runs one part (e.g. under callgrind).
+    let only = args
+        .iter()
+        .position(|a| a == "--only")
+        .and_then(|at| args.get(at + 1))
+        .map(String::as_str);
+    let runs = |part: &str| only.is_none_or(|o| o == part);
+    if runs("unchanged") {
+        bench_unchanged(&dataset, &store, &unchanged);
+    }
+    if runs("changed") {
+        bench_changed(&dataset, &store, &unchanged, &changed);
+    }
+    if runs("restore") {
+        bench_restore(&store);
+    }
+    if runs("memory") {
+        bench_memory();
+    }
 }
 
 /// Writes `snapshot` as CSV, reads it back through file-source's reader and converter, and
@@ -151,92 +172,103 @@ fn report(label: &str, mut per_second: Vec<f64>, target: Option<f64>) {
 fn bench_unchanged(dataset: &Dataset, store: &SchemaStore, records: &[(String, Vec<u8>)]) {
     let mut streams = Streams::default();
     let stream = streams.id("default");
-    let mut state = seeded(dataset, store, records, &mut streams);
-    let location = location();
+    let mut hasher = ContentHasher::new(dataset);
 
-    let mut rates = Vec::new();
+    // What Engine::handle does for an unchanged record (`recognise_unchanged`), in a fresh
+    // state each run: the first snapshot after a restore finds no tracked-bytes hash and
+    // compares content hashes read from the Avro binary; every later snapshot recognises the
+    // tracked bytes (fields skipped, not read).
+    let (mut first, mut steady) = (Vec::new(), Vec::new());
+    let mut state = PartitionState::default();
     for run in 0..RUNS {
-        let snapshot = format!("unchanged-{run}");
-        let started = Instant::now();
-        let mut same = 0usize;
-        for (key, payload) in records {
-            let record = dataset.decode(payload, store, &location).expect("decode");
-            let hash = content_hash(dataset, &record);
-            if state.observe(key, hash, stream, &snapshot, 2) == Decision::Unchanged {
-                same += 1;
+        state = seeded(dataset, store, records, &mut streams);
+        for (pass, rates) in [(0, &mut first), (1, &mut steady)] {
+            let snapshot = format!("unchanged-{run}-{pass}");
+            let started = Instant::now();
+            let mut same = 0usize;
+            for (key, payload) in records {
+                let seen = recognise_unchanged(
+                    &mut hasher,
+                    dataset,
+                    &mut state,
+                    key,
+                    payload,
+                    stream,
+                    &snapshot,
+                );
+                if seen == Recognised::Unchanged {
+                    same += 1;
+                }
             }
+            let seconds = started.elapsed().as_secs_f64();
+            assert_eq!(same, records.len(), "every record unchanged");
+            rates.push(records.len() as f64 / seconds);
         }
-        let seconds = started.elapsed().as_secs_f64();
-        assert_eq!(same, records.len(), "every record unchanged");
-        rates.push(records.len() as f64 / seconds);
     }
     report(
-        "unchanged: decode + content hash + state lookup",
-        rates,
+        "unchanged: recognised by tracked bytes + state lookup",
+        steady,
         Some(2_000_000.0),
+    );
+    report(
+        "unchanged, first snapshot after a restore (content hash)",
+        first,
+        None,
     );
 
     // Where the time goes: each step alone.
-    let decoded: Vec<_> = records
+    let hashed: Vec<u128> = records
         .iter()
-        .map(|(_, p)| dataset.decode(p, store, &location).expect("decode"))
+        .map(|(_, p)| hasher.payload(dataset, p).expect("current schema"))
         .collect();
-    let hashed: Vec<u128> = decoded.iter().map(|r| content_hash(dataset, r)).collect();
-    let (mut decode, mut hash, mut observe) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut tracked, mut hash, mut observe) = (Vec::new(), Vec::new(), Vec::new());
     for run in 0..RUNS {
         let started = Instant::now();
         for (_, payload) in records {
-            black_box(dataset.decode(payload, store, &location).expect("decode"));
+            black_box(hasher.tracked(dataset, payload));
         }
-        decode.push(records.len() as f64 / started.elapsed().as_secs_f64());
+        tracked.push(records.len() as f64 / started.elapsed().as_secs_f64());
         let started = Instant::now();
-        for record in &decoded {
-            black_box(content_hash(dataset, record));
+        for (_, payload) in records {
+            black_box(hasher.payload(dataset, payload));
         }
         hash.push(records.len() as f64 / started.elapsed().as_secs_f64());
         let snapshot = format!("observe-only-{run}");
         let started = Instant::now();
         for ((key, _), hash) in records.iter().zip(&hashed) {
-            black_box(state.observe(key, *hash, stream, &snapshot, 2));
+            black_box(state.observe_unchanged(key, *hash, 0, stream, &snapshot));
         }
         observe.push(records.len() as f64 / started.elapsed().as_secs_f64());
     }
-    drop(decoded);
-    report("  of which Dataset::decode alone", decode, None);
-    report("  of which content_hash alone", hash, None);
-    report("  of which PartitionState::observe alone", observe, None);
+    report("  of which tracked-bytes hash alone", tracked, None);
+    report(
+        "  of which content hash from the Avro binary alone",
+        hash,
+        None,
+    );
+    report(
+        "  of which PartitionState::observe_unchanged alone",
+        observe,
+        None,
+    );
 
-    // What Engine::handle adds per record today: the location's topic String, four provenance
-    // header Strings (RecordMeta), the key String.
+    // The fallback, for payloads of an older writer schema: a full decode, then the hash.
+    let location = location();
     let mut rates = Vec::new();
     for run in 0..RUNS {
-        let snapshot = format!("unchanged-alloc-{run}");
+        let snapshot = format!("unchanged-decoded-{run}");
         let started = Instant::now();
-        for (offset, (key, payload)) in records.iter().enumerate() {
-            let location = MessageLocation {
-                topic: black_box("lab-results.snapshots").to_string(),
-                partition: 0,
-                offset: offset as i64,
-            };
-            let meta = [
-                black_box("s1.csv").to_string(),
-                black_box("5c99dfde6720b8cf68f42dbf8dfad0358226d01dd2ec165fa0ff0d78efff8bf4")
-                    .to_string(),
-                black_box(snapshot.as_str()).to_string(),
-                black_box("default").to_string(),
-            ];
-            let key = black_box(key.as_str()).to_string();
+        for (key, payload) in records {
             let record = dataset.decode(payload, store, &location).expect("decode");
-            let hash = content_hash(dataset, &record);
-            black_box(state.observe(&key, hash, stream, &meta[2], 2));
-            black_box(&meta);
+            let hash = hasher.record(&record);
+            black_box(state.observe(key, hash, stream, &snapshot, 2));
         }
         rates.push(records.len() as f64 / started.elapsed().as_secs_f64());
     }
     report(
-        "unchanged, with handle()'s per-record String allocations",
+        "unchanged via full decode (older writer schemas)",
         rates,
-        Some(2_000_000.0),
+        None,
     );
 }
 
@@ -251,6 +283,7 @@ fn bench_changed(
     let change_schema = store.current(ChangeEvent::SCHEMA).expect("change schema");
     let mut rates = Vec::new();
     let mut value = Vec::with_capacity(1024);
+    let mut hasher = ContentHasher::new(dataset);
     for run in 0..3 {
         let mut streams = Streams::default();
         let stream = streams.id("default");
@@ -259,8 +292,14 @@ fn bench_changed(
         let started = Instant::now();
         let mut updates = 0usize;
         for (key, payload) in after {
+            // As Engine::handle: the fast path says "not unchanged", so the record is decoded
+            // (validated) before it is acted on.
+            let hash = hasher.payload(dataset, payload).expect("current schema");
+            if state.observe_unchanged(key, hash, 0, stream, &snapshot) {
+                continue;
+            }
             let record = dataset.decode(payload, store, &location).expect("decode");
-            let hash = content_hash(dataset, &record);
+            let hash = hasher.record(&record);
             let Decision::Update { version, previous } =
                 state.observe(key, hash, stream, &snapshot, 3)
             else {

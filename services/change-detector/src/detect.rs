@@ -18,11 +18,13 @@
 //! thread only, never an async worker. Rebalance callbacks run inside `poll` on the same thread
 //! and reach the engine through a mutex that the loop never holds across `poll`.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use prometheus::IntCounter;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::{KafkaError, KafkaResult};
@@ -41,7 +43,7 @@ use snapfeed_runtime::records::{
 use snapfeed_runtime::topics::TopicNames;
 
 use crate::config::{CorruptPolicy, DetectorConfig};
-use crate::content_hash::{content_hash, hash_hex};
+use crate::content_hash::{hash_hex, ContentHasher};
 use crate::metrics::DetectorMetrics;
 use crate::state::{Decision, DeleteVerdict, PartitionState, Streams};
 
@@ -76,6 +78,63 @@ fn kafka(context: &'static str) -> impl FnOnce(KafkaError) -> BatchError {
     move |source| BatchError::Kafka { context, source }
 }
 
+/// What the unchanged fast path made of a snapshot record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recognised {
+    /// Same content as the key's last version; stamped as seen.
+    Unchanged,
+    /// Not recognised (new, changed, deleted, unreadable here, or another writer schema):
+    /// decode it. `raw` is its tracked-bytes hash (0 if unknown), to remember once observed.
+    Unknown {
+        /// [`ContentHasher::tracked`] of the payload.
+        raw: u128,
+    },
+}
+
+/// The unchanged fast path of [`Engine::handle`] (public for the benchmark): first by the
+/// hash of the record's tracked bytes (fields skipped, not read), then by its content hash read
+/// straight from the Avro binary (remembering the tracked-bytes hash for next time).
+pub fn recognise_unchanged(
+    hasher: &mut ContentHasher,
+    dataset: &Dataset,
+    state: &mut PartitionState,
+    key: &str,
+    payload: &[u8],
+    stream: u32,
+    snapshot_id: &str,
+) -> Recognised {
+    let raw = hasher.tracked(dataset, payload);
+    if state.recognise(key, raw, stream, snapshot_id) {
+        return Recognised::Unchanged;
+    }
+    match hasher.payload(dataset, payload) {
+        Some(hash) if state.observe_unchanged(key, hash, raw, stream, snapshot_id) => {
+            Recognised::Unchanged
+        }
+        _ => Recognised::Unknown { raw },
+    }
+}
+
+/// The per-record outcome counters, resolved once (a labelled lookup per record costs more
+/// than the rest of an unchanged record's handling).
+#[derive(Debug)]
+struct Outcomes {
+    unchanged: IntCounter,
+    created: IntCounter,
+    updated: IntCounter,
+}
+
+impl Outcomes {
+    fn of(metrics: &DetectorMetrics) -> Outcomes {
+        let counter = |outcome: &str| metrics.records.with_label_values(&[outcome]);
+        Outcomes {
+            unchanged: counter("unchanged"),
+            created: counter("created"),
+            updated: counter("updated"),
+        }
+    }
+}
+
 /// The open batch.
 #[derive(Debug, Default)]
 struct Batch {
@@ -106,6 +165,8 @@ pub struct Engine {
     readiness: Readiness,
     timeout: Duration,
     value: Vec<u8>,
+    hasher: ContentHasher,
+    outcomes: Outcomes,
     /// Snapshots whose deletes the guard refused (metric counted once per snapshot).
     tripped_snapshots: HashSet<String>,
 }
@@ -167,6 +228,7 @@ impl Engine {
     /// Creates the producer (blocking: `init_transactions` fences an earlier incarnation).
     pub fn new(parts: EngineParts) -> KafkaResult<Engine> {
         let producer = create_producer(&parts.producer_config, parts.guarantee, parts.timeout)?;
+        let hasher = ContentHasher::new(&parts.dataset);
         parts.readiness.set(RESTORED, true);
         parts.readiness.set(NOT_PAUSED, true);
         Ok(Engine {
@@ -182,10 +244,12 @@ impl Engine {
             streams: Streams::default(),
             batch: Batch::default(),
             paused: HashSet::new(),
+            outcomes: Outcomes::of(&parts.metrics),
             metrics: parts.metrics,
             readiness: parts.readiness,
             timeout: parts.timeout,
             value: Vec::with_capacity(1024),
+            hasher,
             tripped_snapshots: HashSet::new(),
         })
     }
@@ -229,13 +293,15 @@ impl Engine {
         self.batch.started.get_or_insert_with(Instant::now);
         let meta = RecordMeta::from_message(message);
         let at = message.timestamp().to_millis().unwrap_or(0);
-        let location = MessageLocation {
+        // Built only when a record needs a full decode or is reported: not per record.
+        let location = || MessageLocation {
             topic: message.topic().to_string(),
             partition,
             offset: message.offset(),
         };
         let payload = message.payload().unwrap_or_default();
-        if meta.control.as_deref() == Some(headers::CONTROL_SNAPSHOT_END) {
+        if meta.control == Some(headers::CONTROL_SNAPSHOT_END) {
+            let location = location();
             match self
                 .schemas
                 .decode::<SnapshotEnd>(payload, SnapshotEnd::SCHEMA, &location)
@@ -248,71 +314,98 @@ impl Engine {
                 }
             }
         } else {
-            match self.dataset.decode(payload, &self.schemas, &location) {
-                Ok(record) => {
-                    let key = match message.key().map(std::str::from_utf8) {
-                        Some(Ok(key)) => key.to_string(),
-                        _ => match record.key(&self.dataset) {
-                            Ok(key) => key.into_string(),
-                            Err(error) => {
-                                if !self.on_corrupt(
-                                    consumer,
-                                    &meta,
-                                    &location,
-                                    &format!("no record key: {error}"),
-                                )? {
-                                    return Ok(());
-                                }
-                                self.batch.offsets.insert(partition, message.offset() + 1);
-                                return Ok(());
-                            }
-                        },
-                    };
-                    let hash = content_hash(&self.dataset, &record);
-                    let stream = self.streams.id(&meta.stream);
-                    let decision = self
-                        .partitions
-                        .get_mut(&partition)
-                        .map(|state| state.observe(&key, hash, stream, &meta.snapshot_id, at))
-                        .unwrap_or(Decision::Unchanged);
-                    match decision {
-                        Decision::Unchanged => {
-                            self.metrics.records.with_label_values(&["unchanged"]).inc()
-                        }
-                        Decision::Create { version, previous } => {
-                            self.metrics.records.with_label_values(&["created"]).inc();
-                            self.emit(
-                                partition,
-                                ChangeOp::Create,
-                                &key,
-                                version,
-                                hash,
-                                previous,
-                                Some(payload),
-                                &meta,
-                                at,
-                            )?;
-                        }
-                        Decision::Update { version, previous } => {
-                            self.metrics.records.with_label_values(&["updated"]).inc();
-                            self.emit(
-                                partition,
-                                ChangeOp::Update,
-                                &key,
-                                version,
-                                hash,
-                                Some(previous),
-                                Some(payload),
-                                &meta,
-                                at,
-                            )?;
-                        }
-                    }
-                }
-                Err(error) => {
-                    if !self.on_corrupt(consumer, &meta, &location, &error.to_string())? {
+            let message_key = message.key().and_then(|k| std::str::from_utf8(k).ok());
+            let stream = self.streams.id(meta.stream);
+            // The hot path: most records are unchanged, and that is recognised under the
+            // message key without decoding or allocating. Anything else is decoded
+            // (validated) before it is acted on.
+            let mut raw = 0;
+            if let (Some(key), Some(state)) = (message_key, self.partitions.get_mut(&partition)) {
+                match recognise_unchanged(
+                    &mut self.hasher,
+                    &self.dataset,
+                    state,
+                    key,
+                    payload,
+                    stream,
+                    meta.snapshot_id,
+                ) {
+                    Recognised::Unchanged => {
+                        self.outcomes.unchanged.inc();
+                        self.batch.offsets.insert(partition, message.offset() + 1);
+                        self.batch.records += 1;
                         return Ok(());
                     }
+                    Recognised::Unknown { raw: tracked } => raw = tracked,
+                }
+            }
+            let location = location();
+            let (key, hash): (Cow<'_, str>, u128) =
+                match self.dataset.decode(payload, &self.schemas, &location) {
+                    Ok(record) => {
+                        let key = match message_key {
+                            Some(key) => Cow::Borrowed(key),
+                            None => match record.key(&self.dataset) {
+                                Ok(key) => Cow::Owned(key.into_string()),
+                                Err(error) => {
+                                    let detail = format!("no record key: {error}");
+                                    if self.on_corrupt(consumer, &meta, &location, &detail)? {
+                                        self.batch.offsets.insert(partition, message.offset() + 1);
+                                    }
+                                    return Ok(());
+                                }
+                            },
+                        };
+                        (key, self.hasher.record(&record))
+                    }
+                    Err(error) => {
+                        if self.on_corrupt(consumer, &meta, &location, &error.to_string())? {
+                            self.batch.offsets.insert(partition, message.offset() + 1);
+                            self.batch.records += 1;
+                        }
+                        return Ok(());
+                    }
+                };
+            let decision = self
+                .partitions
+                .get_mut(&partition)
+                .map(|state| {
+                    let decision = state.observe(&key, hash, stream, meta.snapshot_id, at);
+                    if raw != 0 {
+                        state.remember_raw(&key, raw);
+                    }
+                    decision
+                })
+                .unwrap_or(Decision::Unchanged);
+            match decision {
+                Decision::Unchanged => self.outcomes.unchanged.inc(),
+                Decision::Create { version, previous } => {
+                    self.outcomes.created.inc();
+                    self.emit(
+                        partition,
+                        ChangeOp::Create,
+                        &key,
+                        version,
+                        hash,
+                        previous,
+                        Some(payload),
+                        &meta,
+                        at,
+                    )?;
+                }
+                Decision::Update { version, previous } => {
+                    self.outcomes.updated.inc();
+                    self.emit(
+                        partition,
+                        ChangeOp::Update,
+                        &key,
+                        version,
+                        hash,
+                        Some(previous),
+                        Some(payload),
+                        &meta,
+                        at,
+                    )?;
                 }
             }
         }
@@ -325,7 +418,7 @@ impl Engine {
     fn on_corrupt<C: ConsumerContext>(
         &mut self,
         consumer: &BaseConsumer<C>,
-        meta: &RecordMeta,
+        meta: &RecordMeta<'_>,
         location: &MessageLocation,
         error: &str,
     ) -> Result<bool, BatchError> {
@@ -334,10 +427,10 @@ impl Engine {
             CorruptPolicy::Skip => {
                 tracing::warn!(message = "Skipping a snapshot record that does not decode.", %location, %error);
                 let row = RejectedRow {
-                    file_name: meta.file_name.clone(),
-                    file_hash: meta.file_hash.clone(),
-                    snapshot_id: meta.snapshot_id.clone(),
-                    stream: meta.stream.clone(),
+                    file_name: meta.file_name.to_string(),
+                    file_hash: meta.file_hash.to_string(),
+                    snapshot_id: meta.snapshot_id.to_string(),
+                    stream: meta.stream.to_string(),
                     line: meta.line.unwrap_or(0),
                     column: None,
                     reason: "corrupt_payload".into(),
@@ -377,7 +470,7 @@ impl Engine {
         &mut self,
         partition: i32,
         marker: &SnapshotEnd,
-        meta: &RecordMeta,
+        meta: &RecordMeta<'_>,
         at: i64,
     ) -> Result<(), BatchError> {
         if !self.config.deletes.enabled {
@@ -447,7 +540,7 @@ impl Engine {
                     self.metrics.records.with_label_values(&["deleted"]).inc();
                     let meta = RecordMeta {
                         line: None,
-                        ..meta.clone()
+                        ..*meta
                     };
                     self.emit(
                         partition,
@@ -476,7 +569,7 @@ impl Engine {
         hash: u128,
         previous: Option<u128>,
         record: Option<&[u8]>,
-        meta: &RecordMeta,
+        meta: &RecordMeta<'_>,
         at: i64,
     ) -> Result<(), BatchError> {
         let event = ChangeEvent {
@@ -488,11 +581,11 @@ impl Engine {
             record: record.map(<[u8]>::to_vec),
             record_schema: self.dataset.schema_name().to_string(),
             source: Provenance {
-                file_name: meta.file_name.clone(),
-                file_hash: meta.file_hash.clone(),
+                file_name: meta.file_name.to_string(),
+                file_hash: meta.file_hash.to_string(),
                 line: meta.line,
-                snapshot_id: meta.snapshot_id.clone(),
-                stream: meta.stream.clone(),
+                snapshot_id: meta.snapshot_id.to_string(),
+                stream: meta.stream.to_string(),
             },
             // The snapshot record's timestamp: a repeated batch yields a byte-identical event.
             detected_at: at,
@@ -515,7 +608,7 @@ impl Engine {
         let state = self
             .partitions
             .get(&partition)
-            .and_then(|s| s.to_record(key, &self.streams, &meta.snapshot_id));
+            .and_then(|s| s.to_record(key, &self.streams, meta.snapshot_id));
         if let Some(state) = state {
             let payload = self
                 .schemas
@@ -743,13 +836,23 @@ impl Engine {
                         continue;
                     };
                     match message.payload() {
-                        None => state.restore_entry(key, None, &mut self.streams),
+                        None => {
+                            state.restore_entry(key, None, &mut self.streams);
+                        }
                         Some(payload) => match self.schemas.decode::<DetectorState>(
                             payload,
                             DetectorState::SCHEMA,
                             &location(message.offset()),
                         ) {
-                            Ok(entry) => state.restore_entry(key, Some(&entry), &mut self.streams),
+                            Ok(entry) => {
+                                if !state.restore_entry(key, Some(&entry), &mut self.streams) {
+                                    tracing::warn!(
+                                        message = "Skipping a state entry with an impossible hash or version.",
+                                        partition,
+                                        offset = message.offset()
+                                    );
+                                }
+                            }
                             Err(error) => {
                                 tracing::warn!(message = "Skipping an unreadable state entry.", %error)
                             }
@@ -807,21 +910,26 @@ impl Engine {
 }
 
 /// Provenance headers of a snapshot record.
-#[derive(Debug, Clone, Default)]
-struct RecordMeta {
-    file_name: String,
-    file_hash: String,
-    snapshot_id: String,
-    stream: String,
+#[derive(Debug, Clone, Copy)]
+struct RecordMeta<'a> {
+    file_name: &'a str,
+    file_hash: &'a str,
+    snapshot_id: &'a str,
+    stream: &'a str,
     line: Option<i64>,
-    control: Option<String>,
+    control: Option<&'a str>,
 }
 
-impl RecordMeta {
-    fn from_message(message: &BorrowedMessage<'_>) -> RecordMeta {
+impl<'a> RecordMeta<'a> {
+    /// The provenance headers, borrowed from the message (no allocation per record).
+    fn from_message(message: &'a BorrowedMessage<'_>) -> RecordMeta<'a> {
         let mut meta = RecordMeta {
-            stream: "default".into(),
-            ..RecordMeta::default()
+            file_name: "",
+            file_hash: "",
+            snapshot_id: "",
+            stream: "default",
+            line: None,
+            control: None,
         };
         if let Some(headers) = message.headers() {
             for header in headers.iter() {
@@ -829,12 +937,12 @@ impl RecordMeta {
                     continue;
                 };
                 match header.key {
-                    headers::FILE_NAME => meta.file_name = value.to_string(),
-                    headers::FILE_HASH => meta.file_hash = value.to_string(),
-                    headers::SNAPSHOT_ID => meta.snapshot_id = value.to_string(),
-                    headers::STREAM => meta.stream = value.to_string(),
+                    headers::FILE_NAME => meta.file_name = value,
+                    headers::FILE_HASH => meta.file_hash = value,
+                    headers::SNAPSHOT_ID => meta.snapshot_id = value,
+                    headers::STREAM => meta.stream = value,
                     headers::LINE => meta.line = value.parse().ok(),
-                    headers::CONTROL => meta.control = Some(value.to_string()),
+                    headers::CONTROL => meta.control = Some(value),
                     _ => {}
                 }
             }

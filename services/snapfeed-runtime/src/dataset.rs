@@ -29,6 +29,9 @@ use crate::avro::{
 };
 use crate::record_key::{KeyCase, KeyError, RecordKey};
 
+mod raw;
+pub use raw::FieldRef;
+
 /// A mapping file or its fit to the schema is wrong; every message names the file.
 #[derive(Debug, thiserror::Error)]
 pub enum DatasetError {
@@ -147,6 +150,8 @@ pub struct FieldSpec {
     column: String,
     kind: FieldKind,
     nullable: bool,
+    /// Branch index of `null` in the field's union, when nullable.
+    null_branch: u8,
     date_formats: Vec<String>,
     key_case: KeyCase,
     symbols: Vec<String>,
@@ -439,8 +444,12 @@ impl DatasetMapping {
                 return Err(invalid(format!("{at}.column"), problem));
             }
             let avro_field = &record.fields[position];
-            let (kind, nullable, symbols) =
-                classify(&avro_field.schema).map_err(|problem| invalid(at.clone(), problem))?;
+            let Classified {
+                kind,
+                nullable,
+                null_branch,
+                symbols,
+            } = classify(&avro_field.schema).map_err(|problem| invalid(at.clone(), problem))?;
             check_formats(field, kind, &at).map_err(|(key, problem)| invalid(key, problem))?;
             let (enum_map, enum_table) = enum_tables(field, kind, &symbols, &at)
                 .map_err(|(key, problem)| invalid(key, problem))?;
@@ -453,6 +462,7 @@ impl DatasetMapping {
                 column: field.column.clone(),
                 kind,
                 nullable,
+                null_branch,
                 date_formats: field.date_formats.clone(),
                 key_case: field.key_case.unwrap_or_default(),
                 symbols,
@@ -591,15 +601,14 @@ fn field_position(fields: &[FieldSpec], name: &str) -> Option<usize> {
 const SUPPORTED: &str = "supported: string, int, long, double, boolean, date, timestamp-millis, enum, each optionally [\"null\", T]";
 
 /// The field kind, whether nullable, and the enum symbols, or why the type is not supported.
-fn classify(schema: &Schema) -> Result<(FieldKind, bool, Vec<String>), String> {
-    let (inner, nullable) = match schema {
+fn classify(schema: &Schema) -> Result<Classified, String> {
+    let (inner, nullable, null_branch) = match schema {
         Schema::Union(union) => match union.variants() {
-            [Schema::Null, other] | [other, Schema::Null] if !matches!(other, Schema::Union(_)) => {
-                (other, true)
-            }
+            [Schema::Null, other] if !matches!(other, Schema::Union(_)) => (other, true, 0),
+            [other, Schema::Null] if !matches!(other, Schema::Union(_)) => (other, true, 1),
             _ => return Err(format!("union type is not supported ({SUPPORTED})")),
         },
-        other => (other, false),
+        other => (other, false, 0),
     };
     let kind = match inner {
         Schema::String => FieldKind::String,
@@ -609,7 +618,14 @@ fn classify(schema: &Schema) -> Result<(FieldKind, bool, Vec<String>), String> {
         Schema::Boolean => FieldKind::Boolean,
         Schema::Date => FieldKind::Date,
         Schema::TimestampMillis => FieldKind::TimestampMillis,
-        Schema::Enum(e) => return Ok((FieldKind::Enum, nullable, e.symbols.clone())),
+        Schema::Enum(e) => {
+            return Ok(Classified {
+                kind: FieldKind::Enum,
+                nullable,
+                null_branch,
+                symbols: e.symbols.clone(),
+            })
+        }
         other => {
             return Err(format!(
                 "type {} is not supported ({SUPPORTED})",
@@ -617,7 +633,21 @@ fn classify(schema: &Schema) -> Result<(FieldKind, bool, Vec<String>), String> {
             ))
         }
     };
-    Ok((kind, nullable, Vec::new()))
+    Ok(Classified {
+        kind,
+        nullable,
+        null_branch,
+        symbols: Vec::new(),
+    })
+}
+
+/// What [`classify`] makes of a field's Avro type.
+struct Classified {
+    kind: FieldKind,
+    nullable: bool,
+    /// Branch index of `null` in a nullable field's union (0 or 1).
+    null_branch: u8,
+    symbols: Vec<String>,
 }
 
 fn type_name(schema: &Schema) -> &'static str {

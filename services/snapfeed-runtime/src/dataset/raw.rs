@@ -1,0 +1,443 @@
+//! Reading a record's field values straight from its Avro binary, without building a
+//! [`DatasetRecord`](super::DatasetRecord): the change-detector's hot path, where almost every
+//! record is unchanged and only its content hash is needed.
+//!
+//! Only payloads written with the dataset's current schema are walked here; anything else (an
+//! older writer schema, or bytes that do not walk cleanly) is left to
+//! [`Dataset::decode`](super::Dataset::decode), which resolves schemas and names the problem.
+//! The walker checks the structure as `decode` does (union branch, enum index, int range,
+//! boolean byte, every byte consumed) but not that strings are UTF-8: a payload it accepts
+//! yields the values `decode` would, or has a string `decode` refuses. Callers that act on a
+//! record (rather than recognise one already seen) decode it first.
+
+use super::{Dataset, FieldKind, FieldSpec, FieldValue};
+use crate::avro::{SINGLE_OBJECT_HEADER_LEN, SINGLE_OBJECT_MAGIC};
+
+/// A field value borrowed from a record or from its Avro binary.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum FieldRef<'a> {
+    /// Absent.
+    Null,
+    /// A `string`'s UTF-8 bytes (not validated when read from a payload).
+    String(&'a [u8]),
+    /// An `int`.
+    Int(i32),
+    /// A `long`.
+    Long(i64),
+    /// A `double`.
+    Double(f64),
+    /// A `boolean`.
+    Boolean(bool),
+    /// A `date` (days since 1970-01-01).
+    Date(i32),
+    /// A `timestamp-millis`.
+    TimestampMillis(i64),
+    /// An enum symbol.
+    Enum(&'a str),
+}
+
+impl FieldValue {
+    /// The value, borrowed.
+    pub fn as_ref(&self) -> FieldRef<'_> {
+        match self {
+            FieldValue::Null => FieldRef::Null,
+            FieldValue::String(s) => FieldRef::String(s.as_bytes()),
+            FieldValue::Int(v) => FieldRef::Int(*v),
+            FieldValue::Long(v) => FieldRef::Long(*v),
+            FieldValue::Double(v) => FieldRef::Double(*v),
+            FieldValue::Boolean(v) => FieldRef::Boolean(*v),
+            FieldValue::Date(v) => FieldRef::Date(*v),
+            FieldValue::TimestampMillis(v) => FieldRef::TimestampMillis(*v),
+            FieldValue::Enum(s) => FieldRef::Enum(s),
+        }
+    }
+}
+
+impl Dataset {
+    /// Calls `visit` with the index (in [`Dataset::fields`]) and value of each field of
+    /// `payload` in schema order, if `payload` is a single-object datum written with the
+    /// current schema whose structure is sound (see the module documentation). Returns `false`
+    /// otherwise — `visit` may then have seen a prefix of the fields, and the caller must fall
+    /// back to [`Dataset::decode`].
+    pub fn visit_current<'a>(
+        &'a self,
+        payload: &'a [u8],
+        mut visit: impl FnMut(usize, FieldRef<'a>),
+    ) -> bool {
+        let Some(body) = payload.get(SINGLE_OBJECT_HEADER_LEN..) else {
+            return false;
+        };
+        if payload[..2] != SINGLE_OBJECT_MAGIC || payload[2..10] != self.schema.fingerprint {
+            return false;
+        }
+        let mut reader = Reader { bytes: body };
+        for (index, spec) in self.fields.iter().enumerate() {
+            match reader.field(spec) {
+                Some(value) => visit(index, value),
+                None => return false,
+            }
+        }
+        reader.bytes.is_empty()
+    }
+}
+
+impl Dataset {
+    /// Appends to `out` the current schema's fingerprint and the Avro body of `payload` with
+    /// the volatile fields' bytes left out, if `payload` was written with the current schema
+    /// and its fields can be delimited; `false` otherwise (`out` then holds a prefix).
+    ///
+    /// Equal outputs mean equal tracked values, so a detector that remembers a hash of this
+    /// recognises a re-sent unchanged record by skipping over its fields instead of reading
+    /// them. The converse does not hold (a schema change alters the bytes, not the values):
+    /// a mismatch says nothing, and the caller compares content hashes. Nothing is validated
+    /// beyond bounds — a match with bytes once validated needs no more.
+    pub fn tracked_bytes(&self, payload: &[u8], out: &mut Vec<u8>) -> bool {
+        let Some(body) = payload.get(SINGLE_OBJECT_HEADER_LEN..) else {
+            return false;
+        };
+        if payload[..2] != SINGLE_OBJECT_MAGIC || payload[2..10] != self.schema.fingerprint {
+            return false;
+        }
+        out.extend_from_slice(&self.schema.fingerprint);
+        let mut pos = 0;
+        let mut span_start = 0;
+        for spec in &self.fields {
+            let start = pos;
+            match skip(body, pos, spec) {
+                Some(end) => pos = end,
+                None => return false,
+            }
+            if spec.volatile {
+                out.extend_from_slice(&body[span_start..start]);
+                span_start = pos;
+            }
+        }
+        out.extend_from_slice(&body[span_start..]);
+        pos == body.len()
+    }
+}
+
+/// Where the value of `spec` that starts at `pos` in `body` ends, without reading it (the
+/// detector's hottest loop: kept to a few instructions per field).
+#[inline]
+fn skip(body: &[u8], mut pos: usize, spec: &FieldSpec) -> Option<usize> {
+    if spec.nullable {
+        // The branch index: zig-zag 0 or 1, one byte.
+        let branch = *body.get(pos)?;
+        pos += 1;
+        if branch == spec.null_branch << 1 {
+            return Some(pos);
+        }
+        if branch != (1 - spec.null_branch) << 1 {
+            return None;
+        }
+    }
+    let len = match spec.kind {
+        FieldKind::String => {
+            let first = *body.get(pos)?;
+            if first < 0x80 {
+                // A length below 64: one byte.
+                pos += 1;
+                usize::from(first >> 1)
+            } else {
+                let mut reader = Reader {
+                    bytes: body.get(pos..)?,
+                };
+                let len = usize::try_from(reader.long()?).ok()?;
+                pos = body.len() - reader.bytes.len();
+                len
+            }
+        }
+        FieldKind::Double => 8,
+        FieldKind::Boolean => 1,
+        FieldKind::Int
+        | FieldKind::Long
+        | FieldKind::Date
+        | FieldKind::TimestampMillis
+        | FieldKind::Enum => {
+            // A varint ends at its first byte below 0x80, within 10 bytes.
+            let start = pos;
+            while *body.get(pos)? >= 0x80 {
+                pos += 1;
+                if pos - start == 9 {
+                    return None;
+                }
+            }
+            return Some(pos + 1);
+        }
+    };
+    let end = pos.checked_add(len)?;
+    (end <= body.len()).then_some(end)
+}
+
+/// A cursor over Avro binary.
+struct Reader<'a> {
+    bytes: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    fn field(&mut self, spec: &'a FieldSpec) -> Option<FieldRef<'a>> {
+        if spec.nullable {
+            let branch = self.long()?;
+            if branch == i64::from(spec.null_branch) {
+                return Some(FieldRef::Null);
+            }
+            if branch != i64::from(1 - spec.null_branch) {
+                return None;
+            }
+        }
+        Some(match spec.kind {
+            FieldKind::String => FieldRef::String(self.string()?),
+            FieldKind::Int => FieldRef::Int(self.int()?),
+            FieldKind::Long => FieldRef::Long(self.long()?),
+            FieldKind::Double => {
+                let (bytes, rest) = self.bytes.split_first_chunk::<8>()?;
+                self.bytes = rest;
+                FieldRef::Double(f64::from_le_bytes(*bytes))
+            }
+            FieldKind::Boolean => {
+                let (&byte, rest) = self.bytes.split_first()?;
+                self.bytes = rest;
+                match byte {
+                    0 => FieldRef::Boolean(false),
+                    1 => FieldRef::Boolean(true),
+                    _ => return None,
+                }
+            }
+            FieldKind::Date => FieldRef::Date(self.int()?),
+            FieldKind::TimestampMillis => FieldRef::TimestampMillis(self.long()?),
+            FieldKind::Enum => {
+                let index = usize::try_from(self.int()?).ok()?;
+                FieldRef::Enum(spec.symbols.get(index)?.as_str())
+            }
+        })
+    }
+
+    /// A zig-zag varint of at most 10 bytes.
+    fn long(&mut self) -> Option<i64> {
+        // Most values (union branches, string lengths, small numbers) fit in one byte.
+        let (&first, rest) = self.bytes.split_first()?;
+        if first < 0x80 {
+            self.bytes = rest;
+            return Some(unzigzag(u64::from(first)));
+        }
+        let mut value = u64::from(first & 0x7f);
+        for (i, &byte) in rest.iter().enumerate().take(9) {
+            value |= u64::from(byte & 0x7f) << (7 * (i + 1));
+            if byte < 0x80 {
+                self.bytes = &rest[i + 1..];
+                return Some(unzigzag(value));
+            }
+        }
+        None
+    }
+
+    fn int(&mut self) -> Option<i32> {
+        i32::try_from(self.long()?).ok()
+    }
+
+    fn string(&mut self) -> Option<&'a [u8]> {
+        let len = usize::try_from(self.long()?).ok()?;
+        if len > self.bytes.len() {
+            return None;
+        }
+        let (text, rest) = self.bytes.split_at(len);
+        self.bytes = rest;
+        Some(text)
+    }
+}
+
+fn unzigzag(value: u64) -> i64 {
+    (value >> 1) as i64 ^ -((value & 1) as i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::avro::{MessageLocation, SchemaStore};
+    use crate::dataset::DatasetMapping;
+    use std::path::Path;
+
+    fn dataset() -> (SchemaStore, Dataset) {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let store = SchemaStore::load_dir(&root.join("schemas")).expect("schemas");
+        let dataset =
+            DatasetMapping::load(&root.join("deploy/config/lab_results.mapping.toml"), &store)
+                .expect("mapping");
+        (store, dataset)
+    }
+
+    fn location() -> MessageLocation {
+        MessageLocation {
+            topic: "t".into(),
+            partition: 0,
+            offset: 0,
+        }
+    }
+
+    /// A record with every field set to a value of its kind (or null where nullable and `i`
+    /// is odd), varied by `i`.
+    fn record(dataset: &Dataset, i: i64) -> super::super::DatasetRecord {
+        let values = dataset
+            .fields()
+            .iter()
+            .enumerate()
+            .map(|(n, spec)| {
+                if spec.nullable() && (i + n as i64) % 3 == 0 {
+                    return FieldValue::Null;
+                }
+                match spec.kind() {
+                    FieldKind::String => FieldValue::String(format!("v{i}-{n}-é")),
+                    FieldKind::Int => FieldValue::Int(-(i as i32) * 1000 - n as i32),
+                    FieldKind::Long => FieldValue::Long(i64::MIN + i),
+                    FieldKind::Double => FieldValue::Double(i as f64 / 7.0),
+                    FieldKind::Boolean => FieldValue::Boolean(i % 2 == 0),
+                    FieldKind::Date => FieldValue::Date(19_000 + i as i32),
+                    FieldKind::TimestampMillis => {
+                        FieldValue::TimestampMillis(1_700_000_000_000 + i)
+                    }
+                    FieldKind::Enum => {
+                        FieldValue::Enum(spec.symbols()[i as usize % spec.symbols().len()].clone())
+                    }
+                }
+            })
+            .collect();
+        dataset.record(values).expect("record fits")
+    }
+
+    fn walked<'a>(dataset: &'a Dataset, payload: &'a [u8]) -> Option<Vec<FieldRef<'a>>> {
+        let mut values = Vec::new();
+        dataset
+            .visit_current(payload, |_, value| values.push(value))
+            .then_some(values)
+    }
+
+    #[test]
+    fn walking_the_binary_yields_what_decode_yields() {
+        let (store, dataset) = dataset();
+        for i in 0..50 {
+            let record = record(&dataset, i);
+            let mut payload = Vec::new();
+            dataset.encode(&record, &mut payload).expect("encode");
+            let decoded = dataset
+                .decode(&payload, &store, &location())
+                .expect("decode");
+            let expected: Vec<FieldRef<'_>> =
+                decoded.values().iter().map(FieldValue::as_ref).collect();
+            assert_eq!(walked(&dataset, &payload), Some(expected), "record {i}");
+        }
+    }
+
+    #[test]
+    fn anything_decode_would_question_is_left_to_decode() {
+        let (_, dataset) = dataset();
+        let mut payload = Vec::new();
+        dataset
+            .encode(&record(&dataset, 1), &mut payload)
+            .expect("encode");
+        // Every truncation, a trailing byte, another writer's fingerprint, a broken magic.
+        for len in 0..payload.len() {
+            assert_eq!(
+                walked(&dataset, &payload[..len]),
+                None,
+                "truncated to {len}"
+            );
+        }
+        let mut longer = payload.clone();
+        longer.push(0);
+        assert_eq!(walked(&dataset, &longer), None);
+        let mut other = payload.clone();
+        other[5] ^= 1;
+        assert_eq!(walked(&dataset, &other), None);
+        let mut magic = payload.clone();
+        magic[0] = 0;
+        assert_eq!(walked(&dataset, &magic), None);
+    }
+
+    #[test]
+    fn whatever_the_walker_accepts_decodes_the_same_or_has_a_non_utf8_string() {
+        let (store, dataset) = dataset();
+        let mut payload = Vec::new();
+        dataset
+            .encode(&record(&dataset, 1), &mut payload)
+            .expect("encode");
+        // Flip each byte in turn: whatever the walker still accepts, decode must accept with
+        // the same values — or refuse for a string that is not UTF-8 (not the walker's check).
+        for at in SINGLE_OBJECT_HEADER_LEN..payload.len() {
+            for flip in [0x80u8, 0xff, 0x01, 0x40] {
+                let mut bad = payload.clone();
+                bad[at] ^= flip;
+                let Some(values) = walked(&dataset, &bad) else {
+                    continue;
+                };
+                match dataset.decode(&bad, &store, &location()) {
+                    Ok(decoded) => {
+                        let expected: Vec<FieldRef<'_>> =
+                            decoded.values().iter().map(FieldValue::as_ref).collect();
+                        assert_eq!(values, expected, "byte {at} ^ {flip:#x}");
+                    }
+                    Err(error) => assert!(
+                        values.iter().any(
+                            |v| matches!(v, FieldRef::String(s) if std::str::from_utf8(s).is_err())
+                        ),
+                        "walker accepted what decode refuses at byte {at} ^ {flip:#x}: {error}"
+                    ),
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn tracked_bytes_ignore_volatile_fields_and_see_every_other_change() {
+        let (_, dataset) = dataset();
+        let volatile: Vec<usize> = dataset
+            .fields()
+            .iter()
+            .enumerate()
+            .filter(|(_, f)| f.volatile())
+            .map(|(i, _)| i)
+            .collect();
+        assert!(!volatile.is_empty(), "the lab mapping has a volatile field");
+        let tracked = |record: &super::super::DatasetRecord| {
+            let mut payload = Vec::new();
+            dataset.encode(record, &mut payload).expect("encode");
+            let mut out = Vec::new();
+            assert!(dataset.tracked_bytes(&payload, &mut out));
+            out
+        };
+        let base = record(&dataset, 2);
+        let same = tracked(&base);
+        for index in 0..dataset.fields().len() {
+            let mut values = base.values().to_vec();
+            values[index] = match (&values[index], dataset.fields()[index].kind()) {
+                (FieldValue::Null, _) => record(&dataset, 4).values()[index].clone(),
+                (_, _) if dataset.fields()[index].nullable() => FieldValue::Null,
+                (_, _) => record(&dataset, 5).values()[index].clone(),
+            };
+            if values[index] == base.values()[index] {
+                continue;
+            }
+            let changed = tracked(&dataset.record(values).expect("fits"));
+            let field = dataset.fields()[index].name();
+            if volatile.contains(&index) {
+                assert_eq!(
+                    changed, same,
+                    "volatile field {field} changed the tracked bytes"
+                );
+            } else {
+                assert_ne!(
+                    changed, same,
+                    "field {field} changed but the tracked bytes did not"
+                );
+            }
+        }
+        let mut payload = Vec::new();
+        dataset.encode(&base, &mut payload).expect("encode");
+        for len in 0..payload.len() {
+            assert!(
+                !dataset.tracked_bytes(&payload[..len], &mut Vec::new()),
+                "truncated to {len}"
+            );
+        }
+    }
+}
