@@ -35,13 +35,18 @@ fn convert_all(path: &Path, dataset: &Arc<Dataset>) -> (usize, Duration, Duratio
     let mut raw = csv::ByteRecord::new();
     let mut value = Vec::with_capacity(1024);
     let (mut rows, mut bytes) = (0, 0);
+    // As the ingest's row scan does: values borrowed from the row, encoded straight to Avro.
     while csv.read_byte_record(&mut raw).unwrap() {
         let record = csv::StringRecord::from_byte_record(std::mem::take(&mut raw)).unwrap();
-        let row = converter.convert(&record).unwrap();
-        let key = row.key(dataset).unwrap();
+        let mut values = Vec::with_capacity(dataset.fields().len());
+        converter
+            .convert_refs(dataset, &record, &mut values)
+            .unwrap();
         value.clear();
-        dataset.encode(&row, &mut value).unwrap();
+        dataset.encode_refs(&values, &mut value).unwrap();
+        let key = dataset.key_of_refs(&values).unwrap();
         bytes += key.as_str().len() + value.len();
+        drop(values);
         raw = record.into_byte_record();
         rows += 1;
     }

@@ -21,7 +21,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use chrono::{Datelike, NaiveDate, NaiveDateTime, NaiveTime};
-use snapfeed_runtime::dataset::{normalise_column, Dataset, DatasetRecord, FieldKind, FieldValue};
+use snapfeed_runtime::dataset::{normalise_column, Dataset, DatasetRecord, FieldKind, FieldRef};
 
 /// Stable reject reasons (the `reason` of a `snapfeed.RejectedRow`).
 pub mod reason {
@@ -373,6 +373,29 @@ impl RowConverter {
 
     /// Converts one data row; the first bad column, in file order, decides the reject.
     pub fn convert(&mut self, row: &csv::StringRecord) -> Result<DatasetRecord, RowReject> {
+        let dataset = self.dataset.clone();
+        let mut values = Vec::with_capacity(dataset.fields().len());
+        self.convert_refs(&dataset, row, &mut values)?;
+        dataset
+            .record(values.iter().map(FieldRef::to_value).collect())
+            .map_err(|error| RowReject {
+                column: None,
+                reason: reason::SCHEMA_MISMATCH,
+                detail: error.to_string(),
+            })
+    }
+
+    /// Converts one data row into values borrowed from the row and from `dataset` (the
+    /// converter's own), in schema order, into `out` — the per-row path: no allocation per
+    /// cell. The first bad column, in file order, decides the reject. Whether the values fit
+    /// the schema (nulls in required fields) is checked when they are encoded
+    /// ([`Dataset::encode_refs`]).
+    pub fn convert_refs<'r>(
+        &mut self,
+        dataset: &'r Dataset,
+        row: &'r csv::StringRecord,
+        out: &mut Vec<FieldRef<'r>>,
+    ) -> Result<(), RowReject> {
         if row.len() != self.columns.len() {
             return Err(RowReject {
                 column: None,
@@ -384,14 +407,17 @@ impl RowConverter {
                 ),
             });
         }
-        let mut values = vec![FieldValue::Null; self.dataset.fields().len()];
+        out.clear();
+        out.resize(dataset.fields().len(), FieldRef::Null);
         for (position, (plan, cell)) in self.columns.iter().zip(row.iter()).enumerate() {
             let Some(plan) = plan else { continue };
-            let converted = convert_cell(&self.dataset, plan, cell.trim(), &mut self.scratch);
-            match (converted, values.get_mut(plan.field)) {
-                (Ok(value), Some(slot)) => *slot = value,
-                (Ok(_), None) => {}
-                (Err((reason, detail)), _) => {
+            match convert_cell(dataset, plan, cell.trim(), &mut self.scratch) {
+                Ok(value) => {
+                    if let Some(slot) = out.get_mut(plan.field) {
+                        *slot = value;
+                    }
+                }
+                Err((reason, detail)) => {
                     return Err(RowReject {
                         column: self.headers.get(position).cloned(),
                         reason,
@@ -400,45 +426,41 @@ impl RowConverter {
                 }
             }
         }
-        self.dataset.record(values).map_err(|error| RowReject {
-            column: None,
-            reason: reason::SCHEMA_MISMATCH,
-            detail: error.to_string(),
-        })
+        Ok(())
     }
 }
 
-fn convert_cell(
-    dataset: &Dataset,
+fn convert_cell<'r>(
+    dataset: &'r Dataset,
     plan: &ColumnPlan,
-    cell: &str,
+    cell: &'r str,
     scratch: &mut String,
-) -> Result<FieldValue, CellError> {
+) -> Result<FieldRef<'r>, CellError> {
     if cell.is_empty() {
         return match plan.nullable {
-            true => Ok(FieldValue::Null),
+            true => Ok(FieldRef::Null),
             false => Err((reason::MISSING_REQUIRED, "required value is empty".into())),
         };
     }
     match plan.kind {
-        FieldKind::String => Ok(FieldValue::String(cell.to_string())),
-        FieldKind::Int => cell.parse().map(FieldValue::Int).map_err(|_| {
+        FieldKind::String => Ok(FieldRef::String(cell.as_bytes())),
+        FieldKind::Int => cell.parse().map(FieldRef::Int).map_err(|_| {
             (
                 reason::BAD_NUMBER,
                 "not a whole number in the int range".into(),
             )
         }),
-        FieldKind::Long => cell.parse().map(FieldValue::Long).map_err(|_| {
+        FieldKind::Long => cell.parse().map(FieldRef::Long).map_err(|_| {
             (
                 reason::BAD_NUMBER,
                 "not a whole number in the long range".into(),
             )
         }),
         FieldKind::Double => match cell.parse::<f64>() {
-            Ok(v) if v.is_finite() => Ok(FieldValue::Double(v)),
+            Ok(v) if v.is_finite() => Ok(FieldRef::Double(v)),
             _ => Err((reason::BAD_NUMBER, "not a finite decimal number".into())),
         },
-        FieldKind::Boolean => parse_bool(cell).map(FieldValue::Boolean).ok_or_else(|| {
+        FieldKind::Boolean => parse_bool(cell).map(FieldRef::Boolean).ok_or_else(|| {
             (
                 reason::BAD_BOOLEAN,
                 "expected true/false, yes/no or 1/0".into(),
@@ -448,14 +470,14 @@ fn convert_cell(
             .formats
             .iter()
             .find_map(|format| format.parse_date(cell))
-            .map(|date| FieldValue::Date(date.num_days_from_ce() - UNIX_EPOCH_DAYS_FROM_CE))
+            .map(|date| FieldRef::Date(date.num_days_from_ce() - UNIX_EPOCH_DAYS_FROM_CE))
             .ok_or_else(|| no_format_matches(plan)),
         FieldKind::TimestampMillis => plan
             .formats
             .iter()
             .find_map(|format| format.parse_datetime(cell))
             // The CSV carries no zone: timestamps are read as UTC.
-            .map(|datetime| FieldValue::TimestampMillis(datetime.and_utc().timestamp_millis()))
+            .map(|datetime| FieldRef::TimestampMillis(datetime.and_utc().timestamp_millis()))
             .ok_or_else(|| no_format_matches(plan)),
         FieldKind::Enum => {
             let spec = dataset.fields().get(plan.field);
@@ -467,7 +489,7 @@ fn convert_cell(
                 scratch.extend(cell.chars().flat_map(char::to_uppercase));
             }
             match spec.and_then(|spec| spec.resolve_enum(scratch)) {
-                Some(symbol) => Ok(FieldValue::Enum(symbol.to_string())),
+                Some(symbol) => Ok(FieldRef::Enum(symbol)),
                 None => {
                     let symbols = spec.map(|s| s.symbols().join(", ")).unwrap_or_default();
                     Err((
@@ -506,7 +528,7 @@ mod tests {
     use std::path::{Path, PathBuf};
 
     use snapfeed_runtime::avro::SchemaStore;
-    use snapfeed_runtime::dataset::DatasetMapping;
+    use snapfeed_runtime::dataset::{DatasetMapping, FieldValue};
 
     fn repo() -> PathBuf {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -588,6 +610,30 @@ mod tests {
     fn days(y: i32, m: u32, d: u32) -> i32 {
         let date = NaiveDate::from_ymd_opt(y, m, d).unwrap();
         (date - NaiveDate::from_ymd_opt(1970, 1, 1).unwrap()).num_days() as i32
+    }
+
+    #[test]
+    fn the_per_row_path_encodes_and_keys_what_the_record_path_does() {
+        let dataset = lab_dataset();
+        let mut header = schema_order();
+        header.reverse();
+        let mut converter = converter(&dataset, &header);
+        for changes in [
+            vec![],
+            vec![("Patient_Sex", "male"), ("Patient_Ethnicity", "Hispanic")],
+            vec![("Report_Generated_At", ""), ("Patient_ID", " p-9 ")],
+        ] {
+            let row = row(&header, &changes);
+            let record = converter.convert(&row).unwrap();
+            let mut expected = Vec::new();
+            dataset.encode(&record, &mut expected).unwrap();
+            let mut values = Vec::new();
+            converter.convert_refs(&dataset, &row, &mut values).unwrap();
+            let mut payload = Vec::new();
+            dataset.encode_refs(&values, &mut payload).unwrap();
+            assert_eq!(payload, expected, "{changes:?}");
+            assert_eq!(dataset.key_of_refs(&values), record.key(&dataset));
+        }
     }
 
     #[test]

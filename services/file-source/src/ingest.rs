@@ -32,7 +32,7 @@ use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
 use rdkafka::types::RDKafkaErrorCode;
 use serde::Serialize;
 use snapfeed_runtime::avro::{AvroError, SchemaStore};
-use snapfeed_runtime::dataset::{Dataset, DatasetRecord};
+use snapfeed_runtime::dataset::Dataset;
 use snapfeed_runtime::headers;
 use snapfeed_runtime::kafka::{DeliveryTracker, ProcessingGuarantee};
 use snapfeed_runtime::partition::partition_for_key;
@@ -225,7 +225,8 @@ fn kafka(context: &'static str) -> impl FnOnce(KafkaError) -> IngestError {
 enum RowFate<'r> {
     Accepted {
         key: RecordKey,
-        record: DatasetRecord,
+        /// The record's single-object Avro encoding.
+        payload: &'r [u8],
     },
     Rejected {
         reject: RowReject,
@@ -240,6 +241,8 @@ struct RowScan {
     converter: RowConverter,
     seen_keys: HashSet<u128>,
     buffer: csv::ByteRecord,
+    /// The accepted row's encoding, reused across rows.
+    payload: Vec<u8>,
     raw_bytes_read: Arc<AtomicU64>,
     extra_columns: Vec<String>,
 }
@@ -306,6 +309,7 @@ fn open_scan(ctx: &IngestContext<'_>, file: &SnapshotFile) -> Result<Opened, Ing
         converter: RowConverter::new(ctx.dataset.clone(), header_map),
         seen_keys: HashSet::new(),
         buffer: csv::ByteRecord::new(),
+        payload: Vec::with_capacity(1024),
         raw_bytes_read,
         extra_columns,
     })))
@@ -361,34 +365,50 @@ impl RowScan {
                 )));
             }
         };
-        let converted = self.converter.convert(&record);
-        self.buffer = record.into_byte_record();
-        let fate = match converted {
-            Ok(row) => match row.key(&self.dataset) {
-                Ok(key) => {
-                    let fingerprint = xxhash_rust::xxh3::xxh3_128(key.as_str().as_bytes());
-                    if self.seen_keys.insert(fingerprint) {
-                        RowFate::Accepted { key, record: row }
-                    } else {
-                        RowFate::Rejected {
-                            reject: RowReject {
-                                column: None,
-                                reason: DUPLICATE_KEY,
-                                detail: "an earlier row of this file has the same key; the first occurrence wins".into(),
-                            },
-                            raw: &self.buffer,
-                        }
-                    }
-                }
-                Err(error) => RowFate::Rejected {
-                    reject: RowReject {
+        // Cells are converted to values borrowed from the row and encoded straight to Avro:
+        // no allocation per cell.
+        let mut values = Vec::with_capacity(self.dataset.fields().len());
+        let converted = self
+            .converter
+            .convert_refs(&self.dataset, &record, &mut values)
+            .and_then(|()| {
+                self.payload.clear();
+                self.dataset
+                    .encode_refs(&values, &mut self.payload)
+                    .map_err(|error| RowReject {
+                        column: None,
+                        reason: crate::convert::reason::SCHEMA_MISMATCH,
+                        detail: error.to_string(),
+                    })?;
+                self.dataset
+                    .key_of_refs(&values)
+                    .map_err(|error| RowReject {
                         column: None,
                         reason: crate::convert::reason::MISSING_REQUIRED,
                         detail: format!("cannot build the record key: {error}"),
-                    },
-                    raw: &self.buffer,
-                },
-            },
+                    })
+            });
+        drop(values);
+        self.buffer = record.into_byte_record();
+        let fate = match converted {
+            Ok(key) => {
+                let fingerprint = xxhash_rust::xxh3::xxh3_128(key.as_str().as_bytes());
+                if self.seen_keys.insert(fingerprint) {
+                    RowFate::Accepted {
+                        key,
+                        payload: &self.payload,
+                    }
+                } else {
+                    RowFate::Rejected {
+                        reject: RowReject {
+                            column: None,
+                            reason: DUPLICATE_KEY,
+                            detail: "an earlier row of this file has the same key; the first occurrence wins".into(),
+                        },
+                        raw: &self.buffer,
+                    }
+                }
+            }
             Err(reject) => RowFate::Rejected {
                 reject,
                 raw: &self.buffer,
@@ -704,7 +724,6 @@ fn send_chunks(
     let partitions = ctx.snapshot_partitions.max(1);
     let mut per_partition = vec![0i64; partitions as usize];
     let (mut index, mut sent, mut rejected) = (0u64, 0u64, 0u64);
-    let mut value = Vec::with_capacity(1024);
     let mut progress_at = Instant::now();
     let started = Instant::now();
     let progress_every = Duration::from_millis(ctx.config.progress_interval_ms);
@@ -747,17 +766,15 @@ fn send_chunks(
         let Some((line, fate)) = next else { break };
         let skip = index < resume_after;
         match fate {
-            RowFate::Accepted { key, record } => {
+            RowFate::Accepted { key, payload } => {
                 let partition = partition_for_key(key.as_str().as_bytes(), partitions);
                 per_partition[partition as usize] += 1;
                 if !skip {
-                    value.clear();
-                    ctx.dataset.encode(&record, &mut value)?;
                     writer.send(
                         BaseRecord::to(&ctx.topics.snapshots)
                             .partition(partition)
                             .key(key.as_str().as_bytes())
-                            .payload(value.as_slice())
+                            .payload(payload)
                             .headers(provenance_headers(file, &snapshot_id, &stream, Some(line))),
                     )?;
                 }

@@ -119,8 +119,15 @@ impl<R: Read> Read for CrlfToLf<R> {
         if buf.is_empty() {
             return Ok(0);
         }
+        if buf.len() < 2 {
+            // A held `\r` and the byte after it may both be due: the csv reader reads 8 KiB.
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "line-ending conversion needs reads of at least 2 bytes",
+            ));
+        }
         // At most buf.len() - 1 raw bytes, so a held `\r` always fits in front.
-        let want = buf.len().saturating_sub(1).max(1);
+        let want = buf.len() - 1;
         self.raw.resize(want, 0);
         loop {
             let n = self.inner.read(&mut self.raw[..want])?;
@@ -140,20 +147,27 @@ impl<R: Read> Read for CrlfToLf<R> {
                     out += 1;
                 }
             }
-            for i in 0..n {
-                let b = self.raw[i];
-                if b == b'\r' {
-                    if i + 1 == n {
-                        self.held_cr = true;
-                    } else if self.raw[i + 1] != b'\n' {
-                        buf[out] = b;
+            // Copy runs between `\r`s whole (memchr finds them): the text is mostly runs.
+            let raw = &self.raw[..n];
+            let mut start = 0;
+            while let Some(found) = memchr::memchr(b'\r', &raw[start..]) {
+                let cr = start + found;
+                buf[out..out + found].copy_from_slice(&raw[start..cr]);
+                out += found;
+                match raw.get(cr + 1) {
+                    // A `\r` ending the read: whether `\n` follows is the next read's question.
+                    None => self.held_cr = true,
+                    Some(b'\n') => {}
+                    Some(_) => {
+                        buf[out] = b'\r';
                         out += 1;
                     }
-                } else {
-                    buf[out] = b;
-                    out += 1;
                 }
+                start = cr + 1;
             }
+            let rest = n.saturating_sub(start);
+            buf[out..out + rest].copy_from_slice(&raw[start.min(n)..]);
+            out += rest;
             if out > 0 {
                 return Ok(out);
             }
@@ -359,5 +373,51 @@ mod tests {
             .reader
             .read_to_string(&mut text)
             .is_err());
+    }
+
+    #[test]
+    fn crlf_becomes_lf_and_every_other_cr_stays_whatever_the_read_size() {
+        let inputs: [&[u8]; 7] = [
+            b"a,b\r\nc,d\r\n",
+            b"\r\r\n\r\r\r\n\n\r",
+            b"lone\rcr\rin\rtext\r",
+            b"\r",
+            b"\r\n",
+            b"no line endings at all",
+            b"mixed\nlf\r\ncrlf\rcr\r\r",
+        ];
+        for input in inputs {
+            let expected = String::from_utf8_lossy(input).replace("\r\n", "\n");
+            for size in [2usize, 3, 4, 7, 64, 8192] {
+                let mut reader = CrlfToLf {
+                    inner: input,
+                    held_cr: false,
+                    raw: Vec::new(),
+                };
+                let mut out = Vec::new();
+                let mut buf = vec![0u8; size];
+                loop {
+                    let n = reader.read(&mut buf).unwrap();
+                    if n == 0 {
+                        break;
+                    }
+                    out.extend_from_slice(&buf[..n]);
+                }
+                assert_eq!(
+                    String::from_utf8_lossy(&out),
+                    expected,
+                    "{input:?} in reads of {size}"
+                );
+            }
+            let mut reader = CrlfToLf {
+                inner: input,
+                held_cr: false,
+                raw: Vec::new(),
+            };
+            assert!(
+                reader.read(&mut [0u8; 1]).is_err(),
+                "a 1-byte read is refused, not a panic"
+            );
+        }
     }
 }

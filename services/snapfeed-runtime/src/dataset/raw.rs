@@ -10,8 +10,9 @@
 //! yields the values `decode` would, or has a string `decode` refuses. Callers that act on a
 //! record (rather than recognise one already seen) decode it first.
 
-use super::{Dataset, FieldKind, FieldSpec, FieldValue};
+use super::{Dataset, FieldKind, FieldSpec, FieldValue, RecordShapeError};
 use crate::avro::{SINGLE_OBJECT_HEADER_LEN, SINGLE_OBJECT_MAGIC};
+use crate::record_key::{KeyError, RecordKey};
 
 /// A field value borrowed from a record or from its Avro binary.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -53,7 +54,39 @@ impl FieldValue {
     }
 }
 
+impl FieldRef<'_> {
+    /// The value, owned (a string that is not UTF-8 — possible only for bytes read from a
+    /// payload — is replaced lossily).
+    pub fn to_value(&self) -> FieldValue {
+        match *self {
+            FieldRef::Null => FieldValue::Null,
+            FieldRef::String(s) => FieldValue::String(String::from_utf8_lossy(s).into_owned()),
+            FieldRef::Int(v) => FieldValue::Int(v),
+            FieldRef::Long(v) => FieldValue::Long(v),
+            FieldRef::Double(v) => FieldValue::Double(v),
+            FieldRef::Boolean(v) => FieldValue::Boolean(v),
+            FieldRef::Date(v) => FieldValue::Date(v),
+            FieldRef::TimestampMillis(v) => FieldValue::TimestampMillis(v),
+            FieldRef::Enum(s) => FieldValue::Enum(s.to_string()),
+        }
+    }
+}
+
 impl Dataset {
+    /// The canonical record key of borrowed values in schema order, as
+    /// [`DatasetRecord::key`](super::DatasetRecord::key) builds it for the equal record.
+    pub fn key_of_refs(&self, values: &[FieldRef<'_>]) -> Result<RecordKey, KeyError> {
+        let components = self
+            .key_field_indexes
+            .iter()
+            .map(|&index| match values.get(index) {
+                Some(FieldRef::String(s)) => std::str::from_utf8(s).unwrap_or(""),
+                // Validation makes key fields required strings; anything else is an empty component.
+                _ => "",
+            });
+        RecordKey::build(components, &self.key_cases)
+    }
+
     /// Calls `visit` with the index (in [`Dataset::fields`]) and value of each field of
     /// `payload` in schema order, if `payload` is a single-object datum written with the
     /// current schema whose structure is sound (see the module documentation). Returns `false`
@@ -115,6 +148,75 @@ impl Dataset {
         out.extend_from_slice(&body[span_start..]);
         pos == body.len()
     }
+}
+
+impl Dataset {
+    /// Appends the single-object encoding of a record given as borrowed values in schema
+    /// order — what [`Dataset::encode`] writes for the equal record, without building it (the
+    /// file-source's per-row path). The values must fit the fields (`Null` only where
+    /// nullable, enum symbols of the field's enum).
+    pub fn encode_refs(
+        &self,
+        values: &[FieldRef<'_>],
+        buf: &mut Vec<u8>,
+    ) -> Result<(), RecordShapeError> {
+        if values.len() != self.fields.len() {
+            return Err(RecordShapeError::Arity {
+                expected: self.fields.len(),
+                got: values.len(),
+            });
+        }
+        buf.extend_from_slice(&SINGLE_OBJECT_MAGIC);
+        buf.extend_from_slice(&self.schema.fingerprint);
+        for (spec, value) in self.fields.iter().zip(values) {
+            if spec.nullable {
+                let branch = match value {
+                    FieldRef::Null => spec.null_branch,
+                    _ => 1 - spec.null_branch,
+                };
+                write_long(buf, i64::from(branch));
+            }
+            match (value, spec.kind) {
+                (FieldRef::Null, _) if spec.nullable => {}
+                (FieldRef::String(bytes), FieldKind::String) => {
+                    write_long(buf, bytes.len() as i64);
+                    buf.extend_from_slice(bytes);
+                }
+                (FieldRef::Int(v), FieldKind::Int) | (FieldRef::Date(v), FieldKind::Date) => {
+                    write_long(buf, i64::from(*v))
+                }
+                (FieldRef::Long(v), FieldKind::Long)
+                | (FieldRef::TimestampMillis(v), FieldKind::TimestampMillis) => write_long(buf, *v),
+                (FieldRef::Double(v), FieldKind::Double) => buf.extend_from_slice(&v.to_le_bytes()),
+                (FieldRef::Boolean(v), FieldKind::Boolean) => buf.push(u8::from(*v)),
+                (FieldRef::Enum(symbol), FieldKind::Enum) => {
+                    match spec.symbols.iter().position(|s| s == symbol) {
+                        Some(index) => write_long(buf, index as i64),
+                        None => return Err(misfit(spec)),
+                    }
+                }
+                _ => return Err(misfit(spec)),
+            }
+        }
+        Ok(())
+    }
+}
+
+fn misfit(spec: &FieldSpec) -> RecordShapeError {
+    RecordShapeError::Type {
+        field: spec.name.to_string(),
+        kind: spec.kind,
+    }
+}
+
+/// A zig-zag varint.
+fn write_long(buf: &mut Vec<u8>, value: i64) {
+    let mut n = ((value << 1) ^ (value >> 63)) as u64;
+    while n >= 0x80 {
+        buf.push((n as u8) | 0x80);
+        n >>= 7;
+    }
+    buf.push(n as u8);
 }
 
 /// Where the value of `spec` that starts at `pos` in `body` ends, without reading it (the
@@ -438,6 +540,51 @@ mod tests {
                 !dataset.tracked_bytes(&payload[..len], &mut Vec::new()),
                 "truncated to {len}"
             );
+        }
+    }
+
+    #[test]
+    fn encoding_borrowed_values_writes_what_encode_writes() {
+        let (_, dataset) = dataset();
+        for i in 0..60 {
+            let record = record(&dataset, i);
+            let mut expected = Vec::new();
+            dataset.encode(&record, &mut expected).expect("encode");
+            let refs: Vec<FieldRef<'_>> = record.values().iter().map(FieldValue::as_ref).collect();
+            let mut written = Vec::new();
+            dataset.encode_refs(&refs, &mut written).expect("fits");
+            assert_eq!(written, expected, "record {i}");
+        }
+        // Values that do not fit are refused, naming the field only.
+        let record = record(&dataset, 3);
+        let mut refs: Vec<FieldRef<'_>> = record.values().iter().map(FieldValue::as_ref).collect();
+        let required = dataset
+            .fields()
+            .iter()
+            .position(|f| !f.nullable())
+            .expect("a required field");
+        refs[required] = FieldRef::Null;
+        let error = dataset
+            .encode_refs(&refs, &mut Vec::new())
+            .expect_err("null in a required field");
+        assert!(
+            error
+                .to_string()
+                .contains(dataset.fields()[required].name()),
+            "{error}"
+        );
+        assert!(dataset.encode_refs(&refs[1..], &mut Vec::new()).is_err());
+    }
+
+    #[test]
+    fn keys_and_owned_values_of_borrowed_values_match_the_record() {
+        let (_, dataset) = dataset();
+        for i in 0..20 {
+            let record = record(&dataset, i);
+            let refs: Vec<FieldRef<'_>> = record.values().iter().map(FieldValue::as_ref).collect();
+            assert_eq!(dataset.key_of_refs(&refs), record.key(&dataset));
+            let owned: Vec<FieldValue> = refs.iter().map(FieldRef::to_value).collect();
+            assert_eq!(owned, record.values());
         }
     }
 }
