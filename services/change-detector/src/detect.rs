@@ -1062,3 +1062,102 @@ pub fn run_loop(consumer: &BaseConsumer<DetectorContext>, stop: &AtomicBool) {
         engine.commit_batch(consumer);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use snapfeed_runtime::dataset::{DatasetMapping, DatasetRecord, FieldKind, FieldValue};
+    use std::path::Path;
+
+    fn dataset() -> Dataset {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let store = SchemaStore::load_dir(&root.join("schemas")).unwrap();
+        DatasetMapping::load(&root.join("deploy/config/lab_results.mapping.toml"), &store).unwrap()
+    }
+
+    /// A record whose values follow `seed`; `volatile` varies only the volatile fields.
+    fn record(dataset: &Dataset, seed: i64, volatile: i64) -> DatasetRecord {
+        let values = dataset
+            .fields()
+            .iter()
+            .map(|spec| {
+                let v = if spec.volatile() { volatile } else { seed };
+                match spec.kind() {
+                    FieldKind::String => FieldValue::String(format!("v{v}")),
+                    FieldKind::Int => FieldValue::Int(v as i32),
+                    FieldKind::Long => FieldValue::Long(v),
+                    FieldKind::Double => FieldValue::Double(v as f64),
+                    FieldKind::Boolean => FieldValue::Boolean(v % 2 == 0),
+                    FieldKind::Date => FieldValue::Date(v as i32),
+                    FieldKind::TimestampMillis => FieldValue::TimestampMillis(v),
+                    FieldKind::Enum => FieldValue::Enum(spec.symbols()[0].clone()),
+                }
+            })
+            .collect();
+        dataset.record(values).unwrap()
+    }
+
+    /// What `handle` does with one record: the fast path, else a full observe.
+    fn handle(
+        dataset: &Dataset,
+        hasher: &mut ContentHasher,
+        state: &mut PartitionState,
+        record: &DatasetRecord,
+        snapshot: &str,
+    ) -> (Recognised, Decision) {
+        let mut payload = Vec::new();
+        dataset.encode(record, &mut payload).unwrap();
+        let seen = recognise_unchanged(hasher, dataset, state, "k", &payload, 0, snapshot);
+        if seen == Recognised::Unchanged {
+            return (seen, Decision::Unchanged);
+        }
+        let decision = state.observe("k", hasher.record(record), 0, snapshot, 0);
+        if let Recognised::Unknown { raw } = seen {
+            state.remember_raw("k", raw);
+        }
+        (seen, decision)
+    }
+
+    #[test]
+    fn the_fast_path_recognises_only_unchanged_records_through_a_key_s_history() {
+        let dataset = dataset();
+        let mut hasher = ContentHasher::new(&dataset);
+        let mut state = PartitionState::default();
+        let mut step = |state: &mut PartitionState, seed: i64, volatile: i64, snapshot: &str| {
+            let record = record(&dataset, seed, volatile);
+            handle(&dataset, &mut hasher, state, &record, snapshot)
+        };
+        let state = &mut state;
+        // New, then the same bytes (tracked-bytes match), then only a volatile field differs.
+        let (seen, decision) = step(state, 1, 100, "s1");
+        assert!(matches!(seen, Recognised::Unknown { .. }));
+        assert!(matches!(decision, Decision::Create { version: 1, .. }));
+        assert_eq!(step(state, 1, 100, "s2").0, Recognised::Unchanged);
+        assert_eq!(step(state, 1, 101, "s3").0, Recognised::Unchanged);
+        // Changed, then back to the first content: an UPDATE each time, never recognised.
+        let (seen, decision) = step(state, 2, 101, "s4");
+        assert!(matches!(seen, Recognised::Unknown { .. }));
+        assert!(matches!(decision, Decision::Update { version: 2, .. }));
+        let (seen, decision) = step(state, 1, 101, "s5");
+        assert!(matches!(seen, Recognised::Unknown { .. }));
+        assert!(matches!(decision, Decision::Update { version: 3, .. }));
+        assert_eq!(step(state, 1, 102, "s6").0, Recognised::Unchanged);
+        // Deleted, then back with the same content: a CREATE, not "unchanged".
+        state.delete("k", 0);
+        let (seen, decision) = step(state, 1, 102, "s7");
+        assert!(matches!(seen, Recognised::Unknown { .. }));
+        assert!(matches!(decision, Decision::Create { version: 5, .. }));
+        // After a restore the tracked bytes are unknown: the content hash still recognises it.
+        let streams = Streams::default();
+        let entry = state.to_record("k", &streams, "s7").unwrap();
+        let mut restored = PartitionState::default();
+        restored.restore_entry("k", Some(&entry), &mut Streams::default());
+        let mut payload = Vec::new();
+        dataset
+            .encode(&record(&dataset, 1, 103), &mut payload)
+            .unwrap();
+        let seen =
+            recognise_unchanged(&mut hasher, &dataset, &mut restored, "k", &payload, 0, "s8");
+        assert_eq!(seen, Recognised::Unchanged);
+    }
+}

@@ -210,9 +210,18 @@ impl Slots {
 }
 
 /// Key texts, each prefixed by its length as a LEB128 varint, appended and never moved.
-#[derive(Debug, Default)]
+#[derive(Default)]
 struct KeyArena {
     bytes: Vec<u8>,
+}
+
+impl std::fmt::Debug for KeyArena {
+    /// Sizes only: keys (accession numbers, patient ids) are not for logs.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyArena")
+            .field("bytes", &self.bytes.len())
+            .finish()
+    }
 }
 
 impl KeyArena {

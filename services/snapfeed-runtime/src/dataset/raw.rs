@@ -6,15 +6,17 @@
 //! older writer schema, or bytes that do not walk cleanly) is left to
 //! [`Dataset::decode`](super::Dataset::decode), which resolves schemas and names the problem.
 //! The walker checks the structure as `decode` does (union branch, enum index, int range,
-//! boolean byte, every byte consumed) but not that strings are UTF-8: a payload it accepts
-//! yields the values `decode` would, or has a string `decode` refuses. Callers that act on a
+//! boolean byte, every byte consumed) but not that the strings of tracked (non-volatile) fields
+//! are UTF-8: a payload it accepts yields the values `decode` would, or has such a string
+//! `decode` refuses. Callers that act on a
 //! record (rather than recognise one already seen) decode it first.
 
 use super::{Dataset, FieldKind, FieldSpec, FieldValue, RecordShapeError};
 use crate::avro::{SINGLE_OBJECT_HEADER_LEN, SINGLE_OBJECT_MAGIC};
 use crate::record_key::{KeyError, RecordKey};
 
-/// A field value borrowed from a record or from its Avro binary.
+/// A field value borrowed from a record or from its Avro binary. Its `Debug` shows the value
+/// (health data): for tests and local debugging, never for logs.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum FieldRef<'a> {
     /// Absent.
@@ -106,8 +108,10 @@ impl Dataset {
         let mut reader = Reader { bytes: body };
         for (index, spec) in self.fields.iter().enumerate() {
             match reader.field(spec) {
-                Some(value) => visit(index, value),
-                None => return false,
+                // Volatile fields stay out of content hashes, so nothing later would notice a
+                // string of them that is not text: check it here.
+                Some(value) if !spec.volatile || valid_text(value) => visit(index, value),
+                _ => return false,
             }
         }
         reader.bytes.is_empty()
@@ -136,13 +140,23 @@ impl Dataset {
         let mut span_start = 0;
         for spec in &self.fields {
             let start = pos;
-            match skip(body, pos, spec) {
-                Some(end) => pos = end,
-                None => return false,
-            }
             if spec.volatile {
+                // Left out of the bytes, so read (validated) here: a match of the rest says
+                // nothing about them.
+                let mut reader = Reader {
+                    bytes: &body[pos..],
+                };
+                if !reader.field(spec).is_some_and(valid_text) {
+                    return false;
+                }
+                pos = body.len() - reader.bytes.len();
                 out.extend_from_slice(&body[span_start..start]);
                 span_start = pos;
+            } else {
+                match skip(body, pos, spec) {
+                    Some(end) => pos = end,
+                    None => return false,
+                }
             }
         }
         out.extend_from_slice(&body[span_start..]);
@@ -261,7 +275,7 @@ fn skip(body: &[u8], mut pos: usize, spec: &FieldSpec) -> Option<usize> {
             let start = pos;
             while *body.get(pos)? >= 0x80 {
                 pos += 1;
-                if pos - start == 9 {
+                if pos - start == 10 {
                     return None;
                 }
             }
@@ -346,6 +360,14 @@ impl<'a> Reader<'a> {
         let (text, rest) = self.bytes.split_at(len);
         self.bytes = rest;
         Some(text)
+    }
+}
+
+/// False for a string that is not UTF-8.
+fn valid_text(value: FieldRef<'_>) -> bool {
+    match value {
+        FieldRef::String(bytes) => std::str::from_utf8(bytes).is_ok(),
+        _ => true,
     }
 }
 
@@ -585,6 +607,85 @@ mod tests {
             assert_eq!(dataset.key_of_refs(&refs), record.key(&dataset));
             let owned: Vec<FieldValue> = refs.iter().map(FieldRef::to_value).collect();
             assert_eq!(owned, record.values());
+        }
+    }
+
+    /// The lab dataset with `facility_name` volatile too (a string field).
+    fn with_volatile_string() -> Dataset {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let store = SchemaStore::load_dir(&root.join("schemas")).expect("schemas");
+        let path = root.join("deploy/config/lab_results.mapping.toml");
+        let text = std::fs::read_to_string(&path).expect("mapping").replace(
+            r#"volatile_fields = ["report_generated_at"]"#,
+            r#"volatile_fields = ["report_generated_at", "facility_name"]"#,
+        );
+        DatasetMapping::parse(&text, &path)
+            .and_then(|m| m.resolve(&path, &store))
+            .expect("edited mapping")
+    }
+
+    #[test]
+    fn a_volatile_string_that_is_not_text_is_left_to_decode() {
+        let dataset = with_volatile_string();
+        let index = dataset
+            .fields()
+            .iter()
+            .position(|f| f.name() == "facility_name")
+            .expect("field");
+        let mut values = record(&dataset, 2).into_values();
+        values[index] = FieldValue::String("ab".into());
+        let mut payload = Vec::new();
+        dataset
+            .encode(&dataset.record(values).expect("fits"), &mut payload)
+            .expect("encode");
+        assert!(dataset.tracked_bytes(&payload, &mut Vec::new()));
+        assert!(walked(&dataset, &payload).is_some());
+        // Replace "ab" (length 2 → zig-zag 4, then 'a' 'b') by two bytes that are not UTF-8.
+        let at = payload
+            .windows(3)
+            .position(|w| w == [4, b'a', b'b'])
+            .expect("the string's bytes");
+        payload[at + 1] = 0xff;
+        payload[at + 2] = 0xfe;
+        assert!(!dataset.tracked_bytes(&payload, &mut Vec::new()));
+        assert_eq!(walked(&dataset, &payload), None);
+    }
+
+    #[test]
+    fn skipping_takes_varints_of_all_ten_bytes() {
+        let (_, dataset) = dataset();
+        let spec = dataset
+            .fields()
+            .iter()
+            .find(|f| f.kind() == FieldKind::TimestampMillis && !f.nullable())
+            .or_else(|| {
+                dataset
+                    .fields()
+                    .iter()
+                    .find(|f| f.kind() == FieldKind::Date)
+            })
+            .expect("a varint field");
+        let mut body = Vec::new();
+        write_long(
+            &mut body,
+            if spec.kind() == FieldKind::Date {
+                i64::from(i32::MIN)
+            } else {
+                i64::MIN
+            },
+        );
+        let mut nullable = Vec::new();
+        if spec.nullable() {
+            write_long(&mut nullable, i64::from(1 - spec.null_branch));
+        }
+        nullable.extend_from_slice(&body);
+        assert_eq!(skip(&nullable, 0, spec), Some(nullable.len()));
+        let mut too_long = nullable.clone();
+        let last = too_long.len() - 1;
+        too_long[last] |= 0x80;
+        too_long.extend_from_slice(&[0x80, 0x00]);
+        if spec.kind() != FieldKind::Date {
+            assert_eq!(skip(&too_long, 0, spec), None, "11 varint bytes");
         }
     }
 }
