@@ -665,10 +665,7 @@ impl Sink {
                     response_id,
                 } => {
                     self.unreachable_since.store(0, Ordering::Relaxed);
-                    self.metrics
-                        .requests
-                        .with_label_values(&["delivered"])
-                        .inc();
+                    self.metrics.requests_delivered.inc();
                     attempts.history.push(Attempt {
                         at,
                         status: Some(i32::from(status)),
