@@ -1,0 +1,706 @@
+//! End-to-end and growth benchmark (issue #8): the whole pipeline in one process — librdkafka's
+//! in-process mock broker, the stub case API, file-source, change-detector and api-sink as in
+//! `snapfeed-demo` — timed on generated snapshots.
+//!
+//! Per configuration (rows × partitions) and run, in a **fresh child process** (so peak memory
+//! and state do not carry over from one run to the next):
+//! 1. **Whole-file ingest:** the initial snapshot (every row new) is dropped into the inbox with
+//!    only file-source and change-detector running; timed from the drop until the detector has
+//!    counted every row as created (its metric; the last transaction commits ≤ `batch_max_ms`
+//!    later). The api-sink is not running: millions of initial CREATEs to the stub would take
+//!    minutes and are not what is measured.
+//! 2. The api-sink's group offsets are committed at the end of `changes`, the api-sink is
+//!    started, and one undecodable probe record per partition is produced to `changes`: once
+//!    each is dead-lettered the sink is assigned and consuming (the mock broker delays the first
+//!    group join by 3 s, which would otherwise land in the measurement).
+//! 3. **Measured snapshot:** the next snapshot, with 1% of the rows updated, is dropped. Timed
+//!    from the drop (file renamed into the inbox, then its `.ok` marker written; file-source
+//!    polls every 50 ms) until (a) file-source has completed the file, (b) a `read_committed`
+//!    consumer on `changes` has seen every expected change, (c) the stub API has received every
+//!    expected request (each then checked: one unique effect per change).
+//!
+//! CPU is the process's (getrusage) over step 3 — broker, stub and this bench's own tail
+//! consumer included. Peak memory is the child's VmHWM: the whole pipeline **and the in-process
+//! broker, which holds every topic in memory**, so it is an upper bound for the services.
+//!
+//! Run everything (≈ 15 min on 2 cores): `cargo bench -p snapfeed-demo --bench end_to_end`;
+//! a subset: `… -- --rows 500000 --partitions 4 --runs 3`. Configurations are the rows sweep at
+//! the centre partition count plus the partitions sweep at the centre row count (500,000 and 4
+//! when listed, else the first listed). Output ends with a Markdown table for the README.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // bench code: a panic is a failed run
+
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Offset, TopicPartitionList};
+use snapfeed_harness::broker::TestBroker;
+use snapfeed_harness::generator::{Snapshot, SnapshotDelta, WriteOptions};
+use snapfeed_harness::service_process::http_get;
+use snapfeed_harness::stub_api::StubApi;
+use snapfeed_runtime::kafka::ProcessingGuarantee;
+use snapfeed_runtime::topics::{TopicNameOverrides, TopicNames, TopicsConfig};
+
+const PIPELINE: &str = "lab-results";
+const CHANGED_SHARE: f64 = 0.01;
+
+#[derive(Debug, Parser)]
+struct Args {
+    /// Row counts of the snapshot (comma-separated).
+    #[arg(long, value_delimiter = ',', default_values_t = [100_000, 500_000, 2_000_000])]
+    rows: Vec<usize>,
+    /// Partition counts (comma-separated).
+    #[arg(long, value_delimiter = ',', default_values_t = [1, 4, 8])]
+    partitions: Vec<i32>,
+    /// Runs per configuration (each in a fresh process).
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// Seconds to wait for any one stage.
+    #[arg(long, default_value_t = 600)]
+    timeout_seconds: u64,
+    /// Passed by `cargo bench`; ignored.
+    #[arg(long, hide = true)]
+    bench: bool,
+    /// Internal: run one configuration once and print a RESULT line.
+    #[arg(long, hide = true)]
+    child: bool,
+    #[arg(long, hide = true)]
+    initial: Option<PathBuf>,
+    #[arg(long, hide = true)]
+    changed: Option<PathBuf>,
+    #[arg(long, hide = true, default_value_t = 0)]
+    expect_changes: usize,
+}
+
+fn main() {
+    let args = Args::parse();
+    if args.child {
+        child(&args);
+    } else {
+        parent(&args);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Parent: generate the files once per row count, run each configuration in child processes.
+
+/// One child run's figures.
+#[derive(Debug, Clone, Default)]
+struct RunResult {
+    ingest_s: f64,
+    source_s: f64,
+    changes_s: f64,
+    delivered_s: f64,
+    cpu_s: f64,
+    peak_mib: f64,
+}
+
+fn parent(args: &Args) {
+    let centre_rows = if args.rows.contains(&500_000) {
+        500_000
+    } else {
+        args.rows[0]
+    };
+    let centre_partitions = if args.partitions.contains(&4) {
+        4
+    } else {
+        args.partitions[0]
+    };
+    let mut configs: Vec<(usize, i32)> =
+        args.rows.iter().map(|r| (*r, centre_partitions)).collect();
+    for p in &args.partitions {
+        if !configs.contains(&(centre_rows, *p)) {
+            configs.push((centre_rows, *p));
+        }
+    }
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    println!(
+        "end-to-end bench: {} configurations × {} runs, {cpus} CPUs, in-process mock broker, \
+         exactly_once, 1% of rows updated in the measured snapshot",
+        configs.len(),
+        args.runs
+    );
+    let data = tempfile::Builder::new()
+        .prefix("snapfeed-e2e-")
+        .tempdir()
+        .unwrap();
+    let exe = std::env::current_exe().unwrap();
+    let mut results: BTreeMap<(usize, i32), Vec<RunResult>> = BTreeMap::new();
+    let mut row_counts: Vec<usize> = configs.iter().map(|c| c.0).collect();
+    row_counts.sort_unstable();
+    row_counts.dedup();
+    for rows in row_counts {
+        let generated = Instant::now();
+        let (initial, initial_rows, changed, expect) = generate(data.path(), rows);
+        println!(
+            "\n{rows} rows: generated in {:.1} s ({expect} rows updated in the second snapshot)",
+            generated.elapsed().as_secs_f64()
+        );
+        for (_, partitions) in configs.iter().filter(|c| c.0 == rows) {
+            for run in 1..=args.runs {
+                let output = Command::new(&exe)
+                    .arg("--child")
+                    .args(["--initial", &initial.display().to_string()])
+                    .args(["--changed", &changed.display().to_string()])
+                    .args(["--expect-changes", &expect.to_string()])
+                    .args(["--rows", &initial_rows.to_string()])
+                    .args(["--partitions", &partitions.to_string()])
+                    .args(["--timeout-seconds", &args.timeout_seconds.to_string()])
+                    .output()
+                    .unwrap();
+                let stdout = String::from_utf8_lossy(&output.stdout);
+                let Some(result) = stdout.lines().find_map(parse_result) else {
+                    println!(
+                        "  {partitions} partitions, run {run}: FAILED ({})\n{stdout}\n{}",
+                        output.status,
+                        String::from_utf8_lossy(&output.stderr)
+                    );
+                    continue;
+                };
+                println!(
+                    "  {partitions} partitions, run {run}: ingest {:.2} s; 1% snapshot: source {:.2} s, \
+                     changes {:.2} s, delivered {:.2} s, CPU {:.2} s; peak {:.0} MiB",
+                    result.ingest_s,
+                    result.source_s,
+                    result.changes_s,
+                    result.delivered_s,
+                    result.cpu_s,
+                    result.peak_mib
+                );
+                results.entry((rows, *partitions)).or_default().push(result);
+            }
+        }
+        let _ = std::fs::remove_file(&initial);
+        let _ = std::fs::remove_file(&changed);
+    }
+    print_table(&results);
+}
+
+/// Writes the initial snapshot and the next one (1% updated); returns both and the number of
+/// changes the second must cause.
+fn generate(dir: &Path, rows: usize) -> (PathBuf, usize, PathBuf, usize) {
+    let first = Snapshot::initial(rows, 1);
+    let (second, changes) = first.next(
+        SnapshotDelta {
+            updated: CHANGED_SHARE,
+            added: 0.0,
+            removed: 0.0,
+        },
+        2,
+    );
+    let initial = first
+        .write(
+            &dir.join(format!("elr-{rows}-initial.csv")),
+            &WriteOptions::default(),
+        )
+        .unwrap();
+    let changed = second
+        .write(
+            &dir.join(format!("elr-{rows}-changed.csv")),
+            &WriteOptions::default(),
+        )
+        .unwrap();
+    (
+        initial.path,
+        initial.data_rows,
+        changed.path,
+        changes.created.len() + changes.updated.len(),
+    )
+}
+
+fn parse_result(line: &str) -> Option<RunResult> {
+    let rest = line.strip_prefix("RESULT ")?;
+    let mut r = RunResult::default();
+    for pair in rest.split_whitespace() {
+        let (name, value) = pair.split_once('=')?;
+        let value: f64 = value.parse().ok()?;
+        match name {
+            "ingest_s" => r.ingest_s = value,
+            "source_s" => r.source_s = value,
+            "changes_s" => r.changes_s = value,
+            "delivered_s" => r.delivered_s = value,
+            "cpu_s" => r.cpu_s = value,
+            "peak_mib" => r.peak_mib = value,
+            _ => {}
+        }
+    }
+    Some(r)
+}
+
+fn print_table(results: &BTreeMap<(usize, i32), Vec<RunResult>>) {
+    println!("\n| rows | partitions | figure | median | min–max | runs | target | met? |");
+    println!("|---:|---:|---|---:|---:|---:|---:|---|");
+    type Figure = (
+        &'static str,
+        fn(&RunResult) -> f64,
+        &'static str,
+        Option<f64>,
+    );
+    let figures: [Figure; 6] = [
+        (
+            "whole-file ingest (all rows new) → detector done",
+            |r| r.ingest_s,
+            "s",
+            None,
+        ),
+        (
+            "1% snapshot: drop → file-source done",
+            |r| r.source_s,
+            "s",
+            None,
+        ),
+        (
+            "1% snapshot: drop → last change on `changes`",
+            |r| r.changes_s,
+            "s",
+            Some(1.5),
+        ),
+        (
+            "1% snapshot: drop → last delivery",
+            |r| r.delivered_s,
+            "s",
+            None,
+        ),
+        ("1% snapshot: process CPU", |r| r.cpu_s, "s", None),
+        (
+            "peak memory (VmHWM, whole process incl. broker)",
+            |r| r.peak_mib,
+            "MiB",
+            None,
+        ),
+    ];
+    for ((rows, partitions), runs) in results {
+        for (name, get, unit, target) in &figures {
+            let mut values: Vec<f64> = runs.iter().map(get).collect();
+            values.sort_by(f64::total_cmp);
+            let median = values[values.len() / 2];
+            let (min, max) = (values[0], values[values.len() - 1]);
+            let precision = if *unit == "MiB" { 0 } else { 2 };
+            let (target_text, met) = match target {
+                // Only the 500k-row snapshot has a target (DESIGN).
+                Some(t) if *rows == 500_000 => (
+                    format!("≤ {t} {unit}"),
+                    if median <= *t { "yes" } else { "no" },
+                ),
+                _ => ("—".to_string(), ""),
+            };
+            println!(
+                "| {rows} | {partitions} | {name} | {median:.precision$} {unit} | \
+                 {min:.precision$}–{max:.precision$} | {} | {target_text} | {met} |",
+                values.len()
+            );
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Child: one configuration, once.
+
+fn child(args: &Args) {
+    snapfeed_runtime::telemetry::init(&snapfeed_runtime::telemetry::LogConfig {
+        // The probes are logged as undecodable at `warn`.
+        level: "error".into(),
+        ..Default::default()
+    });
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let result = runtime.block_on(child_run(args));
+    println!(
+        "RESULT ingest_s={:.3} source_s={:.3} changes_s={:.3} delivered_s={:.3} cpu_s={:.3} peak_mib={:.1}",
+        result.ingest_s,
+        result.source_s,
+        result.changes_s,
+        result.delivered_s,
+        result.cpu_s,
+        peak_mib()
+    );
+    // Services are not shut down one by one: the process ends, and with it the broker.
+    std::process::exit(0);
+}
+
+struct Endpoints {
+    source: SocketAddr,
+    detector: SocketAddr,
+    sink: SocketAddr,
+}
+
+async fn child_run(args: &Args) -> RunResult {
+    let limit = Duration::from_secs(args.timeout_seconds);
+    let initial = args.initial.clone().expect("--initial");
+    let changed = args.changed.clone().expect("--changed");
+    let partitions = args.partitions[0];
+    let work = tempfile::Builder::new()
+        .prefix("snapfeed-e2e-run-")
+        .tempdir()
+        .unwrap();
+    let inbox = work.path().join("inbox");
+    std::fs::create_dir_all(&inbox).unwrap();
+
+    let broker = TestBroker::mock();
+    let names = TopicNames::resolve(PIPELINE, &TopicNameOverrides::default());
+    broker
+        .create_topics(&names.specs(&TopicsConfig {
+            partitions,
+            replication_factor: 1,
+            ..TopicsConfig::default()
+        }))
+        .await;
+    let stub = StubApi::start().await;
+    let endpoints = Endpoints {
+        source: free_addr(),
+        detector: free_addr(),
+        sink: free_addr(),
+    };
+    let mapping = repo_root()
+        .join("deploy/config/lab_results.mapping.toml")
+        .display()
+        .to_string();
+    let source_toml = format!(
+        "{}[source]\ninbox = {:?}\ndataset_mapping = {mapping:?}\nmarker_suffix = \".ok\"\npoll_interval_ms = 50\n",
+        common_toml(broker.bootstrap(), endpoints.source),
+        inbox.display().to_string()
+    );
+    let detector_toml = format!(
+        "{}[detector]\ndataset_mapping = {mapping:?}\n",
+        common_toml(broker.bootstrap(), endpoints.detector)
+    );
+    let sink_toml = format!(
+        "{}[sink]\napi_url = {:?}\ndataset_mapping = {mapping:?}\nprofile = \"json\"\n\
+         lanes_per_partition = 4\nmax_in_flight = 32\n[sink.json]\npath = \"/changes\"\n",
+        common_toml(broker.bootstrap(), endpoints.sink),
+        stub.url()
+    );
+    let (_trigger, shutdown) = snapfeed_runtime::shutdown::channel();
+    let source_config = toml::from_str(&source_toml).unwrap();
+    let detector_config = toml::from_str(&detector_toml).unwrap();
+    tokio::spawn(file_source::run(source_config, shutdown.clone()));
+    tokio::spawn(change_detector::run(detector_config, shutdown.clone()));
+    wait_ready(endpoints.source, limit).await;
+    wait_ready(endpoints.detector, limit).await;
+
+    // 1. Whole-file ingest.
+    let rows = args.rows[0];
+    let dropped = drop_file(&initial, &inbox);
+    wait_until(limit, "initial ingest", || {
+        metric(
+            endpoints.detector,
+            "snapfeed_change_detector_records_total",
+            Some("outcome=\"created\""),
+        ) >= rows as f64
+    })
+    .await;
+    let ingest_s = dropped.elapsed().as_secs_f64();
+    wait_until(limit, "initial file completed", || {
+        source_files_done(endpoints.source) >= 1.0
+    })
+    .await;
+
+    // 2. The sink from the end of `changes`, assigned and consuming.
+    let ends = settled_ends(&broker, &names.changes, partitions).await;
+    commit_group_offsets(
+        &broker,
+        &format!("{PIPELINE}.api-sink"),
+        &names.changes,
+        &ends,
+    );
+    let sink_config = toml::from_str(&sink_toml).unwrap();
+    tokio::spawn(api_sink::run(sink_config, shutdown.clone()));
+    wait_ready(endpoints.sink, limit).await;
+    produce_probes(&broker, &names.changes, partitions).await;
+    wait_until(limit, "api-sink assigned (probes dead-lettered)", || {
+        metric(
+            endpoints.sink,
+            "snapfeed_api_sink_dead_letters_total",
+            Some("reason=\"undecodable\""),
+        ) >= partitions as f64
+    })
+    .await;
+
+    // 3. The measured snapshot.
+    let expect = args.expect_changes;
+    let tail = Tail::start(&broker, &names.changes, partitions, expect);
+    let requests_before = stub.requests().len();
+    let effects_before = stub.unique_effects();
+    let cpu_before = process_cpu();
+    let dropped = drop_file(&changed, &inbox);
+    let mut source_at = None;
+    let mut changes_at = None;
+    let mut delivered_at = None;
+    let deadline = Instant::now() + limit;
+    loop {
+        let now = Instant::now();
+        assert!(
+            now < deadline,
+            "measured snapshot not delivered within {limit:?}"
+        );
+        if source_at.is_none() && source_files_done(endpoints.source) >= 2.0 {
+            source_at = Some(now);
+        }
+        if changes_at.is_none() {
+            changes_at = tail.completed_at();
+        }
+        if delivered_at.is_none()
+            && stub
+                .wait_for_requests(requests_before + expect, Duration::ZERO)
+                .await
+        {
+            delivered_at = Some(now);
+        }
+        if source_at.is_some() && changes_at.is_some() && delivered_at.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let cpu_s = (process_cpu() - cpu_before).as_secs_f64();
+    // Nothing more than expected shows up, and every change had one effect.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(tail.count(), expect, "changes on `changes`");
+    assert_eq!(
+        stub.unique_effects() - effects_before,
+        expect,
+        "unique effects at the API"
+    );
+    tail.stop();
+    let since = |at: Option<Instant>| at.map_or(f64::NAN, |at| (at - dropped).as_secs_f64());
+    RunResult {
+        ingest_s,
+        source_s: since(source_at),
+        changes_s: since(changes_at),
+        delivered_s: since(delivered_at),
+        cpu_s,
+        peak_mib: 0.0,
+    }
+}
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn free_addr() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap()
+}
+
+fn common_toml(bootstrap: &str, listen: SocketAddr) -> String {
+    format!(
+        "[pipeline]\nname = {PIPELINE:?}\nprocessing_guarantee = \"exactly_once\"\nschemas_dir = {:?}\n\
+         [kafka]\nbootstrap_servers = {bootstrap:?}\nrequest_timeout_ms = 10000\n\
+         [http]\nlisten = \"{listen}\"\n[log]\nlevel = \"error\"\n[shutdown]\ndrain_timeout_ms = 5000\n",
+        repo_root().join("schemas").display().to_string(),
+    )
+}
+
+/// Copies the file into the inbox under a new name (the source moves it away), then writes the
+/// marker; returns the moment the marker appeared.
+fn drop_file(file: &Path, inbox: &Path) -> Instant {
+    let name = file.file_name().unwrap().to_string_lossy().into_owned();
+    let staged = inbox.join(format!(".{name}.part"));
+    std::fs::copy(file, &staged).unwrap();
+    std::fs::rename(&staged, inbox.join(&name)).unwrap();
+    let at = Instant::now();
+    std::fs::write(inbox.join(format!("{name}.ok")), b"").unwrap();
+    at
+}
+
+async fn wait_ready(addr: SocketAddr, limit: Duration) {
+    wait_until(limit, "ready", || {
+        matches!(http_get(addr, "/readyz"), Some((200, _)))
+    })
+    .await;
+}
+
+async fn wait_until(limit: Duration, what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !done() {
+        assert!(Instant::now() < deadline, "{what}: not within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The sum of `name`'s series (with `label` if given) on a service's `/metrics`.
+fn metric(addr: SocketAddr, name: &str, label: Option<&str>) -> f64 {
+    let body = http_get(addr, "/metrics")
+        .map(|(_, body)| body)
+        .unwrap_or_default();
+    body.lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let (metric, labels) = series.split_once('{').unwrap_or((series, ""));
+            (metric == name && label.is_none_or(|l| labels.contains(l)))
+                .then(|| value.parse::<f64>().ok())?
+        })
+        .sum()
+}
+
+fn source_files_done(addr: SocketAddr) -> f64 {
+    metric(
+        addr,
+        "snapfeed_file_source_files_total",
+        Some("outcome=\"ingested\""),
+    )
+}
+
+/// End offsets of `topic`, once they stop moving (the detector's last transaction committed).
+async fn settled_ends(broker: &TestBroker, topic: &str, partitions: i32) -> Vec<(i32, i64)> {
+    let consumer: BaseConsumer = broker
+        .kafka_config()
+        .consumer_config(
+            "bench",
+            "snapfeed-bench-ends",
+            ProcessingGuarantee::AtLeastOnce,
+        )
+        .create()
+        .unwrap();
+    let read = || -> Vec<(i32, i64)> {
+        (0..partitions)
+            .map(|p| {
+                let (_, high) = consumer
+                    .fetch_watermarks(topic, p, Duration::from_secs(10))
+                    .unwrap();
+                (p, high)
+            })
+            .collect()
+    };
+    let mut last = read();
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let now = read();
+        if now == last {
+            return now;
+        }
+        last = now;
+    }
+}
+
+fn commit_group_offsets(broker: &TestBroker, group: &str, topic: &str, ends: &[(i32, i64)]) {
+    let consumer: BaseConsumer = broker
+        .kafka_config()
+        .consumer_config("bench", group, ProcessingGuarantee::AtLeastOnce)
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for (partition, offset) in ends {
+        tpl.add_partition_offset(topic, *partition, Offset::Offset(*offset))
+            .unwrap();
+    }
+    consumer.commit(&tpl, CommitMode::Sync).unwrap();
+}
+
+/// One undecodable record per partition of `changes` (dead-lettered by the sink).
+async fn produce_probes(broker: &TestBroker, topic: &str, partitions: i32) {
+    let producer: FutureProducer = broker
+        .kafka_config()
+        .producer_config("bench", ProcessingGuarantee::AtLeastOnce, None)
+        .create()
+        .unwrap();
+    for partition in 0..partitions {
+        producer
+            .send(
+                FutureRecord::to(topic)
+                    .partition(partition)
+                    .key("bench-probe")
+                    .payload("not a change event"),
+                Duration::from_secs(10),
+            )
+            .await
+            .map_err(|(e, _)| e)
+            .unwrap();
+    }
+}
+
+/// A read_committed consumer at the end of `changes`, on a thread of its own, counting.
+struct Tail {
+    count: Arc<AtomicUsize>,
+    done_at: Arc<Mutex<Option<Instant>>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Tail {
+    fn start(broker: &TestBroker, topic: &str, partitions: i32, expect: usize) -> Tail {
+        let consumer: BaseConsumer = broker
+            .kafka_config()
+            .consumer_config(
+                "bench",
+                "snapfeed-bench-tail",
+                ProcessingGuarantee::ExactlyOnce,
+            )
+            .set("fetch.wait.max.ms", "5")
+            .create()
+            .unwrap();
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..partitions {
+            let (_, high) = consumer
+                .fetch_watermarks(topic, p, Duration::from_secs(10))
+                .unwrap();
+            tpl.add_partition_offset(topic, p, Offset::Offset(high))
+                .unwrap();
+        }
+        consumer.assign(&tpl).unwrap();
+        let tail = Tail {
+            count: Arc::new(AtomicUsize::new(0)),
+            done_at: Arc::new(Mutex::new(None)),
+            stop: Arc::new(AtomicBool::new(false)),
+        };
+        let (count, done_at, stop) = (tail.count.clone(), tail.done_at.clone(), tail.stop.clone());
+        std::thread::Builder::new()
+            .name("bench-tail".into())
+            .spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    if let Some(Ok(_)) = consumer.poll(Duration::from_millis(10)) {
+                        if count.fetch_add(1, Ordering::Relaxed) + 1 == expect {
+                            *done_at.lock().unwrap() = Some(Instant::now());
+                        }
+                    }
+                }
+            })
+            .unwrap();
+        tail
+    }
+
+    fn completed_at(&self) -> Option<Instant> {
+        *self.done_at.lock().unwrap()
+    }
+
+    fn count(&self) -> usize {
+        self.count.load(Ordering::Relaxed)
+    }
+
+    fn stop(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// CPU time (user + system) of the whole process.
+fn process_cpu() -> Duration {
+    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: getrusage writes only the rusage we pass, which lives for the call.
+    #[allow(unsafe_code)]
+    let (status, usage) = unsafe {
+        let status = libc::getrusage(libc::RUSAGE_SELF, usage.as_mut_ptr());
+        (status, usage.assume_init())
+    };
+    assert_eq!(status, 0, "getrusage");
+    let time = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    time(usage.ru_utime) + time(usage.ru_stime)
+}
+
+/// This process's peak resident set (VmHWM), MiB.
+fn peak_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(f64::NAN, |kib| kib / 1024.0)
+}
