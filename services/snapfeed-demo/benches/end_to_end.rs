@@ -283,7 +283,7 @@ fn print_table(results: &BTreeMap<(usize, i32), Vec<RunResult>>) {
         ),
         ("1% snapshot: process CPU", |r| r.cpu_s, "s", None),
         (
-            "peak memory (VmHWM, whole process incl. broker)",
+            "peak memory (VmHWM of the pipeline process)",
             |r| r.peak_mib,
             "MiB",
             None,
