@@ -407,7 +407,7 @@ async fn child_run(args: &Args) -> RunResult {
     let mut progress = Progress::new("initial ingest");
     wait_until(limit, "initial ingest", || {
         let detected = detector_records(endpoints.detector);
-        progress.check(detected, rows);
+        progress.check(detected, source_rows_sent(endpoints.source));
         detected >= rows as f64
     })
     .await;
@@ -455,6 +455,7 @@ async fn child_run(args: &Args) -> RunResult {
     let deadline = Instant::now() + limit;
     let mut progress = Progress::new("measured snapshot");
     let detected_before = detector_records(endpoints.detector);
+    let sent_before = source_rows_sent(endpoints.source);
     let mut next_check = Instant::now();
     loop {
         let now = Instant::now();
@@ -465,7 +466,10 @@ async fn child_run(args: &Args) -> RunResult {
         if now >= next_check {
             // Once a second, not every 10 ms: a scrape of the detector costs CPU.
             next_check = now + Duration::from_secs(1);
-            progress.check(detector_records(endpoints.detector) - detected_before, rows);
+            progress.check(
+                detector_records(endpoints.detector) - detected_before,
+                source_rows_sent(endpoints.source) - sent_before,
+            );
         }
         if source_at.is_none() && source_files_done(endpoints.source) >= 2.0 {
             source_at = Some(now);
@@ -575,12 +579,21 @@ fn metric(addr: SocketAddr, name: &str, label: Option<&str>) -> f64 {
         .sum()
 }
 
+/// Rows file-source has sent to `snapshots`.
+fn source_rows_sent(addr: SocketAddr) -> f64 {
+    metric(
+        addr,
+        "snapfeed_file_source_rows_total",
+        Some("outcome=\"sent\""),
+    )
+}
+
 /// Records the detector has decided on (created, updated, unchanged, …).
 fn detector_records(addr: SocketAddr) -> f64 {
     metric(addr, "snapfeed_change_detector_records_total", None)
 }
 
-/// Fails a run whose detector stops making progress before it has seen every row — what
+/// Fails a run whose detector stops making progress while behind file-source — what
 /// happens on librdkafka's mock broker when a partition's log outgrows what the mock keeps
 /// (5 MiB or 100,000 message sets per partition, `rdkafka_mock.c`): the oldest records are
 /// dropped before the detector reads them, and it never sees them.
@@ -601,14 +614,16 @@ impl Progress {
         }
     }
 
-    fn check(&mut self, detected: f64, rows: usize) {
-        if detected != self.last {
+    /// `sent`: rows file-source has sent so far (none while it validates the whole file).
+    fn check(&mut self, detected: f64, sent: f64) {
+        // The stall clock runs only while the detector is behind and not moving.
+        if detected != self.last || detected >= sent {
             self.last = detected;
             self.since = Instant::now();
         }
         assert!(
-            detected >= rows as f64 || self.since.elapsed() < Self::STALL,
-            "{}: the detector stalled at {detected} of {rows} rows for {:?} — on the mock broker \
+            detected >= sent || self.since.elapsed() < Self::STALL,
+            "{}: the detector stalled at {detected} of {sent} rows sent for {:?} — on the mock broker \
              this means the snapshot outgrew the mock's per-partition log (5 MiB) before the \
              detector read it",
             self.what,
