@@ -3,6 +3,7 @@
 //! delivered (receipt acknowledged) or dead-lettered (dead letter acknowledged), and only as a
 //! contiguous prefix per partition ([`crate::offsets`]). A restart or rebalance therefore
 //! simply retries from the committed offset; the Idempotency-Key makes the repeat harmless.
+//! The lane does not wait for that acknowledgement: see [`outcome`].
 //!
 //! Concurrency: each partition has `lanes_per_partition` lanes; a change goes to the lane of
 //! its key's hash, and a lane delivers one request at a time, so one key's changes arrive in
@@ -10,6 +11,8 @@
 //! simply waits — other lanes keep flowing — and when a partition's backlog grows the consumer
 //! pauses fetching it. Global bounds: `max_in_flight` requests, `rate_limit_per_second`, and a
 //! breaker that makes every lane back off together when most requests fail.
+
+mod outcome;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -19,14 +22,12 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use chrono::Utc;
-use rdkafka::message::{Header, Headers, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::message::Headers;
+use rdkafka::producer::FutureProducer;
 use snapfeed_runtime::avro::{MessageLocation, SchemaStore};
 use snapfeed_runtime::dataset::{Dataset, DatasetRecord};
 use snapfeed_runtime::health::Readiness;
-use snapfeed_runtime::records::{
-    now_millis, Attempt, AvroRecord, ChangeEvent, DeadLetter, DeliveryReceipt,
-};
+use snapfeed_runtime::records::{now_millis, Attempt, AvroRecord, ChangeEvent};
 use snapfeed_runtime::topics::TopicNames;
 use tokio::sync::{mpsc, Notify, Semaphore};
 
@@ -119,8 +120,11 @@ pub struct Sink {
     readiness: Readiness,
     tracker: Mutex<OffsetTracker>,
     partitions: Mutex<HashMap<i32, PartitionLanes>>,
-    /// Deliveries in progress (HTTP or dead-letter/receipt produce), for draining on revoke.
+    /// Deliveries in progress (HTTP, or a receipt/dead letter not yet acknowledged), for
+    /// draining on revoke and at shutdown.
     busy: AtomicUsize,
+    /// Receipts and dead letters sent and not yet acknowledged (part of the backlog).
+    pending_records: AtomicUsize,
     stop: AtomicBool,
     stopped: Notify,
     /// Millis since start of the first unanswered request in a row (0: the API answers).
@@ -233,6 +237,7 @@ impl Sink {
             tracker: Mutex::new(OffsetTracker::default()),
             partitions: Mutex::new(HashMap::new()),
             busy: AtomicUsize::new(0),
+            pending_records: AtomicUsize::new(0),
             stop: AtomicBool::new(false),
             stopped: Notify::new(),
             unreachable_since: AtomicU64::new(0),
@@ -304,12 +309,14 @@ impl Sink {
         }
     }
 
-    /// Changes routed and not yet finished, over all partitions.
+    /// Changes routed and not yet finished, over all partitions, plus outcome records not
+    /// yet acknowledged.
     pub fn total_backlog(&self) -> usize {
-        lock(&self.partitions)
+        let routed: usize = lock(&self.partitions)
             .values()
             .map(|p| p.backlog.load(Ordering::Relaxed))
-            .sum()
+            .sum();
+        routed + self.pending_records.load(Ordering::Relaxed)
     }
 
     /// Changes routed to `partition` and not yet finished.
@@ -412,7 +419,7 @@ impl Sink {
     }
 
     /// Delivers a run of changes of one lane, in order.
-    async fn deliver_run(&self, run: &[Incoming]) {
+    async fn deliver_run(self: &Arc<Self>, run: &[Incoming]) {
         let mut events: Vec<Option<ChangeEvent>> = Vec::with_capacity(run.len());
         let mut records: Vec<Option<DatasetRecord>> = Vec::with_capacity(run.len());
         for incoming in run {
@@ -487,7 +494,7 @@ impl Sink {
 
     /// `Err(())` when abandoned (shutdown/revoke): the rest of the run is left undone.
     async fn deliver_decoded(
-        &self,
+        self: &Arc<Self>,
         run: &[Incoming],
         decoded: &[DecodedChange<'_>],
     ) -> Result<(), ()> {
@@ -520,7 +527,7 @@ impl Sink {
     }
 
     async fn deliver_batch(
-        &self,
+        self: &Arc<Self>,
         run: &[Incoming],
         decoded: &[DecodedChange<'_>],
         batch: PreparedBatch,
@@ -658,10 +665,7 @@ impl Sink {
                     response_id,
                 } => {
                     self.unreachable_since.store(0, Ordering::Relaxed);
-                    self.metrics
-                        .requests
-                        .with_label_values(&["delivered"])
-                        .inc();
+                    self.metrics.requests_delivered.inc();
                     attempts.history.push(Attempt {
                         at,
                         status: Some(i32::from(status)),
@@ -805,141 +809,5 @@ impl Sink {
             start
         };
         tokio::time::sleep_until(wait_until).await;
-    }
-
-    async fn finish(
-        &self,
-        incoming: &Incoming,
-        event: Option<&ChangeEvent>,
-        outcome: Outcome,
-        attempts: &Attempts,
-    ) {
-        self.finish_with_key(incoming, event, outcome, attempts, None)
-            .await;
-    }
-
-    /// Records the outcome (receipt or dead letter, acknowledged) and marks the offset done.
-    async fn finish_with_key(
-        &self,
-        incoming: &Incoming,
-        event: Option<&ChangeEvent>,
-        outcome: Outcome,
-        attempts: &Attempts,
-        idempotency_key: Option<String>,
-    ) {
-        let (topic, key, payload, headers) = match &outcome {
-            Outcome::Abandoned => return,
-            Outcome::Delivered {
-                status,
-                response_id,
-            } => {
-                let Some(event) = event else { return };
-                let receipt = DeliveryReceipt {
-                    key: event.key.clone(),
-                    version: event.version,
-                    op: event.op.as_str().to_string(),
-                    status: i32::from(*status),
-                    attempts: attempts.history.len() as i32,
-                    latency_ms: attempts
-                        .first
-                        .map_or(0, |first| first.elapsed().as_millis() as i64),
-                    response_id: response_id.clone(),
-                    idempotency_key: idempotency_key.unwrap_or_else(|| {
-                        crate::request::idempotency_key(&self.pipeline, &event.key, event.version)
-                    }),
-                    source_partition: incoming.partition,
-                    source_offset: incoming.offset,
-                    delivered_at: now_millis(),
-                };
-                let payload = match self
-                    .schemas
-                    .current(DeliveryReceipt::SCHEMA)
-                    .and_then(|s| s.encode(&receipt))
-                {
-                    Ok(payload) => payload,
-                    Err(error) => {
-                        tracing::error!(message = "Cannot encode a receipt.", %error);
-                        Vec::new()
-                    }
-                };
-                self.metrics.delivered.inc();
-                self.metrics.last_delivery.set(now_millis() as f64 / 1000.0);
-                (&self.topics.deliveries, event.key.clone(), payload, None)
-            }
-            Outcome::DeadLetter {
-                reason,
-                status,
-                excerpt,
-            } => {
-                let letter = DeadLetter {
-                    change: incoming.payload.clone(),
-                    key: event.map(|e| e.key.clone()),
-                    version: event.map(|e| e.version),
-                    reason: (*reason).to_string(),
-                    status: status.map(i32::from),
-                    response_excerpt: excerpt.clone(),
-                    attempts: attempts.history.len() as i32,
-                    first_attempt_at: attempts.first_at,
-                    last_attempt_at: attempts.last_at,
-                    attempt_history: attempts.history.clone(),
-                    source_topic: self.topics.changes.clone(),
-                    source_partition: incoming.partition,
-                    source_offset: incoming.offset,
-                    dead_lettered_at: now_millis(),
-                    redrive_count: incoming.redrive_count,
-                };
-                let payload = match self
-                    .schemas
-                    .current(DeadLetter::SCHEMA)
-                    .and_then(|s| s.encode(&letter))
-                {
-                    Ok(payload) => payload,
-                    Err(error) => {
-                        tracing::error!(message = "Cannot encode a dead letter.", %error);
-                        Vec::new()
-                    }
-                };
-                self.metrics.dead_letters.with_label_values(&[reason]).inc();
-                tracing::warn!(
-                    message = "Change dead-lettered.",
-                    reason,
-                    status = status.map(i32::from),
-                    partition = incoming.partition,
-                    offset = incoming.offset,
-                    version = event.map(|e| e.version)
-                );
-                let key = event
-                    .map(|e| e.key.clone())
-                    .unwrap_or_else(|| format!("{}@{}", incoming.partition, incoming.offset));
-                let headers = OwnedHeaders::new().insert(Header {
-                    key: REDRIVE_COUNT_HEADER,
-                    value: Some(incoming.redrive_count.to_string().as_bytes()),
-                });
-                (&self.topics.dead_letters, key, payload, Some(headers))
-            }
-        };
-        // The record of the outcome must be durable before the offset may move past it.
-        let mut delay = Duration::from_millis(100);
-        loop {
-            let mut record = FutureRecord::to(topic).key(&key).payload(&payload);
-            if let Some(headers) = headers.clone() {
-                record = record.headers(headers);
-            }
-            match self.producer.send(record, Duration::from_secs(30)).await {
-                Ok(_) => break,
-                Err((error, _)) => {
-                    if self.stopping() {
-                        // Not recorded: leave the offset; the change is delivered again later.
-                        return;
-                    }
-                    tracing::warn!(message = "Cannot record the outcome yet; retrying.", %error, topic = %topic);
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(5));
-                }
-            }
-        }
-        let mut tracker = lock(&self.tracker);
-        tracker.done(incoming.partition, incoming.offset);
-        self.metrics.in_flight.set(tracker.in_flight() as i64);
     }
 }

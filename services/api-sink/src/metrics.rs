@@ -10,6 +10,8 @@ use prometheus::{
 pub struct SinkMetrics {
     /// Requests by outcome: `delivered`, `transient`, `permanent`.
     pub requests: IntCounterVec,
+    /// `requests{outcome="delivered"}`, looked up once: it is counted on every delivery.
+    pub requests_delivered: IntCounter,
     /// Request latency.
     pub request_duration: Histogram,
     /// Retries by reason: `connect_error`, `timeout`, `transport_error`, `rate_limited` (429),
@@ -32,14 +34,16 @@ pub struct SinkMetrics {
 impl SinkMetrics {
     /// Creates and registers the metrics.
     pub fn register(registry: &Registry) -> prometheus::Result<SinkMetrics> {
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "snapfeed_api_sink_requests_total",
+                "HTTP requests, by outcome.",
+            ),
+            &["outcome"],
+        )?;
         let m = SinkMetrics {
-            requests: IntCounterVec::new(
-                Opts::new(
-                    "snapfeed_api_sink_requests_total",
-                    "HTTP requests, by outcome.",
-                ),
-                &["outcome"],
-            )?,
+            requests_delivered: requests.get_metric_with_label_values(&["delivered"])?,
+            requests,
             request_duration: Histogram::with_opts(
                 HistogramOpts::new(
                     "snapfeed_api_sink_request_duration_seconds",

@@ -33,7 +33,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_TYPE};
 use reqwest::{Method, Url};
-use serde_json::Value;
 use sha2::{Digest, Sha256};
 use snapfeed_runtime::config::ConfigError;
 use snapfeed_runtime::dataset::{Dataset, DatasetRecord};
@@ -41,7 +40,7 @@ use snapfeed_runtime::records::ChangeEvent;
 
 use crate::config::{Profile, SinkConfig};
 use commcare::CommCareProfile;
-pub use envelope::{envelope, record_json, value_text};
+pub use envelope::{envelope, envelope_json, record_json, value_text};
 use template::TemplateProfile;
 
 /// Dead-letter reason for a change no request could be built from.
@@ -266,8 +265,7 @@ impl RequestBuilder {
         let key = idempotency_key(&self.pipeline, &change.event.key, change.event.version);
         match &self.profile {
             ProfileBuilder::Json { url } => {
-                let body = serde_json::to_vec(&Value::Object(envelope(change)?))
-                    .map_err(|_| field_error("record", "cannot be serialized as JSON"))?;
+                let body = envelope_json(change)?;
                 Ok(json_request(Method::POST, url.clone(), body, key))
             }
             ProfileBuilder::CommCare(commcare) => {
@@ -441,6 +439,8 @@ pub(crate) mod tests {
     use snapfeed_runtime::avro::SchemaStore;
     use snapfeed_runtime::dataset::{DatasetMapping, FieldValue};
     use snapfeed_runtime::records::{ChangeOp, Provenance};
+
+    use serde_json::Value;
 
     use super::*;
 

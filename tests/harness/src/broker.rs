@@ -37,7 +37,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::OwnedMessage;
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::DefaultProducerContext;
-use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::types::{RDKafkaApiKey, RDKafkaErrorCode, RDKafkaRespErr};
 use rdkafka::{Message, Offset, TopicPartitionList};
 use snapfeed_runtime::kafka::{KafkaConfig, ProcessingGuarantee};
 use snapfeed_runtime::topics::{
@@ -98,6 +98,12 @@ enum MockRequest {
         partitions: i32,
         done: mpsc::Sender<Result<(), KafkaError>>,
     },
+    /// Answer the next `count` Produce requests (of any client) with `error`; 0 clears.
+    ProduceErrors {
+        error: RDKafkaRespErr,
+        count: usize,
+        done: mpsc::Sender<()>,
+    },
 }
 
 impl MockHandle {
@@ -117,6 +123,13 @@ impl MockHandle {
                         done,
                     } => {
                         let _ = done.send(mock.create_topic(&name, partitions, 1));
+                    }
+                    MockRequest::ProduceErrors { error, count, done } => {
+                        mock.clear_request_errors(RDKafkaApiKey::Produce);
+                        if count > 0 {
+                            mock.request_errors(RDKafkaApiKey::Produce, &vec![error; count]);
+                        }
+                        let _ = done.send(());
                     }
                 }
             }
@@ -141,6 +154,14 @@ impl MockHandle {
             })
             .expect("mock thread alive");
         result.recv().expect("mock thread answered")
+    }
+
+    fn produce_errors(&self, error: RDKafkaRespErr, count: usize) {
+        let (done, answered) = mpsc::channel();
+        self.requests
+            .send(MockRequest::ProduceErrors { error, count, done })
+            .expect("mock thread alive");
+        answered.recv().expect("mock thread answered");
     }
 }
 
@@ -325,6 +346,18 @@ impl TestBroker {
         };
         self.create_topics(&topics.specs(&config)).await;
         TestPipeline { name, topics }
+    }
+
+    /// On the mock cluster: the next `count` Produce requests, of any client, fail with
+    /// `error` (0 clears what is left). Returns false on other brokers, which cannot do it.
+    pub fn fail_produce_requests(&self, error: RDKafkaRespErr, count: usize) -> bool {
+        match &self.mock {
+            Some(mock) => {
+                mock.produce_errors(error, count);
+                true
+            }
+            None => false,
+        }
     }
 
     /// Creates topics: on the mock cluster with its own call (it has no admin API), elsewhere
