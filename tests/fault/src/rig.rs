@@ -144,6 +144,8 @@ pub struct Rig {
     pub sink_lines: Vec<String>,
     /// Lines of `[sink.retry]`.
     pub retry_lines: Vec<String>,
+    /// Extra environment of services started from now on (e.g. librdkafka `debug`).
+    pub extra_env: Vec<(String, String)>,
     logs: Vec<PathBuf>,
     lives: usize,
     started: Instant,
@@ -229,6 +231,7 @@ impl Rig {
                 "initial_backoff_ms = 100".into(),
                 "max_backoff_ms = 2000".into(),
             ],
+            extra_env: Vec::new(),
             logs: Vec::new(),
             lives: 0,
             started: Instant::now(),
@@ -344,6 +347,7 @@ impl Rig {
         let mut env = service_env(&self.broker, &self.pipeline.name);
         // A SIGKILLed member holds its partitions until its session expires; keep that short.
         env.push(("SNAPFEED_KAFKA__SESSION_TIMEOUT_MS".into(), "6000".into()));
+        env.extend(self.extra_env.iter().cloned());
         let binary = binary(service.name());
         let process = block_in_place(|| {
             let mut process = ServiceProcess::start(&binary, &config, &repo_root(), &env, &log);
@@ -467,6 +471,14 @@ impl Drop for Rig {
                 self.seed
             );
             self.print_log_tails(25);
+            if let Some(log) = self.broker.log_path() {
+                let text = std::fs::read_to_string(&log).unwrap_or_default();
+                let tail: Vec<&str> = text.lines().rev().take(40).collect();
+                eprintln!(
+                    "--- last lines of the broker's log ---\n{}",
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                );
+            }
         }
     }
 }
