@@ -468,9 +468,9 @@ async fn s06_429_storm_with_retry_after_slows_the_sink_to_what_the_header_allows
 /// The broker (Nisshi, SQLite storage) stopped mid-stream with SIGTERM and restarted, later with
 /// SIGKILL: every service reconnects by itself; nothing lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "not done: after a Nisshi restart (SIGTERM) the change-detector and api-sink \
-            consumers log one BrokerTransportFailure and then make no progress for 300 s, while \
-            file-source's producer carries on; under investigation"]
+#[ignore = "not done (flaky): passed 2 of 3 runs; in one, deliveries stopped at 4329 of 5065 \
+            for 300 s after the SIGKILL restart of Nisshi (the SIGTERM restart always \
+            recovered); cause not yet found (service consumer or Nisshi losing data)"]
 async fn s07_broker_restarts_sigterm_and_sigkill_services_reconnect_nothing_lost() {
     let Some(mut rig) = Rig::new("s07-broker-restart", 4, NISSHI_ONLY).await else {
         return;
@@ -495,21 +495,44 @@ async fn s07_broker_restarts_sigterm_and_sigkill_services_reconnect_nothing_lost
         "elr-2.csv",
         &WriteOptions::default(),
     );
+    // Progress after the restart, short of the end, so the next restart is mid-stream too.
     let now = rig.stub.unique_effects();
+    let target = (now + 200).min(expected.delivered().len());
     assert!(
         rig.stub
-            .wait_for_unique_effects(now + 300, Duration::from_secs(90))
+            .wait_for_unique_effects(target, Duration::from_secs(120))
             .await,
-        "no progress after the SIGTERM restart"
+        "no progress after the SIGTERM restart ({} of {target})",
+        rig.stub.unique_effects()
     );
-    block_in_place(|| rig.broker.restart(StopSignal::Kill));
-    let (s3, _) = s2.next(some_changes(), 703);
+    // A bigger third snapshot (20% changed, 5% new); SIGKILL once its delivery is under way.
+    let (s3, _) = s2.next(
+        SnapshotDelta {
+            updated: 0.2,
+            added: 0.05,
+            removed: 0.0,
+        },
+        703,
+    );
+    let before = rig.stub.unique_effects();
     drop_into(
         &mut rig,
         &mut expected,
         &s3,
         "elr-3.csv",
         &WriteOptions::default(),
+    );
+    assert!(
+        rig.stub
+            .wait_for_unique_effects(before + 100, DELIVERY_LIMIT)
+            .await
+    );
+    let before_kill = rig.stub.unique_effects();
+    block_in_place(|| rig.broker.restart(StopSignal::Kill));
+    println!(
+        "FAULT s07-broker-restart: SIGTERM restart after 300+ deliveries, SIGKILL restart at \
+         {before_kill} of {} delivered",
+        expected.delivered().len()
     );
     finish(&rig, &expected, 2, procs).await;
 }
