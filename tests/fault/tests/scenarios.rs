@@ -116,29 +116,6 @@ fn decided(proc: &Proc) -> f64 {
         .sum()
 }
 
-/// Kills `proc` `kills` times after random delays in `low..high` from its readiness, restarting
-/// it each time; returns how many kills found `busy()` true.
-async fn kill_loop(
-    rig: &mut Rig,
-    proc: &mut Proc,
-    kills: usize,
-    (low, high): (Duration, Duration),
-    mut between: impl FnMut(&mut Rig, usize),
-    busy: impl Fn(&Rig) -> bool,
-) -> usize {
-    let mut busy_kills = 0;
-    for kill in 0..kills {
-        between(rig, kill);
-        let delay = rig.random_delay(low, high);
-        tokio::time::sleep(delay).await;
-        if busy(rig) {
-            busy_kills += 1;
-        }
-        rig.kill_and_restart(proc);
-    }
-    busy_kills
-}
-
 // ── 1 ────────────────────────────────────────────────────────────────────────────────────────
 
 /// New snapshot, then 1% changed + 0.5% new (with a few rejected rows), then the same file
@@ -202,8 +179,9 @@ async fn s01_happy_path_three_snapshots_exact_ledger_on_tansu_changes_checked_as
 // ── 2 ────────────────────────────────────────────────────────────────────────────────────────
 
 /// file-source SIGKILLed at random points while it ingests a large file (20k rows, a checkpoint
-/// every 1000 rows; a kill lands in start-up, in the validating pass or between chunks),
-/// restarted each time, ten times; the file resumes from its last checkpoint.
+/// every 1000 rows; a kill lands 0–700 ms after the file is claimed: in start-up, in the
+/// validating pass or between chunks), restarted each time, ten times; the file resumes from
+/// its last checkpoint.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s02_file_source_sigkilled_during_a_large_file_nothing_lost_on_tansu_changes_checked_as_identical_copies(
 ) {
@@ -223,15 +201,25 @@ async fn s02_file_source_sigkilled_during_a_large_file_nothing_lost_on_tansu_cha
         "elr-1.csv",
         &WriteOptions::default(),
     );
-    let mid_file = kill_loop(
-        &mut rig,
-        &mut source,
-        10,
-        (Duration::from_millis(500), Duration::from_millis(4000)),
-        |_, _| {},
-        |rig| rig.in_work("elr-1.csv"),
-    )
-    .await;
+    // Each kill waits (bounded) until the restarted file-source has claimed the file again,
+    // then lands after a short random delay: a fast ingest would otherwise finish the file
+    // between kills timed from the drop, and the kills would prove nothing.
+    let mut mid_file = 0;
+    for _ in 0..10 {
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        while !rig.in_work("elr-1.csv")
+            && !rig.processed_dir().join("elr-1.csv").exists()
+            && std::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let delay = rig.random_delay(Duration::from_millis(0), Duration::from_millis(700));
+        tokio::time::sleep(delay).await;
+        if rig.in_work("elr-1.csv") {
+            mid_file += 1;
+        }
+        rig.kill_and_restart(&mut source);
+    }
     println!(
         "FAULT s02-kill-file-source: {mid_file} of 10 kills landed while the file was being ingested"
     );
