@@ -8,9 +8,12 @@
 //! Concurrency: each partition has `lanes_per_partition` lanes; a change goes to the lane of
 //! its key's hash, and a lane delivers one request at a time, so one key's changes arrive in
 //! order while partitions (and lanes) proceed in parallel. A lane retrying a transient failure
-//! simply waits — other lanes keep flowing — and when a partition's backlog grows the consumer
-//! pauses fetching it. Global bounds: `max_in_flight` requests, `rate_limit_per_second`, and a
-//! breaker that makes every lane back off together when most requests fail.
+//! simply waits — other lanes keep flowing — and when the changes held across all lanes pass a
+//! soft bound (`BACKLOG_LIMIT` in `lib.rs`) the consumer polls only as often as group
+//! membership needs until they drain (it does not pause single partitions: librdkafka's mock broker never resumes fetching a paused
+//! partition of a transactional topic). Global bounds: `max_in_flight` requests,
+//! `rate_limit_per_second`, and a breaker that makes every lane back off together when most
+//! requests fail.
 
 mod outcome;
 
