@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 use api_sink::ApiSinkConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use snapfeed_harness::broker::{repo_root, BrokerKind, TestBroker, TestPipeline};
+use snapfeed_harness::measure::process_cpu;
 use snapfeed_harness::stub_api::StubApi;
 use snapfeed_runtime::avro::SchemaStore;
 use snapfeed_runtime::dataset::{Dataset, DatasetMapping, FieldKind, FieldValue};
@@ -352,20 +353,6 @@ async fn produce(broker: &TestBroker, pipeline: &TestPipeline, payloads: &[(Stri
     for future in pending {
         future.await.unwrap().map_err(|(e, _)| e).unwrap();
     }
-}
-
-/// CPU time (user + system) of the whole process.
-fn process_cpu() -> Duration {
-    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
-    // SAFETY: getrusage writes only the rusage we pass, which lives for the call.
-    #[allow(unsafe_code)]
-    let (status, usage) = unsafe {
-        let status = libc::getrusage(libc::RUSAGE_SELF, usage.as_mut_ptr());
-        (status, usage.assume_init())
-    };
-    assert_eq!(status, 0, "getrusage");
-    let time = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
-    time(usage.ru_utime) + time(usage.ru_stime)
 }
 
 fn thread_ids() -> BTreeSet<i32> {

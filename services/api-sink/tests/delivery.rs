@@ -21,15 +21,7 @@ use common::{
 const LIMIT: Duration = Duration::from_secs(90);
 
 fn seed() -> u64 {
-    let seed = std::env::var("SNAPFEED_TEST_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos() as u64)
-                .unwrap_or(1)
-        });
+    let seed = snapfeed_harness::measure::test_seed();
     eprintln!("SNAPFEED_TEST_SEED={seed}");
     seed
 }

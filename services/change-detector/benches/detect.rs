@@ -472,18 +472,7 @@ struct Instant(std::time::Duration);
 
 impl Instant {
     fn now() -> Instant {
-        let mut now = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        // SAFETY: clock_gettime writes only the timespec we pass, which lives for the call.
-        #[allow(unsafe_code)]
-        let status = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now) };
-        assert_eq!(status, 0, "clock_gettime");
-        Instant(std::time::Duration::new(
-            now.tv_sec as u64,
-            now.tv_nsec as u32,
-        ))
+        Instant(snapfeed_harness::measure::thread_cpu_time())
     }
 
     fn elapsed(&self) -> std::time::Duration {

@@ -17,6 +17,7 @@ use file_source::convert::{HeaderMap, RowConverter};
 use file_source::reader::{csv_reader, open_text};
 use snapfeed_harness::broker::repo_root;
 use snapfeed_harness::generator::{Compression, Snapshot, WriteOptions};
+use snapfeed_harness::measure::thread_cpu_time;
 use snapfeed_runtime::avro::SchemaStore;
 use snapfeed_runtime::dataset::{Dataset, DatasetMapping};
 
@@ -52,19 +53,6 @@ fn convert_all(path: &Path, dataset: &Arc<Dataset>) -> (usize, Duration, Duratio
     }
     std::hint::black_box(bytes);
     (rows, wall.elapsed(), thread_cpu_time() - cpu)
-}
-
-/// CPU time of the calling thread, so a busy machine does not shrink the numbers.
-fn thread_cpu_time() -> Duration {
-    let mut now = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes only the timespec we pass, which lives for the call.
-    #[allow(unsafe_code)]
-    let status = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now) };
-    assert_eq!(status, 0, "clock_gettime");
-    Duration::new(now.tv_sec as u64, now.tv_nsec as u32)
 }
 
 fn rate(rows: usize, took: Duration) -> f64 {

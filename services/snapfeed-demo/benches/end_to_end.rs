@@ -55,6 +55,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Message, Offset, TopicPartitionList};
 use snapfeed_harness::broker::TestBroker;
 use snapfeed_harness::generator::{Snapshot, SnapshotDelta, WriteOptions};
+use snapfeed_harness::measure::process_cpu;
 use snapfeed_harness::service_process::http_get;
 use snapfeed_harness::stub_api::StubApi;
 use snapfeed_runtime::kafka::ProcessingGuarantee;
@@ -775,20 +776,6 @@ impl Tail {
     fn stop(&self) {
         self.shared.stop.store(true, Ordering::Relaxed);
     }
-}
-
-/// CPU time (user + system) of the whole process.
-fn process_cpu() -> Duration {
-    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
-    // SAFETY: getrusage writes only the rusage we pass, which lives for the call.
-    #[allow(unsafe_code)]
-    let (status, usage) = unsafe {
-        let status = libc::getrusage(libc::RUSAGE_SELF, usage.as_mut_ptr());
-        (status, usage.assume_init())
-    };
-    assert_eq!(status, 0, "getrusage");
-    let time = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
-    time(usage.ru_utime) + time(usage.ru_stime)
 }
 
 /// This process's peak resident set (VmHWM), MiB.

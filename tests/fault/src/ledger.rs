@@ -28,11 +28,11 @@ use std::time::{Duration, Instant};
 
 use rdkafka::message::OwnedMessage;
 use rdkafka::Message;
+pub use snapfeed_harness::generator::canonical_key;
 use snapfeed_harness::generator::{DirtKind, KeyTuple, Snapshot, WrittenFile, COLUMNS};
 use snapfeed_harness::stub_api::RecordedRequest;
 use snapfeed_runtime::avro::MessageLocation;
 use snapfeed_runtime::kafka::ProcessingGuarantee;
-use snapfeed_runtime::record_key::{KeyCase, RecordKey};
 use snapfeed_runtime::records::{AvroRecord, ChangeEvent, ChangeOp, DeadLetter, RejectedRow};
 use tokio::task::block_in_place;
 
@@ -43,16 +43,6 @@ pub type ChangeId = (String, i64);
 
 /// `(file hash, line, reason)` of a rejected row.
 pub type RejectId = (String, i64, String);
-
-/// The canonical record key of a generator key (the lab-results mapping's key rules).
-pub fn canonical_key(key: &KeyTuple) -> String {
-    RecordKey::build(
-        [key.0.as_str(), key.1.as_str(), key.2.as_str()],
-        &[KeyCase::Upper, KeyCase::Preserve, KeyCase::Preserve],
-    )
-    .expect("generated keys are complete")
-    .into_string()
-}
 
 /// What must have happened, derived from the generated files.
 #[derive(Debug, Default, Clone)]

@@ -195,15 +195,7 @@ impl Rig {
             std::fs::create_dir_all(root.path().join(dir)).expect("scenario directory");
         }
         let store = SchemaStore::load_dir(&repo_root().join("schemas")).expect("schemas");
-        let seed = std::env::var("SNAPFEED_TEST_SEED")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| {
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.as_nanos() as u64)
-                    .unwrap_or(1)
-            });
+        let seed = snapfeed_harness::measure::test_seed();
         println!(
             "FAULT {scenario}: start on {kind} ({}), fault points from SNAPFEED_TEST_SEED={seed}",
             guarantee_name(broker.guarantee())

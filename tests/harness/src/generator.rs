@@ -23,9 +23,20 @@ use chrono::{Datelike, Duration as ChronoDuration, NaiveDate, NaiveDateTime, Tim
 use rand::rngs::SmallRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
+use snapfeed_runtime::record_key::{KeyCase, RecordKey};
 
 /// A record key: `(Facility_CLIA, Accession_Number, Test_Code)`.
 pub type KeyTuple = (String, String, String);
+
+/// The canonical record key of a generator key (the lab-results mapping's key rules).
+pub fn canonical_key(key: &KeyTuple) -> String {
+    RecordKey::build(
+        [key.0.as_str(), key.1.as_str(), key.2.as_str()],
+        &[KeyCase::Upper, KeyCase::Preserve, KeyCase::Preserve],
+    )
+    .expect("generated keys are complete")
+    .into_string()
+}
 
 /// The CSV header in canonical order, spelled exactly as the lab writes it.
 pub const COLUMNS: [&str; 27] = [

@@ -14,5 +14,6 @@
 
 pub mod broker;
 pub mod generator;
+pub mod measure;
 pub mod service_process;
 pub mod stub_api;

@@ -942,15 +942,7 @@ pub struct FaultRng(u64);
 impl FaultRng {
     /// Seeded from `SNAPFEED_TEST_SEED` if set, else from the clock.
     pub fn from_env() -> (FaultRng, u64) {
-        let seed = std::env::var("SNAPFEED_TEST_SEED")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| {
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.as_nanos() as u64)
-                    .unwrap_or(1)
-            });
+        let seed = snapfeed_harness::measure::test_seed();
         (FaultRng(seed.max(1)), seed)
     }
 

@@ -6,23 +6,13 @@ use std::path::Path;
 
 use chrono::NaiveDate;
 use snapfeed_harness::broker::TestBroker;
+pub use snapfeed_harness::generator::canonical_key;
 use snapfeed_harness::generator::{DirtKind, KeyTuple, LabRow, Snapshot, WrittenFile};
 use snapfeed_runtime::dataset::{DatasetRecord, FieldValue};
 use snapfeed_runtime::kafka::ProcessingGuarantee;
-use snapfeed_runtime::record_key::{KeyCase, RecordKey};
 use snapfeed_runtime::records::RejectedRow;
 
 use super::DataRecord;
-
-/// The canonical record key file-source must write for a generator key.
-pub fn canonical_key(key: &KeyTuple) -> String {
-    RecordKey::build(
-        [key.0.as_str(), key.1.as_str(), key.2.as_str()],
-        &[KeyCase::Upper, KeyCase::Preserve, KeyCase::Preserve],
-    )
-    .expect("generated keys are complete")
-    .into_string()
-}
 
 pub fn canonical_keys(keys: &BTreeSet<KeyTuple>) -> BTreeSet<String> {
     keys.iter().map(canonical_key).collect()
