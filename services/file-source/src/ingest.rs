@@ -32,7 +32,7 @@ use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
 use rdkafka::types::RDKafkaErrorCode;
 use serde::Serialize;
 use snapfeed_runtime::avro::{AvroError, SchemaStore};
-use snapfeed_runtime::dataset::Dataset;
+use snapfeed_runtime::dataset::{Dataset, FieldRef};
 use snapfeed_runtime::headers;
 use snapfeed_runtime::kafka::{DeliveryTracker, ProcessingGuarantee};
 use snapfeed_runtime::partition::partition_for_key;
@@ -239,10 +239,14 @@ struct RowScan {
     dataset: Arc<Dataset>,
     csv: csv::Reader<Box<dyn std::io::Read + Send>>,
     converter: RowConverter,
-    seen_keys: HashSet<u128>,
+    /// Keys seen so far in this file, by a fingerprint seeded per scan (see [`KeyFingerprints`]).
+    seen_keys: HashSet<u128, KeyFingerprints>,
+    fingerprint_seed: u64,
     buffer: csv::ByteRecord,
     /// The accepted row's encoding, reused across rows.
     payload: Vec<u8>,
+    /// Always empty between rows: the allocation that holds a row's borrowed values.
+    values: Vec<FieldRef<'static>>,
     raw_bytes_read: Arc<AtomicU64>,
     extra_columns: Vec<String>,
 }
@@ -307,9 +311,11 @@ fn open_scan(ctx: &IngestContext<'_>, file: &SnapshotFile) -> Result<Opened, Ing
         dataset: ctx.dataset.clone(),
         csv,
         converter: RowConverter::new(ctx.dataset.clone(), header_map),
-        seen_keys: HashSet::new(),
+        seen_keys: HashSet::default(),
+        fingerprint_seed: KeyFingerprints::seed(),
         buffer: csv::ByteRecord::new(),
         payload: Vec::with_capacity(1024),
+        values: Vec::with_capacity(ctx.dataset.fields().len()),
         raw_bytes_read,
         extra_columns,
     })))
@@ -367,7 +373,8 @@ impl RowScan {
         };
         // Cells are converted to values borrowed from the row and encoded straight to Avro:
         // no allocation per cell.
-        let mut values = Vec::with_capacity(self.dataset.fields().len());
+        // The previous row's (empty) vector, lent out again for this row's lifetime.
+        let mut values: Vec<FieldRef<'_>> = std::mem::take(&mut self.values);
         let converted = self
             .converter
             .convert_refs(&self.dataset, &record, &mut values)
@@ -388,11 +395,14 @@ impl RowScan {
                         detail: format!("cannot build the record key: {error}"),
                     })
             });
-        drop(values);
+        self.values = recycle(values);
         self.buffer = record.into_byte_record();
         let fate = match converted {
             Ok(key) => {
-                let fingerprint = xxhash_rust::xxh3::xxh3_128(key.as_str().as_bytes());
+                let fingerprint = xxhash_rust::xxh3::xxh3_128_with_seed(
+                    key.as_str().as_bytes(),
+                    self.fingerprint_seed,
+                );
                 if self.seen_keys.insert(fingerprint) {
                     RowFate::Accepted {
                         key,
@@ -416,6 +426,54 @@ impl RowScan {
         };
         Ok(Some((line, fate)))
     }
+}
+
+/// Hashing for the duplicate-key set, whose members are already 128-bit xxh3 fingerprints of
+/// the keys: the table uses their low 64 bits as they are. The fingerprint is seeded at random
+/// per scan, so a file cannot be crafted to make its keys collide in the table.
+#[derive(Default, Clone)]
+struct KeyFingerprints;
+
+impl KeyFingerprints {
+    fn seed() -> u64 {
+        use std::hash::{BuildHasher, Hasher};
+        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+        hasher.write_u64(0);
+        hasher.finish()
+    }
+}
+
+impl std::hash::BuildHasher for KeyFingerprints {
+    type Hasher = FingerprintHasher;
+    fn build_hasher(&self) -> FingerprintHasher {
+        FingerprintHasher(0)
+    }
+}
+
+/// See [`KeyFingerprints`].
+#[derive(Default)]
+struct FingerprintHasher(u64);
+
+impl std::hash::Hasher for FingerprintHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `write_u128` is used; anything else is folded in so the hasher stays correct.
+        for &byte in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(byte);
+        }
+    }
+    fn write_u128(&mut self, fingerprint: u128) {
+        self.0 = fingerprint as u64;
+    }
+}
+
+/// Empties `values` and keeps its allocation for the next row (collecting in place from an
+/// empty iterator reuses the buffer; no element is ever mapped).
+fn recycle(mut values: Vec<FieldRef<'_>>) -> Vec<FieldRef<'static>> {
+    values.clear();
+    values.into_iter().map(|_| FieldRef::Null).collect()
 }
 
 /// Ingests one file (blocking: run it on a blocking thread).
@@ -650,6 +708,19 @@ impl ChunkWriter<'_> {
     }
 }
 
+/// `value` in decimal, written into `digits` (no allocation per row).
+fn decimal(mut value: u64, digits: &mut [u8; 20]) -> &[u8] {
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (value % 10) as u8;
+        value /= 10;
+        if value == 0 {
+            return &digits[at..];
+        }
+    }
+}
+
 fn provenance_headers(
     file: &SnapshotFile,
     snapshot_id: &str,
@@ -674,9 +745,10 @@ fn provenance_headers(
             value: Some(stream.as_bytes()),
         });
     if let Some(line) = line {
+        let mut digits = [0u8; 20];
         headers = headers.insert(Header {
             key: headers::LINE,
-            value: Some(line.to_string().as_bytes()),
+            value: Some(decimal(line, &mut digits)),
         });
     }
     headers
@@ -715,6 +787,8 @@ fn send_chunks(
             source: std::io::Error::other("the file changed between validation and sending"),
         });
     };
+    // The first pass counted the rows: no rehashing of the duplicate-key set on the way.
+    scan.seen_keys.reserve(validation.rows as usize);
     let stream = stream_of(ctx.config, &file.name);
     let snapshot_id = snapshot_id(ctx.config, file);
     let started_at = ledger
@@ -936,4 +1010,37 @@ fn write_failed_entry(
     result?;
     ledger.record(entry);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn line_numbers_are_written_in_decimal() {
+        for value in [0, 7, 10, 99, 100, 1_234_567_890, u64::MAX] {
+            let mut digits = [0u8; 20];
+            assert_eq!(decimal(value, &mut digits), value.to_string().as_bytes());
+        }
+    }
+
+    #[test]
+    fn the_duplicate_key_set_tells_fingerprints_apart() {
+        let seed = KeyFingerprints::seed();
+        let mut seen: HashSet<u128, KeyFingerprints> = HashSet::default();
+        for key in ["a|1", "a|2", "b|1"] {
+            assert!(seen.insert(xxhash_rust::xxh3::xxh3_128_with_seed(key.as_bytes(), seed)));
+        }
+        assert!(!seen.insert(xxhash_rust::xxh3::xxh3_128_with_seed(b"a|2", seed)));
+    }
+
+    #[test]
+    fn recycling_keeps_the_allocation() {
+        let text = b"x".to_vec();
+        let mut values: Vec<FieldRef<'_>> = Vec::with_capacity(32);
+        values.push(FieldRef::String(&text));
+        let recycled = recycle(values);
+        assert!(recycled.is_empty());
+        assert!(recycled.capacity() >= 32);
+    }
 }

@@ -123,6 +123,39 @@ impl fmt::Display for RecordKey {
 }
 
 fn push_escaped(out: &mut String, value: &str, case: KeyCase) {
+    // Keys are nearly always ASCII: byte-wise case mapping is then the same as Unicode's, and
+    // a value without separator or escape is copied as one run.
+    if value.is_ascii() {
+        let (separator, escape) = (SEPARATOR as u8, ESCAPE as u8);
+        if memchr::memchr2(separator, escape, value.as_bytes()).is_none() {
+            let start = out.len();
+            out.push_str(value);
+            match case {
+                KeyCase::Preserve => {}
+                KeyCase::Upper => out[start..].make_ascii_uppercase(),
+                KeyCase::Lower => out[start..].make_ascii_lowercase(),
+            }
+            return;
+        }
+        out.reserve(value.len());
+        for &byte in value.as_bytes() {
+            let byte = match case {
+                KeyCase::Preserve => byte,
+                KeyCase::Upper => byte.to_ascii_uppercase(),
+                KeyCase::Lower => byte.to_ascii_lowercase(),
+            };
+            if byte == separator || byte == escape {
+                out.push(ESCAPE);
+            }
+            out.push(byte as char);
+        }
+        return;
+    }
+    push_escaped_chars(out, value, case);
+}
+
+/// [`push_escaped`] for any text, char by char with Unicode case mapping.
+fn push_escaped_chars(out: &mut String, value: &str, case: KeyCase) {
     for c in value.chars() {
         let mapped: &mut dyn Iterator<Item = char> = match case {
             KeyCase::Preserve => &mut std::iter::once(c),
@@ -192,6 +225,16 @@ mod tests {
     }
 
     proptest! {
+        #[test]
+        fn the_ascii_fast_path_escapes_and_maps_case_as_unicode_does(value in "[a-zA-Z0-9|\\\\ é-]{0,12}") {
+            for case in [KeyCase::Preserve, KeyCase::Upper, KeyCase::Lower] {
+                let (mut fast, mut chars) = (String::new(), String::new());
+                push_escaped(&mut fast, &value, case);
+                push_escaped_chars(&mut chars, &value, case);
+                prop_assert_eq!(fast, chars);
+            }
+        }
+
         #[test]
         fn distinct_tuples_never_collide(a in proptest::collection::vec(component(), 3), b in proptest::collection::vec(component(), 3)) {
             let cases = [KeyCase::Preserve; 3];
