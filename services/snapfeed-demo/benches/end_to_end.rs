@@ -84,8 +84,9 @@ struct Args {
     /// Internal: run one configuration once and print a RESULT line.
     #[arg(long, hide = true)]
     child: bool,
-    #[arg(long, hide = true)]
-    initial: Option<PathBuf>,
+    /// The initial snapshot: one file, or (on the mock) growing prefixes of it, in order.
+    #[arg(long, hide = true, value_delimiter = ',')]
+    initial: Vec<PathBuf>,
     #[arg(long, hide = true)]
     changed: Option<PathBuf>,
     #[arg(long, hide = true, default_value_t = 0)]
@@ -152,7 +153,7 @@ fn parent(args: &Args) {
     row_counts.dedup();
     for rows in row_counts {
         let generated = Instant::now();
-        let (initial, initial_rows, changed, expect) = generate(data.path(), rows);
+        let (initial, initial_rows, changed, expect) = generate(data.path(), rows, on_mock());
         println!(
             "\n{rows} rows: generated in {:.1} s ({expect} rows updated in the second snapshot)",
             generated.elapsed().as_secs_f64()
@@ -161,7 +162,14 @@ fn parent(args: &Args) {
             for run in 1..=args.runs {
                 let output = Command::new(&exe)
                     .arg("--child")
-                    .args(["--initial", &initial.display().to_string()])
+                    .args([
+                        "--initial",
+                        &initial
+                            .iter()
+                            .map(|p| p.display().to_string())
+                            .collect::<Vec<_>>()
+                            .join(","),
+                    ])
                     .args(["--changed", &changed.display().to_string()])
                     .args(["--expect-changes", &expect.to_string()])
                     .args(["--rows", &initial_rows.to_string()])
@@ -191,16 +199,47 @@ fn parent(args: &Args) {
                 results.entry((rows, *partitions)).or_default().push(result);
             }
         }
-        let _ = std::fs::remove_file(&initial);
-        let _ = std::fs::remove_file(&changed);
+        for file in initial.iter().chain([&changed]) {
+            let _ = std::fs::remove_file(file);
+        }
     }
     print_table(&results);
 }
 
+/// Rows a step of the initial ingest adds on the mock broker (see [`generate`]).
+const MOCK_STEP_ROWS: usize = 50_000;
+
+/// True when the harness runs librdkafka's in-process mock broker.
+fn on_mock() -> bool {
+    matches!(
+        std::env::var("SNAPFEED_TEST_BROKER").as_deref(),
+        Err(_) | Ok("") | Ok("mock")
+    )
+}
+
 /// Writes the initial snapshot and the next one (1% updated); returns both and the number of
 /// changes the second must cause.
-fn generate(dir: &Path, rows: usize) -> (PathBuf, usize, PathBuf, usize) {
+///
+/// On the mock broker the initial snapshot is written as growing prefixes (50k, 100k, …, all
+/// rows), ingested one after another: each step's new rows are few enough that the detector,
+/// creating state for them, stays within the 5 MiB the mock keeps per partition behind
+/// file-source. The last step is the whole initial snapshot, so the state the measured
+/// snapshot meets is the same as after a single whole-file ingest.
+fn generate(dir: &Path, rows: usize, staged: bool) -> (Vec<PathBuf>, usize, PathBuf, usize) {
     let first = Snapshot::initial(rows, 1);
+    let mut initial = Vec::new();
+    if staged {
+        for step_rows in (MOCK_STEP_ROWS..rows).step_by(MOCK_STEP_ROWS) {
+            let step = first
+                .prefix(step_rows)
+                .write(
+                    &dir.join(format!("elr-{rows}-initial-{step_rows}.csv")),
+                    &WriteOptions::default(),
+                )
+                .unwrap();
+            initial.push(step.path);
+        }
+    }
     let (second, changes) = first.next(
         SnapshotDelta {
             updated: CHANGED_SHARE,
@@ -209,7 +248,7 @@ fn generate(dir: &Path, rows: usize) -> (PathBuf, usize, PathBuf, usize) {
         },
         2,
     );
-    let initial = first
+    let whole = first
         .write(
             &dir.join(format!("elr-{rows}-initial.csv")),
             &WriteOptions::default(),
@@ -221,9 +260,11 @@ fn generate(dir: &Path, rows: usize) -> (PathBuf, usize, PathBuf, usize) {
             &WriteOptions::default(),
         )
         .unwrap();
+    let initial_rows = whole.data_rows;
+    initial.push(whole.path);
     (
-        initial.path,
-        initial.data_rows,
+        initial,
+        initial_rows,
         changed.path,
         changes.created.len() + changes.updated.len(),
     )
@@ -349,7 +390,7 @@ struct Endpoints {
 
 async fn child_run(args: &Args) -> RunResult {
     let limit = Duration::from_secs(args.timeout_seconds);
-    let initial = args.initial.clone().expect("--initial");
+    assert!(!args.initial.is_empty(), "--initial");
     let changed = args.changed.clone().expect("--changed");
     let partitions = args.partitions[0];
     let work = tempfile::Builder::new()
@@ -402,24 +443,34 @@ async fn child_run(args: &Args) -> RunResult {
     wait_ready(endpoints.source, limit).await;
     wait_ready(endpoints.detector, limit).await;
 
-    // 1. Whole-file ingest.
+    // The tail reads `changes` from the start, while it is written (the mock keeps only the
+    // last 5 MiB of a partition).
+    let tail = Tail::start(&broker, &names.changes, partitions);
+
+    // 1. Whole-file ingest (on the mock in growing steps, see `generate`).
     let rows = args.rows[0];
-    let dropped = drop_file(&initial, &inbox);
-    let mut progress = Progress::new("initial ingest");
-    wait_until(limit, "initial ingest", || {
-        let detected = detector_records(endpoints.detector);
-        progress.check(detected, source_rows_sent(endpoints.source));
-        detected >= rows as f64
-    })
-    .await;
-    let ingest_s = dropped.elapsed().as_secs_f64();
-    wait_until(limit, "initial file completed", || {
-        source_files_done(endpoints.source) >= 1.0
-    })
-    .await;
+    let started = Instant::now();
+    let mut detected_target = 0.0;
+    for (step, file) in args.initial.iter().enumerate() {
+        let step_rows = csv_data_rows(file);
+        detected_target += step_rows as f64;
+        drop_file(file, &inbox);
+        let mut progress = Progress::new("initial ingest");
+        wait_until(limit, "initial ingest", || {
+            let detected = detector_records(endpoints.detector);
+            progress.check(detected, source_rows_sent(endpoints.source));
+            detected >= detected_target
+        })
+        .await;
+        wait_until(limit, "initial file completed", || {
+            source_files_done(endpoints.source) >= (step + 1) as f64
+        })
+        .await;
+    }
+    let ingest_s = started.elapsed().as_secs_f64();
+    let initial_files = args.initial.len() as f64;
 
     // 2. The sink from the end of `changes`, assigned and consuming.
-    let tail = Tail::start(&broker, &names.changes, partitions);
     let ends = tail.caught_up(partitions, rows, limit).await;
     commit_group_offsets(
         &broker,
@@ -472,7 +523,7 @@ async fn child_run(args: &Args) -> RunResult {
                 source_rows_sent(endpoints.source) - sent_before,
             );
         }
-        if source_at.is_none() && source_files_done(endpoints.source) >= 2.0 {
+        if source_at.is_none() && source_files_done(endpoints.source) >= initial_files + 1.0 {
             source_at = Some(now);
         }
         if changes_at.is_none() {
@@ -539,6 +590,16 @@ fn common_toml(broker: &TestBroker, listen: SocketAddr) -> String {
 
 /// Copies the file into the inbox under a new name (the source moves it away), then writes the
 /// marker; returns the moment the marker appeared.
+/// Data rows of a generated CSV file (its lines but the header; generated fields hold no line
+/// breaks).
+fn csv_data_rows(file: &Path) -> usize {
+    let text = std::fs::read(file).unwrap();
+    text.iter()
+        .filter(|&&byte| byte == b'\n')
+        .count()
+        .saturating_sub(1)
+}
+
 fn drop_file(file: &Path, inbox: &Path) -> Instant {
     let name = file.file_name().unwrap().to_string_lossy().into_owned();
     let staged = inbox.join(format!(".{name}.part"));

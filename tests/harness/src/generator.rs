@@ -361,6 +361,17 @@ impl Snapshot {
         )
     }
 
+    /// The first `rows` rows of this snapshot as a snapshot of their own (same generation
+    /// time): what the lab's file looked like when it was smaller. Keys stay distinct.
+    pub fn prefix(&self, rows: usize) -> Snapshot {
+        Snapshot {
+            rows: self.rows[..rows.min(self.rows.len())].to_vec(),
+            generated_at: self.generated_at,
+            seed: self.seed,
+            serials: self.serials.clone(),
+        }
+    }
+
     /// The rows, in file order.
     pub fn rows(&self) -> &[LabRow] {
         &self.rows
