@@ -35,7 +35,7 @@ use snapfeed_runtime::avro::{MessageLocation, SchemaStore};
 use snapfeed_runtime::dataset::Dataset;
 use snapfeed_runtime::headers;
 use snapfeed_runtime::health::Readiness;
-use snapfeed_runtime::kafka::{DeliveryTracker, ProcessingGuarantee};
+use snapfeed_runtime::kafka::{await_acknowledged, DeliveryTracker, ProcessingGuarantee};
 use snapfeed_runtime::records::{
     now_millis, AvroRecord, ChangeEvent, ChangeOp, DetectorState, Provenance, RejectedRow,
     SnapshotEnd,
@@ -715,6 +715,7 @@ impl Engine {
                     .send_offsets_to_transaction(&offsets, &metadata, self.timeout)
                     .map_err(kafka("send offsets to transaction"))?;
             }
+            await_acknowledged(&self.producer, self.timeout);
             self.producer
                 .commit_transaction(self.timeout)
                 .map_err(kafka("commit transaction"))?;
@@ -741,6 +742,7 @@ impl Engine {
     }
 
     fn flush_acknowledged(&self) -> Result<(), BatchError> {
+        await_acknowledged(&self.producer, self.timeout);
         self.producer.flush(self.timeout).map_err(kafka("flush"))?;
         match self.producer.context().take_failures() {
             0 => Ok(()),

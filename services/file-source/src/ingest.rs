@@ -34,7 +34,7 @@ use serde::Serialize;
 use snapfeed_runtime::avro::{AvroError, SchemaStore};
 use snapfeed_runtime::dataset::{Dataset, FieldRef};
 use snapfeed_runtime::headers;
-use snapfeed_runtime::kafka::{DeliveryTracker, ProcessingGuarantee};
+use snapfeed_runtime::kafka::{await_acknowledged, DeliveryTracker, ProcessingGuarantee};
 use snapfeed_runtime::partition::partition_for_key;
 use snapfeed_runtime::record_key::RecordKey;
 use snapfeed_runtime::records::{
@@ -648,6 +648,7 @@ impl ChunkWriter<'_> {
         if self.ctx.guarantee.is_transactional() {
             if self.in_transaction {
                 let mut delay = Duration::from_millis(100);
+                await_acknowledged(self.ctx.producer, self.ctx.kafka_timeout);
                 for attempt in 1.. {
                     match self.ctx.producer.commit_transaction(self.ctx.kafka_timeout) {
                         Ok(()) => break,
@@ -676,6 +677,7 @@ impl ChunkWriter<'_> {
         if self.ctx.guarantee.is_transactional() {
             return Ok(());
         }
+        await_acknowledged(self.ctx.producer, self.ctx.kafka_timeout);
         self.ctx
             .producer
             .flush(self.ctx.kafka_timeout)

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::producer::{Producer, ProducerContext, ThreadedProducer};
 use serde::{Deserialize, Serialize};
 
 use crate::config::ConfigError;
@@ -290,6 +291,33 @@ where
     tokio::task::spawn_blocking(call)
         .await
         .unwrap_or(Err(rdkafka::error::KafkaError::Canceled))
+}
+
+/// Waits, in 1 ms steps and at most `timeout`, until every message `producer` has accepted is
+/// acknowledged or has failed; returns whether it got there.
+///
+/// Call it right before `flush` or `commit_transaction`. rust-rdkafka's `flush` (which its
+/// `commit_transaction` starts with) serves delivery reports with a 100 ms `poll` that always
+/// runs to its end, so every flush with a message still in flight takes at least 100 ms however
+/// fast the broker answers — a transaction per detector batch or per file-source chunk then
+/// costs 100 ms of idle time (measured: 100.4 ms → 6.8 ms per commit of 100 records). A
+/// `ThreadedProducer`'s own thread serves the reports as they arrive, so this returns as soon
+/// as the broker has acknowledged, and the flush that follows has nothing left to wait for. The
+/// flush or commit stays the authority on errors and timeouts.
+pub fn await_acknowledged<C: ProducerContext + 'static>(
+    producer: &ThreadedProducer<C>,
+    timeout: Duration,
+) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if producer.in_flight_count() == 0 {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
 }
 
 /// Counts failed deliveries, so an at-least-once step is only considered done (and the next
