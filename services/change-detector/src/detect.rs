@@ -994,6 +994,14 @@ fn partitions_of(tpl: &TopicPartitionList) -> Vec<i32> {
 }
 
 impl ClientContext for DetectorContext {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, facility: &str, line: &str) {
+        snapfeed_runtime::client_log::forward_log("consumer", level, facility, line);
+    }
+
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        snapfeed_runtime::client_log::forward_error("consumer", &error, reason);
+    }
+
     fn stats(&self, statistics: rdkafka::Statistics) {
         if let Some(engine) = lock(&self.engine).as_ref() {
             engine.record_lag(&statistics);
