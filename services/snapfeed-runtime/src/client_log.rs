@@ -50,7 +50,12 @@ pub fn forward_log(client: &str, level: RDKafkaLogLevel, facility: &str, line: &
 /// down while one restarts) and librdkafka retries them itself: a warning. A fatal error leaves
 /// the client unusable until it is replaced: an error.
 pub fn forward_error(client: &str, error: &KafkaError, reason: &str) {
-    if error.rdkafka_error_code() == Some(RDKafkaErrorCode::Fatal) {
+    let code = error.rdkafka_error_code();
+    if code == Some(RDKafkaErrorCode::PartitionEOF) {
+        // Not an error: end of partition (`enable.partition.eof`), also handed to `poll`.
+        return;
+    }
+    if code == Some(RDKafkaErrorCode::Fatal) {
         tracing::error!(target: "librdkafka", client, %error, reason, "Fatal client error.");
     } else {
         tracing::warn!(target: "librdkafka", client, %error, reason, "Client error.");
