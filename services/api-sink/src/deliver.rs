@@ -28,6 +28,7 @@ use chrono::Utc;
 use rdkafka::message::Headers;
 use rdkafka::producer::FutureProducer;
 use snapfeed_runtime::avro::{MessageLocation, SchemaStore};
+use snapfeed_runtime::client_log::ClientLog;
 use snapfeed_runtime::dataset::{Dataset, DatasetRecord};
 use snapfeed_runtime::health::Readiness;
 use snapfeed_runtime::records::{now_millis, Attempt, AvroRecord, ChangeEvent};
@@ -118,7 +119,7 @@ pub struct Sink {
     breaker: GlobalBreaker,
     in_flight: Semaphore,
     rate: Option<tokio::sync::Mutex<Instant>>,
-    producer: FutureProducer,
+    producer: FutureProducer<ClientLog>,
     metrics: SinkMetrics,
     readiness: Readiness,
     tracker: Mutex<OffsetTracker>,
@@ -169,7 +170,7 @@ pub struct SinkParts {
     /// Authentication.
     pub auth: Authenticator,
     /// Producer for receipts and dead letters.
-    pub producer: FutureProducer,
+    pub producer: FutureProducer<ClientLog>,
     /// Metrics.
     pub metrics: SinkMetrics,
     /// Readiness.

@@ -30,6 +30,7 @@ use std::time::{Duration, Instant};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::producer::FutureProducer;
 use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
+use snapfeed_runtime::client_log::{self, ClientLog};
 use snapfeed_runtime::dataset::{DatasetError, DatasetMapping};
 use snapfeed_runtime::kafka::{close_consumer, ProcessingGuarantee};
 use snapfeed_runtime::service::{HasCommonSections, RuntimeError, ServiceRuntime};
@@ -95,7 +96,15 @@ impl std::fmt::Debug for SinkContext {
     }
 }
 
-impl ClientContext for SinkContext {}
+impl ClientContext for SinkContext {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, facility: &str, line: &str) {
+        client_log::forward_log("consumer", level, facility, line);
+    }
+
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        client_log::forward_error("consumer", &error, reason);
+    }
+}
 
 impl ConsumerContext for SinkContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -192,10 +201,10 @@ pub async fn run(config: ApiSinkConfig, mut shutdown: Shutdown) -> Result<(), Ap
     let auth = auth::Authenticator::new(&config.sink.auth, config.sink.request_timeout())?;
     // Receipts and dead letters: idempotent, acknowledged before an offset moves. Not
     // transactional: the HTTP call cannot join a Kafka transaction anyway.
-    let producer: FutureProducer = config
+    let producer: FutureProducer<ClientLog> = config
         .kafka
         .producer_config(SERVICE, ProcessingGuarantee::AtLeastOnce, None)
-        .create()
+        .create_with_context(ClientLog::new("producer"))
         .map_err(kafka_error("create producer"))?;
     let sink = Arc::new(Sink::new(SinkParts {
         config: config.sink.clone(),

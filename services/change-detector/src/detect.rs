@@ -19,7 +19,7 @@
 //! and reach the engine through a mutex that the loop never holds across `poll`.
 
 use std::borrow::Cow;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -54,6 +54,12 @@ pub type DetectorProducer = ThreadedProducer<DeliveryTracker>;
 pub const RESTORED: &str = "restored";
 /// Readiness condition: no partition is stopped on a corrupt record.
 pub const NOT_PAUSED: &str = "no_paused_partitions";
+
+/// Wait before the first new attempt at a partition whose state could not be restored
+/// (doubling up to [`RESTORE_RETRY_MAX`]).
+const RESTORE_RETRY_INITIAL: Duration = Duration::from_millis(500);
+/// Longest wait between two attempts at restoring a partition.
+const RESTORE_RETRY_MAX: Duration = Duration::from_secs(10);
 
 /// Why a batch could not be committed.
 #[derive(Debug, thiserror::Error)]
@@ -158,6 +164,13 @@ pub struct Engine {
     producer_config: ClientConfig,
     reader: BaseConsumer,
     partitions: HashMap<i32, PartitionState>,
+    /// Assigned partitions whose state could not be restored yet (e.g. the broker was
+    /// restarting): their records are not processed, and the restore is retried from the loop
+    /// until it succeeds or the partition is revoked. Never given up on: a partition dropped
+    /// here would stall silently, since no rebalance need ever come.
+    unrestored: BTreeSet<i32>,
+    /// When the next restore attempt of `unrestored` is due, and the wait after it.
+    restore_retry: (Instant, Duration),
     streams: Streams,
     batch: Batch,
     paused: HashSet<i32>,
@@ -241,6 +254,8 @@ impl Engine {
             producer_config: parts.producer_config,
             reader: parts.reader,
             partitions: HashMap::new(),
+            unrestored: BTreeSet::new(),
+            restore_retry: (Instant::now(), RESTORE_RETRY_INITIAL),
             streams: Streams::default(),
             batch: Batch::default(),
             paused: HashSet::new(),
@@ -763,25 +778,74 @@ impl Engine {
         }
         let _ = self.producer.context().take_failures();
         self.batch = Batch::default();
-        let held: Vec<i32> = self.partitions.keys().copied().collect();
+        let held: Vec<i32> = self
+            .partitions
+            .keys()
+            .chain(&self.unrestored)
+            .copied()
+            .collect();
         self.restore(&held);
-        match consumer.committed(self.timeout) {
-            Ok(committed) => {
-                let mut rewind = TopicPartitionList::new();
-                for element in committed.elements() {
-                    let offset = match element.offset() {
-                        Offset::Invalid => Offset::Beginning,
-                        offset => offset,
-                    };
-                    let _ =
-                        rewind.add_partition_offset(element.topic(), element.partition(), offset);
-                }
-                if let Err(error) = consumer.seek_partitions(rewind, self.timeout) {
-                    tracing::error!(message = "Cannot rewind to the committed offsets.", %error);
-                }
-            }
-            Err(error) => tracing::error!(message = "Cannot read the committed offsets.", %error),
+        if let Err(error) = self.rewind(consumer, None) {
+            tracing::error!(message = "Cannot rewind to the committed offsets.", %error);
         }
+    }
+
+    /// Seeks the consumer back to the committed offsets of `only` (every assigned partition
+    /// when `None`), so the records since the last commit are decided again.
+    fn rewind<C: ConsumerContext>(
+        &self,
+        consumer: &BaseConsumer<C>,
+        only: Option<&[i32]>,
+    ) -> KafkaResult<()> {
+        let committed = consumer.committed(self.timeout)?;
+        let mut rewind = TopicPartitionList::new();
+        for element in committed.elements() {
+            if only.is_some_and(|only| !only.contains(&element.partition())) {
+                continue;
+            }
+            let offset = match element.offset() {
+                Offset::Invalid => Offset::Beginning,
+                offset => offset,
+            };
+            rewind.add_partition_offset(element.topic(), element.partition(), offset)?;
+        }
+        consumer.seek_partitions(rewind, self.timeout).map(|_| ())
+    }
+
+    /// Retries the restore of partitions whose state could not be read (with backoff); once
+    /// restored, rewinds them to their committed offsets, because the records that arrived
+    /// meanwhile were passed over by `handle`. Called from the loop, between polls.
+    pub fn retry_restore<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>) {
+        let (due, wait) = self.restore_retry;
+        if self.unrestored.is_empty() || Instant::now() < due {
+            return;
+        }
+        let partitions: Vec<i32> = self.unrestored.iter().copied().collect();
+        tracing::info!(message = "Retrying the state restore.", partitions = ?partitions);
+        self.restore(&partitions);
+        let restored: Vec<i32> = partitions
+            .iter()
+            .copied()
+            .filter(|p| !self.unrestored.contains(p))
+            .collect();
+        if !restored.is_empty() {
+            if let Err(error) = self.rewind(consumer, Some(&restored)) {
+                // Without the rewind, records passed over while unrestored would be skipped:
+                // keep the partitions unprocessed and try again.
+                tracing::warn!(message = "Cannot rewind restored partitions; retrying.", %error, partitions = ?restored);
+                for partition in restored {
+                    self.partitions.remove(&partition);
+                    self.unrestored.insert(partition);
+                }
+                self.readiness.set(RESTORED, false);
+            }
+        }
+        let next = if self.unrestored.is_empty() {
+            RESTORE_RETRY_INITIAL
+        } else {
+            (wait * 2).min(RESTORE_RETRY_MAX)
+        };
+        self.restore_retry = (Instant::now() + wait, next);
     }
 
     /// Restores the state of `partitions` from the `state` topic (replacing what is held).
@@ -802,19 +866,26 @@ impl Engine {
                         seconds
                     );
                     self.partitions.insert(partition, state);
+                    self.unrestored.remove(&partition);
                 }
                 Err(error) => {
                     // Without its state a partition would re-emit everything as CREATE: never
-                    // process it. The partition stays unrestored (not ready) until a rebalance.
-                    tracing::error!(message = "Cannot restore state; partition left unprocessed.", partition, %error);
+                    // process it. It stays unrestored (not ready) and `retry_restore` tries again.
+                    tracing::warn!(message = "Cannot restore state yet; partition not processed until it is.", partition, %error);
                     self.partitions.remove(&partition);
+                    if self.unrestored.insert(partition) {
+                        self.restore_retry = (
+                            Instant::now() + RESTORE_RETRY_INITIAL,
+                            RESTORE_RETRY_INITIAL * 2,
+                        );
+                    }
                 }
             }
         }
         self.metrics
             .state_keys
             .set(self.partitions.values().map(|p| p.len() as i64).sum());
-        self.readiness.set(RESTORED, true);
+        self.readiness.set(RESTORED, self.unrestored.is_empty());
     }
 
     fn read_state(&mut self, partition: i32) -> KafkaResult<(PartitionState, u64)> {
@@ -824,6 +895,7 @@ impl Engine {
         let mut state = PartitionState::default();
         let mut entries = 0u64;
         let mut last_progress = Instant::now();
+        let mut last_error = None;
         let location = |offset| MessageLocation {
             topic: self.topics.state.clone(),
             partition,
@@ -831,6 +903,8 @@ impl Engine {
         };
         loop {
             match self.reader.poll(Duration::from_millis(100)) {
+                // Left over from an earlier restore's assignment: not this partition's.
+                Some(Ok(message)) if message.partition() != partition => {}
                 Some(Ok(message)) => {
                     last_progress = Instant::now();
                     entries += 1;
@@ -862,14 +936,19 @@ impl Engine {
                     }
                 }
                 // End of the partition as the fetch high-watermark shows it.
-                Some(Err(KafkaError::PartitionEOF(_))) => break,
-                Some(Err(error)) => return Err(error),
-                None if last_progress.elapsed() > self.timeout => {
-                    return Err(KafkaError::MetadataFetch(
-                        rdkafka::types::RDKafkaErrorCode::OperationTimedOut,
-                    ))
-                }
-                None => {}
+                Some(Err(KafkaError::PartitionEOF(eof))) if eof == partition => break,
+                Some(Err(KafkaError::PartitionEOF(_))) | None => {}
+                // Transport errors (a broker restarting, all brokers down) are reported as
+                // events, possibly queued while the reader sat idle; librdkafka reconnects and
+                // fetches on by itself. Only a read that makes no progress for the whole bound
+                // fails, with the last error seen.
+                Some(Err(error)) => last_error = Some(error),
+            }
+            if last_progress.elapsed() > self.timeout {
+                let _ = self.reader.unassign();
+                return Err(last_error.unwrap_or(KafkaError::MetadataFetch(
+                    rdkafka::types::RDKafkaErrorCode::OperationTimedOut,
+                )));
             }
         }
         self.reader.unassign()?;
@@ -880,12 +959,14 @@ impl Engine {
     pub fn release(&mut self, partitions: &[i32]) {
         for partition in partitions {
             self.partitions.remove(partition);
+            self.unrestored.remove(partition);
             self.batch.offsets.remove(partition);
             if self.paused.remove(partition) {
                 self.metrics.paused_partitions.set(self.paused.len() as i64);
             }
         }
         self.readiness.set(NOT_PAUSED, self.paused.is_empty());
+        self.readiness.set(RESTORED, self.unrestored.is_empty());
         self.metrics
             .state_keys
             .set(self.partitions.values().map(|p| p.len() as i64).sum());
@@ -996,6 +1077,14 @@ fn partitions_of(tpl: &TopicPartitionList) -> Vec<i32> {
 }
 
 impl ClientContext for DetectorContext {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, facility: &str, line: &str) {
+        snapfeed_runtime::client_log::forward_log("consumer", level, facility, line);
+    }
+
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        snapfeed_runtime::client_log::forward_error("consumer", &error, reason);
+    }
+
     fn stats(&self, statistics: rdkafka::Statistics) {
         if let Some(engine) = lock(&self.engine).as_ref() {
             engine.record_lag(&statistics);
@@ -1057,6 +1146,7 @@ pub fn run_loop(consumer: &BaseConsumer<DetectorContext>, stop: &AtomicBool) {
             if engine.batch_due() {
                 engine.commit_batch(consumer);
             }
+            engine.retry_restore(consumer);
         }
     }
     let mut engine = context.engine();

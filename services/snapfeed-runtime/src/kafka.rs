@@ -167,6 +167,8 @@ impl KafkaConfig {
             .clone()
             .unwrap_or_else(|| format!("snapfeed-{service}"));
         config.set("client.id", client_id);
+        // librdkafka formats only what the `tracing` filter keeps (see `client_log`).
+        config.set_log_level(crate::client_log::log_level());
         for (key, value) in &self.librdkafka_options {
             config.set(key, value);
         }
@@ -334,7 +336,15 @@ impl DeliveryTracker {
     }
 }
 
-impl rdkafka::ClientContext for DeliveryTracker {}
+impl rdkafka::ClientContext for DeliveryTracker {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, facility: &str, line: &str) {
+        crate::client_log::forward_log("producer", level, facility, line);
+    }
+
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        crate::client_log::forward_error("producer", &error, reason);
+    }
+}
 
 impl rdkafka::producer::ProducerContext for DeliveryTracker {
     type DeliveryOpaque = ();

@@ -3,6 +3,7 @@
 //!
 //! - [`config`]: TOML file + `SNAPFEED_…` environment overrides, errors that name the key.
 //! - [`kafka`]: producer/consumer settings for the [`kafka::ProcessingGuarantee`], explicit close.
+//! - [`client_log`]: librdkafka's own log lines and error events, into `tracing`.
 //! - [`partition`]: the Java client's murmur2 partitioner, so we can count records per partition.
 //! - [`topics`]: topic names from the pipeline name, creation, co-partitioning check.
 //! - [`avro`]: schemas from `schemas/`, single-object encoding, fingerprint-based decoding.
@@ -19,6 +20,7 @@
 
 pub mod avro;
 pub mod cli;
+pub mod client_log;
 pub mod config;
 pub mod dataset;
 pub mod headers;

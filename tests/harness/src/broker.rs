@@ -510,6 +510,15 @@ impl TestBroker {
         self.wait_until_serving(Duration::from_secs(60));
     }
 
+    /// Keeps the broker's data directory (log, database) after the broker is dropped, for a
+    /// failed test to be inspected; returns it.
+    pub fn keep_data_dir(&mut self) -> Option<PathBuf> {
+        self.process.as_mut().map(|p| {
+            p.dir.disable_cleanup(true);
+            p.dir.path().to_path_buf()
+        })
+    }
+
     /// The broker process's log file, if it is a process.
     pub fn log_path(&self) -> Option<PathBuf> {
         self.process
