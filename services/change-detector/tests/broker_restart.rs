@@ -7,13 +7,12 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use snapfeed_harness::broker::{BrokerKind, StopSignal};
 use snapfeed_harness::generator::{Snapshot, SnapshotDelta};
 
-const STATE_KEYS: &str = "snapfeed_change_detector_state_keys";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rebalance_after_a_broker_outage_restores_every_partition_and_skips_nothing() {
@@ -50,18 +49,14 @@ async fn rebalance_after_a_broker_outage_restores_every_partition_and_skips_noth
             ..DetectorOptions::default()
         })
         .await;
-    let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
-        let (in_a, in_b) = (a.metric(STATE_KEYS), b.metric(STATE_KEYS));
-        if in_a + in_b == ROWS as f64 && in_a > 0.0 && in_b > 0.0 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "state not restored after the outage: a holds {in_a}, b holds {in_b} of {ROWS}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_state_split(
+        &a,
+        &b,
+        ROWS,
+        Duration::from_secs(90),
+        "state not restored after the outage",
+    )
+    .await;
 
     // Every partition is processed again: the next snapshot's changes, nothing missing.
     let (s2, delta) = s1.next(

@@ -8,7 +8,7 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use rdkafka::Message;
@@ -315,18 +315,14 @@ async fn two_instances_split_the_partitions_and_together_emit_the_expected_set()
 
     // Once the group is stable each instance holds only its own partitions' state: together
     // every key once, and both hold some.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let (in_a, in_b) = (a.metric(STATE_KEYS), b.metric(STATE_KEYS));
-        if in_a + in_b == ROWS as f64 && in_a > 0.0 && in_b > 0.0 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "state not split between the instances: a holds {in_a}, b holds {in_b} of {ROWS}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_state_split(
+        &a,
+        &b,
+        ROWS,
+        Duration::from_secs(60),
+        "state not split between the instances",
+    )
+    .await;
 
     let (s2, delta) = s1.next(some_changes(), 1071);
     let r2 = fixture.ingest_snapshot(&s2, "s2.csv").await;

@@ -876,6 +876,31 @@ impl Detector {
     }
 }
 
+/// Waits until the two instances `a` and `b` together hold `keys` state keys and each holds
+/// some: the group is stable and every partition's state is restored by its owner. `what`
+/// names the situation in the failure message.
+pub async fn wait_state_split(
+    a: &Detector,
+    b: &Detector,
+    keys: usize,
+    limit: Duration,
+    what: &str,
+) {
+    const STATE_KEYS: &str = "snapfeed_change_detector_state_keys";
+    let deadline = Instant::now() + limit;
+    loop {
+        let (in_a, in_b) = (a.metric(STATE_KEYS), b.metric(STATE_KEYS));
+        if in_a + in_b == keys as f64 && in_a > 0.0 && in_b > 0.0 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: a holds {in_a}, b holds {in_b} of {keys}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 impl Drop for Detector {
     fn drop(&mut self) {
         self.trigger.trigger();
