@@ -53,7 +53,7 @@ use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Message, Offset, TopicPartitionList};
-use snapfeed_harness::broker::TestBroker;
+use snapfeed_harness::broker::{BrokerKind, TestBroker};
 use snapfeed_harness::generator::{Snapshot, SnapshotDelta, WriteOptions};
 use snapfeed_harness::measure::process_cpu;
 use snapfeed_harness::service_process::http_get;
@@ -209,12 +209,9 @@ fn parent(args: &Args) {
 /// Rows a step of the initial ingest adds on the mock broker (see [`generate`]).
 const MOCK_STEP_ROWS: usize = 50_000;
 
-/// True when the harness runs librdkafka's in-process mock broker.
+/// True when the harness selects librdkafka's in-process mock broker.
 fn on_mock() -> bool {
-    matches!(
-        std::env::var("SNAPFEED_TEST_BROKER").as_deref(),
-        Err(_) | Ok("") | Ok("mock")
-    )
+    TestBroker::kind_from_env() == BrokerKind::Mock
 }
 
 /// Writes the initial snapshot and the next one (1% updated); returns both and the number of
@@ -449,11 +446,11 @@ async fn child_run(args: &Args) -> RunResult {
 
     // 1. Whole-file ingest (on the mock in growing steps, see `generate`).
     let rows = args.rows[0];
+    let step_rows: Vec<usize> = args.initial.iter().map(|f| csv_data_rows(f)).collect();
     let started = Instant::now();
     let mut detected_target = 0.0;
-    for (step, file) in args.initial.iter().enumerate() {
-        let step_rows = csv_data_rows(file);
-        detected_target += step_rows as f64;
+    for (step, (file, rows_in_step)) in args.initial.iter().zip(&step_rows).enumerate() {
+        detected_target += *rows_in_step as f64;
         drop_file(file, &inbox);
         let mut progress = Progress::new("initial ingest");
         wait_until(limit, "initial ingest", || {
@@ -585,7 +582,7 @@ fn common_toml(broker: &TestBroker, listen: SocketAddr) -> String {
     // Apache Kafka answers a waiting fetch as soon as data arrives. With read_committed
     // consumers, data becomes readable at each commit, so on the mock every stage would idle up
     // to half a second per commit. The bench shortens the wait on the mock only.
-    let mock_fetch_wait = if on_mock() {
+    let mock_fetch_wait = if broker.kind() == BrokerKind::Mock {
         "[kafka.librdkafka_options]\n\"fetch.wait.max.ms\" = \"10\"\n"
     } else {
         ""

@@ -204,26 +204,35 @@ pub fn repo_root() -> PathBuf {
 }
 
 impl TestBroker {
-    /// The broker the environment asks for (see the module docs); the mock by default.
-    pub fn from_env() -> TestBroker {
-        if let Ok(bootstrap) = std::env::var("SNAPFEED_TEST_BOOTSTRAP") {
-            if !bootstrap.is_empty() {
-                return TestBroker {
-                    kind: BrokerKind::External,
-                    bootstrap,
-                    mock: None,
-                    process: None,
-                };
-            }
+    /// The kind of broker the environment asks for (see the module docs), without starting
+    /// it: the mock by default.
+    pub fn kind_from_env() -> BrokerKind {
+        if std::env::var("SNAPFEED_TEST_BOOTSTRAP").is_ok_and(|b| !b.is_empty()) {
+            return BrokerKind::External;
         }
         match std::env::var("SNAPFEED_TEST_BROKER")
             .unwrap_or_default()
             .as_str()
         {
-            "nisshi" => TestBroker::nisshi(),
-            "tansu" => TestBroker::tansu(),
-            "" | "mock" => TestBroker::mock(),
+            "nisshi" => BrokerKind::Nisshi,
+            "tansu" => BrokerKind::Tansu,
+            "" | "mock" => BrokerKind::Mock,
             other => panic!("SNAPFEED_TEST_BROKER={other:?}: expected mock, nisshi or tansu"),
+        }
+    }
+
+    /// The broker the environment asks for (see the module docs); the mock by default.
+    pub fn from_env() -> TestBroker {
+        match TestBroker::kind_from_env() {
+            BrokerKind::External => TestBroker {
+                kind: BrokerKind::External,
+                bootstrap: std::env::var("SNAPFEED_TEST_BOOTSTRAP").unwrap_or_default(),
+                mock: None,
+                process: None,
+            },
+            BrokerKind::Nisshi => TestBroker::nisshi(),
+            BrokerKind::Tansu => TestBroker::tansu(),
+            BrokerKind::Mock => TestBroker::mock(),
         }
     }
 
