@@ -455,17 +455,8 @@ impl Rig {
 
 impl Drop for Rig {
     fn drop(&mut self) {
-        if std::env::var("SNAPFEED_FAULT_KEEP").is_ok_and(|v| v == "1") && !std::thread::panicking()
-        {
-            self.root.disable_cleanup(true);
-            println!(
-                "FAULT {}: kept (SNAPFEED_FAULT_KEEP=1) service logs in {}, broker data in {:?}",
-                self.scenario,
-                self.root.path().display(),
-                self.broker.keep_data_dir()
-            );
-        }
-        if std::thread::panicking() {
+        let failed = std::thread::panicking();
+        if failed {
             eprintln!(
                 "FAULT {}: failed after {:.1} s (SNAPFEED_TEST_SEED={})",
                 self.scenario,
@@ -473,14 +464,6 @@ impl Drop for Rig {
                 self.seed
             );
             self.print_log_tails(25);
-            // Logs, configs and the broker's database, for whoever looks into the failure.
-            self.root.disable_cleanup(true);
-            eprintln!(
-                "FAULT {}: kept service logs in {}, broker data in {:?}",
-                self.scenario,
-                self.root.path().display(),
-                self.broker.keep_data_dir()
-            );
             if let Some(log) = self.broker.log_path() {
                 let text = std::fs::read_to_string(&log).unwrap_or_default();
                 let tail: Vec<&str> = text.lines().rev().take(40).collect();
@@ -489,6 +472,22 @@ impl Drop for Rig {
                     tail.into_iter().rev().collect::<Vec<_>>().join("\n")
                 );
             }
+        }
+        // Logs, configs and the broker's database, for whoever looks into a failure (or asked).
+        let asked = std::env::var("SNAPFEED_FAULT_KEEP").is_ok_and(|v| v == "1");
+        if failed || asked {
+            self.root.disable_cleanup(true);
+            eprintln!(
+                "FAULT {}: kept{} service logs in {}, broker data in {:?}",
+                self.scenario,
+                if failed {
+                    ""
+                } else {
+                    " (SNAPFEED_FAULT_KEEP=1)"
+                },
+                self.root.path().display(),
+                self.broker.keep_data_dir()
+            );
         }
     }
 }
