@@ -13,7 +13,6 @@ use common::*;
 use snapfeed_harness::broker::{BrokerKind, StopSignal};
 use snapfeed_harness::generator::{Snapshot, SnapshotDelta};
 
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rebalance_after_a_broker_outage_restores_every_partition_and_skips_nothing() {
     let mut fixture = Fixture::new("cd-outage", 4).await;

@@ -16,7 +16,7 @@ use file_source::config::{CsvDialect, TextEncoding};
 use file_source::convert::{HeaderMap, RowConverter};
 use file_source::reader::{csv_reader, open_text};
 use snapfeed_harness::broker::repo_root;
-use snapfeed_harness::generator::{Compression, Snapshot, WriteOptions};
+use snapfeed_harness::generator::Snapshot;
 use snapfeed_harness::measure::thread_cpu_time;
 use snapfeed_runtime::avro::SchemaStore;
 use snapfeed_runtime::dataset::{Dataset, DatasetMapping};
@@ -77,26 +77,9 @@ fn main() {
     let dir = tempfile::tempdir().unwrap();
     let generated = Instant::now();
     let snapshot = Snapshot::initial(ROWS, 2026);
-    let inputs: Vec<(&str, std::path::PathBuf)> = [
-        ("plain", "elr.csv", Compression::None),
-        ("gzip", "elr.csv.gz", Compression::Gzip),
-        ("zstd", "elr.csv.zst", Compression::Zstd),
-    ]
-    .into_iter()
-    .map(|(label, name, compression)| {
-        let path = dir.path().join(name);
-        snapshot
-            .write(
-                &path,
-                &WriteOptions {
-                    compression,
-                    ..WriteOptions::default()
-                },
-            )
-            .unwrap();
-        (label, path)
-    })
-    .collect();
+    let inputs = snapshot
+        .write_compressed(dir.path(), &["plain", "gzip", "zstd"])
+        .unwrap();
     drop(snapshot);
     println!(
         "file-source convert bench: {ROWS} generated rows (in {:.1} s), 1 thread, {RUNS} runs per input",

@@ -12,13 +12,12 @@
 //! [--runs 3] [--inputs plain,gzip,zstd]`.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // bench code: a panic is a failed run
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use file_source::ingest::FileOutcome;
 use file_source::FileSourceConfig;
 use snapfeed_harness::broker::{repo_root, TestBroker};
-use snapfeed_harness::generator::{Compression, Snapshot, WriteOptions};
+use snapfeed_harness::generator::Snapshot;
 use snapfeed_harness::measure::process_cpu;
 use snapfeed_runtime::config::ServiceConfig;
 use snapfeed_runtime::kafka::ProcessingGuarantee;
@@ -117,29 +116,10 @@ fn main() {
     let dir = tempfile::tempdir().unwrap();
     let generated = Instant::now();
     let snapshot = Snapshot::initial(args.rows, 2026);
-    let inputs: Vec<(String, PathBuf)> = args
-        .inputs
-        .iter()
-        .map(|label| {
-            let (name, compression) = match label.as_str() {
-                "plain" => ("elr.csv", Compression::None),
-                "gzip" => ("elr.csv.gz", Compression::Gzip),
-                "zstd" => ("elr.csv.zst", Compression::Zstd),
-                other => panic!("--inputs: {other:?} is not plain, gzip or zstd"),
-            };
-            let path = dir.path().join(name);
-            snapshot
-                .write(
-                    &path,
-                    &WriteOptions {
-                        compression,
-                        ..WriteOptions::default()
-                    },
-                )
-                .unwrap();
-            (label.clone(), path)
-        })
-        .collect();
+    let labels: Vec<&str> = args.inputs.iter().map(String::as_str).collect();
+    let inputs = snapshot
+        .write_compressed(dir.path(), &labels)
+        .unwrap_or_else(|error| panic!("--inputs: {error}"));
     drop(snapshot);
     println!(
         "file-source ingest bench: {} rows (generated in {:.1} s), broker {}, {:?}, {} partitions, {} runs per input",

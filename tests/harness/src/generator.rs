@@ -487,6 +487,48 @@ pub enum Compression {
     Zstd,
 }
 
+impl Compression {
+    /// The compression a benchmark names `plain`, `gzip` or `zstd`, and the file name it
+    /// writes it under; `None` for any other label.
+    pub fn from_label(label: &str) -> Option<(Compression, &'static str)> {
+        match label {
+            "plain" => Some((Compression::None, "elr.csv")),
+            "gzip" => Some((Compression::Gzip, "elr.csv.gz")),
+            "zstd" => Some((Compression::Zstd, "elr.csv.zst")),
+            _ => None,
+        }
+    }
+}
+
+impl Snapshot {
+    /// Writes this snapshot once per label (`plain`, `gzip`, `zstd`, see
+    /// [`Compression::from_label`]) into `dir`, otherwise as [`WriteOptions::default`]; returns
+    /// each label with its file.
+    pub fn write_compressed(
+        &self,
+        dir: &Path,
+        labels: &[&str],
+    ) -> io::Result<Vec<(String, PathBuf)>> {
+        labels
+            .iter()
+            .map(|label| {
+                let (compression, name) = Compression::from_label(label).ok_or_else(|| {
+                    io::Error::other(format!("{label:?} is not plain, gzip or zstd"))
+                })?;
+                let path = dir.join(name);
+                self.write(
+                    &path,
+                    &WriteOptions {
+                        compression,
+                        ..WriteOptions::default()
+                    },
+                )?;
+                Ok((label.to_string(), path))
+            })
+            .collect()
+    }
+}
+
 /// How the written file's text is encoded.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum Encoding {
