@@ -27,7 +27,6 @@ use snapfeed_runtime::avro::{MessageLocation, SchemaStore};
 use snapfeed_runtime::headers;
 use snapfeed_runtime::kafka::ProcessingGuarantee;
 use snapfeed_runtime::partition::partition_for_key;
-use snapfeed_runtime::record_key::{KeyCase, RecordKey};
 use snapfeed_runtime::records::{AvroRecord, ChangeEvent, ChangeOp, RejectedRow};
 use snapfeed_runtime::shutdown::{self, ShutdownTrigger};
 use tokio::task::{block_in_place, JoinHandle};
@@ -46,14 +45,7 @@ pub const CATCH_UP: Duration = Duration::from_secs(90);
 pub type ChangeId = (String, &'static str, i64);
 
 /// The canonical record key of a generator key tuple (the lab-results mapping's key rules).
-pub fn canonical_key(key: &KeyTuple) -> String {
-    RecordKey::build(
-        [key.0.as_str(), key.1.as_str(), key.2.as_str()],
-        &[KeyCase::Upper, KeyCase::Preserve, KeyCase::Preserve],
-    )
-    .expect("generator keys are valid")
-    .into_string()
-}
+pub use snapfeed_harness::generator::canonical_key;
 
 /// `(key, op, version)` for each of `keys`.
 pub fn ids<'a>(
