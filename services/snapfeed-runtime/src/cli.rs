@@ -22,6 +22,37 @@ pub struct GlobalArgs {
     pub config: Option<PathBuf>,
 }
 
+/// The command line of a service binary: `--config` and an optional subcommand `C` (the
+/// service's own enum, which flattens [`CommonCommand`]; none given means `run`).
+#[derive(Debug, clap::Parser)]
+#[command(version)]
+pub struct ServiceCli<C: clap::Subcommand> {
+    /// Options every binary takes.
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Option<C>,
+}
+
+impl<C: clap::Subcommand> ServiceCli<C> {
+    /// Parses the process's arguments for the binary `name`, described by `about`; prints help
+    /// or the error and exits (code 2) on bad usage.
+    pub fn parse_as(name: &'static str, about: &'static str) -> ServiceCli<C> {
+        use clap::{CommandFactory, FromArgMatches};
+        let matches = Self::command().name(name).about(about).get_matches();
+        Self::from_arg_matches(&matches).unwrap_or_else(|error| error.exit())
+    }
+}
+
+/// `replay --to …`: the subcommand of every consuming stage.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ReplayArgs {
+    /// `earliest`, an RFC 3339 time, or `partition:offset,…`.
+    #[arg(long)]
+    pub to: String,
+}
+
 /// Subcommands every binary has.
 #[derive(Debug, Clone, clap::Subcommand)]
 pub enum CommonCommand {

@@ -134,6 +134,11 @@ impl HealthServer {
     pub async fn stopped(self) {
         let _ = self.task.await;
     }
+
+    /// Stops serving now (the stage ended on its own, without a shutdown signal).
+    pub fn abort(self) {
+        self.task.abort();
+    }
 }
 
 async fn serve(

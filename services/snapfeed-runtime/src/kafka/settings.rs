@@ -1,6 +1,6 @@
-//! Kafka client configuration shared by every service: one place decides how producers and
-//! consumers are set up for the configured [`ProcessingGuarantee`], so a single setting switches
-//! transactions and `read_committed` on or off everywhere.
+//! The `[kafka]` section and the librdkafka settings derived from it: one place decides how
+//! producers and consumers are set up for the configured [`ProcessingGuarantee`], so a single
+//! setting switches transactions and `read_committed` on or off everywhere.
 //!
 //! - Producers always use `partitioner=murmur2_random`, the Java client's partitioner, so our
 //!   topics co-partition with Kafka Streams / Connect tools a user adds.
@@ -8,38 +8,15 @@
 //! - Consumers never auto-commit and never auto-store offsets: every stage commits only what it
 //!   has made durable downstream.
 //! - Anything else (security.protocol, sasl.*, ssl.*) passes through `librdkafka_options`.
-//!
-//! Closing: [`close_consumer`] leaves the group within a deadline instead of relying on `Drop`,
-//! which polls until closed with no bound.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
-use rdkafka::producer::{Producer, ProducerContext, ThreadedProducer};
 use serde::{Deserialize, Serialize};
 
+use super::ProcessingGuarantee;
 use crate::config::ConfigError;
-
-/// Kafka Streams' name for the delivery guarantee every stage keeps (see DESIGN § Delivery guarantee).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum ProcessingGuarantee {
-    /// Kafka transactions (KIP-447): needs Apache Kafka ≥ 2.5. Readers use `read_committed`.
-    #[default]
-    ExactlyOnce,
-    /// For brokers without transactions: every write acknowledged before the offset moves; a
-    /// crash may repeat a step, always with the same key, version and payload.
-    AtLeastOnce,
-}
-
-impl ProcessingGuarantee {
-    /// True when producers are transactional and consumers read committed data only.
-    pub fn is_transactional(self) -> bool {
-        matches!(self, ProcessingGuarantee::ExactlyOnce)
-    }
-}
 
 /// The `[kafka]` section.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -254,106 +231,6 @@ impl KafkaConfig {
     /// An admin client config (topic creation and checks).
     pub fn admin_config(&self, service: &str) -> ClientConfig {
         self.base(service)
-    }
-}
-
-/// Leaves the consumer group and closes the consumer within `deadline`, on the calling (blocking)
-/// thread. Returns false if the deadline passed: the consumer is then leaked rather than dropped,
-/// because librdkafka's destructor would poll until closed with no bound.
-pub fn close_consumer<C: ConsumerContext>(consumer: BaseConsumer<C>, deadline: Duration) -> bool {
-    let started = Instant::now();
-    consumer.unsubscribe();
-    if consumer.close_queue().is_err() {
-        std::mem::forget(consumer);
-        return false;
-    }
-    while !consumer.closed() {
-        if started.elapsed() >= deadline {
-            tracing::warn!(
-                message = "Consumer did not close in time; abandoning it.",
-                deadline_ms = deadline.as_millis() as u64
-            );
-            std::mem::forget(consumer);
-            return false;
-        }
-        // Serves the rebalance callbacks that leaving the group triggers.
-        let _ = consumer.poll(Duration::from_millis(50));
-    }
-    drop(consumer);
-    true
-}
-
-/// Runs a blocking librdkafka call (flush, transaction calls, metadata, committed offsets) on
-/// tokio's blocking pool, never on an async worker.
-pub async fn run_blocking<T, F>(call: F) -> rdkafka::error::KafkaResult<T>
-where
-    F: FnOnce() -> rdkafka::error::KafkaResult<T> + Send + 'static,
-    T: Send + 'static,
-{
-    tokio::task::spawn_blocking(call)
-        .await
-        .unwrap_or(Err(rdkafka::error::KafkaError::Canceled))
-}
-
-/// Waits, in 1 ms steps and at most `timeout`, until every message `producer` has accepted is
-/// acknowledged or has failed; returns whether it got there.
-///
-/// Call it right before `flush` or `commit_transaction`. rust-rdkafka's `flush` (which its
-/// `commit_transaction` starts with) serves delivery reports with a 100 ms `poll` that always
-/// runs to its end, so every flush with a message still in flight takes at least 100 ms however
-/// fast the broker answers — a transaction per detector batch or per file-source chunk then
-/// costs 100 ms of idle time (measured: 100.4 ms → 6.8 ms per commit of 100 records). A
-/// `ThreadedProducer`'s own thread serves the reports as they arrive, so this returns as soon
-/// as the broker has acknowledged, and the flush that follows has nothing left to wait for. The
-/// flush or commit stays the authority on errors and timeouts.
-pub fn await_acknowledged<C: ProducerContext + 'static>(
-    producer: &ThreadedProducer<C>,
-    timeout: Duration,
-) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if producer.in_flight_count() == 0 {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(1));
-    }
-}
-
-/// Counts failed deliveries, so an at-least-once step is only considered done (and the next
-/// step taken) when every record of it was acknowledged.
-#[derive(Debug, Default)]
-pub struct DeliveryTracker {
-    failed: std::sync::atomic::AtomicU64,
-}
-
-impl DeliveryTracker {
-    /// Failures since the last call, resetting the count.
-    pub fn take_failures(&self) -> u64 {
-        self.failed.swap(0, std::sync::atomic::Ordering::Relaxed)
-    }
-}
-
-impl rdkafka::ClientContext for DeliveryTracker {
-    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, facility: &str, line: &str) {
-        crate::client_log::forward_log("producer", level, facility, line);
-    }
-
-    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
-        crate::client_log::forward_error("producer", &error, reason);
-    }
-}
-
-impl rdkafka::producer::ProducerContext for DeliveryTracker {
-    type DeliveryOpaque = ();
-
-    fn delivery(&self, result: &rdkafka::producer::DeliveryResult<'_>, _: ()) {
-        if result.is_err() {
-            self.failed
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        }
     }
 }
 
