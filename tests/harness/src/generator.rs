@@ -12,7 +12,14 @@
 //! Everything is a pure function of the seeds: the same `(rows, seed)` gives byte-identical
 //! files. Rows keep all 27 fields in one allocation, so the 2M-row benchmark snapshots fit in
 //! memory and generate in seconds.
+//!
+//! Each row also keeps what its dates, timestamp and sex code *mean* (the values the generator
+//! chose before formatting them), so [`LabRow::value`] answers "what must a correct reader make
+//! of this cell" without parsing the generator's own text back; [`Snapshot::write_to`] reports
+//! every record as written (its line, and its dirt), so a test can know what a correct reader
+//! accepts from a file without reading it.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::fs::File;
@@ -69,6 +76,8 @@ pub const COLUMNS: [&str; 27] = [
     "Report_Generated_At",
 ];
 
+const PATIENT_DOB: usize = 3;
+const PATIENT_SEX: usize = 4;
 const PATIENT_STREET: usize = 7;
 const PATIENT_PHONE: usize = 11;
 const FACILITY_CLIA: usize = 13;
@@ -78,6 +87,7 @@ const TEST_CODE: usize = 19;
 const TEST_RESULT: usize = 20;
 const TEST_RESULT_CODE: usize = 21;
 const RESULT_DATE: usize = 22;
+const DATE_REPORTED: usize = 23;
 const ACCESSION_NUMBER: usize = 24;
 const DEVICE_ID: usize = 25;
 const REPORT_GENERATED_AT: usize = 26;
@@ -87,13 +97,60 @@ pub fn column_index(column: &str) -> Option<usize> {
     COLUMNS.iter().position(|c| *c == column)
 }
 
-/// One lab result: the 27 [`COLUMNS`] as text, stored in a single allocation.
+/// One lab result: the 27 [`COLUMNS`] as text, stored in a single allocation, and the typed
+/// values behind the text of its date, timestamp and sex columns.
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub struct LabRow {
     /// All field values concatenated in canonical order.
     text: Box<str>,
     /// End offset of each field in `text`; a field starts where the previous one ends.
     ends: [u16; 27],
+    /// Days from CE of the [`DATE_COLUMNS`], in that order.
+    dates: [i32; 4],
+    /// `Report_Generated_At`, seconds since 1970-01-01 (written without a zone).
+    generated_at: i64,
+    /// `Patient_Sex`: index into [`SEX_SPELLINGS`].
+    sex: u8,
+}
+
+/// The columns holding a date, in the order [`LabRow`] keeps their days.
+const DATE_COLUMNS: [usize; 4] = [
+    PATIENT_DOB,
+    SPECIMEN_COLLECTION_DATE,
+    RESULT_DATE,
+    DATE_REPORTED,
+];
+
+/// How labs spell a patient's sex, and the code each spelling means.
+const SEX_SPELLINGS: [(&str, &str); 6] = [
+    ("F", "F"),
+    ("M", "M"),
+    ("U", "U"),
+    ("Male", "M"),
+    ("female", "F"),
+    ("Female", "F"),
+];
+
+/// What a generated cell means: what a correct reader must make of its text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Meaning {
+    /// The text itself (empty: no value).
+    Text,
+    /// A calendar date, written `%m/%d/%Y` (some dates of birth `%Y-%m-%d`).
+    Date(NaiveDate),
+    /// A moment without zone, written `%Y-%m-%d %H:%M:%S`.
+    DateTime(NaiveDateTime),
+    /// A code from a small set, written in one of several spellings (sex: `F`, `female`, …).
+    Code(&'static str),
+}
+
+/// One cell of a row: the text written and what it means.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Value<'r> {
+    /// The text as written (before CSV quoting and encoding).
+    pub text: Cow<'r, str>,
+    /// What it stands for.
+    pub meaning: Meaning,
 }
 
 impl LabRow {
@@ -114,6 +171,39 @@ impl LabRow {
     /// All 27 values in canonical ([`COLUMNS`]) order.
     pub fn values(&self) -> [&str; 27] {
         std::array::from_fn(|i| self.field(i))
+    }
+
+    /// The value of `column` (a name from [`COLUMNS`]) with its meaning, or `None` for an
+    /// unknown column.
+    pub fn value(&self, column: &str) -> Option<Value<'_>> {
+        let i = column_index(column)?;
+        let text = self.field(i);
+        let meaning = if let Some(d) = DATE_COLUMNS.iter().position(|c| *c == i) {
+            Meaning::Date(day(self.dates[d]))
+        } else if i == REPORT_GENERATED_AT {
+            Meaning::DateTime(
+                chrono::DateTime::from_timestamp(self.generated_at, 0)
+                    .expect("generated times are in range")
+                    .naive_utc(),
+            )
+        } else if i == PATIENT_SEX {
+            Meaning::Code(SEX_SPELLINGS[usize::from(self.sex)].1)
+        } else {
+            Meaning::Text
+        };
+        Some(Value {
+            text: Cow::Borrowed(text),
+            meaning,
+        })
+    }
+
+    /// This row with a line break (and a second address line) inside its street, as labs
+    /// that export multi-line address fields write it.
+    fn with_line_break_in_street(&self) -> LabRow {
+        let mut row = self.clone();
+        let street = format!("{}\nBldg 2", self.field(PATIENT_STREET));
+        row.set(PATIENT_STREET, &street);
+        row
     }
 
     fn field(&self, i: usize) -> &str {
@@ -155,6 +245,9 @@ struct RowBuilder {
     text: String,
     ends: [u16; 27],
     fields: usize,
+    dates: [i32; 4],
+    generated_at: i64,
+    sex: u8,
 }
 
 impl RowBuilder {
@@ -163,7 +256,25 @@ impl RowBuilder {
             text: String::with_capacity(512),
             ends: [0; 27],
             fields: 0,
+            dates: [0; 4],
+            generated_at: 0,
+            sex: 0,
         }
+    }
+
+    /// Writes `date` as the next field, `%m/%d/%Y` (or `%Y-%m-%d` when `iso`), and keeps it.
+    fn push_date(&mut self, date: NaiveDate, iso: bool) {
+        let d = DATE_COLUMNS
+            .iter()
+            .position(|c| *c == self.fields)
+            .expect("a date column");
+        self.dates[d] = date.num_days_from_ce();
+        if iso {
+            push_iso_date(&mut self.text, date);
+        } else {
+            push_us_date(&mut self.text, date);
+        }
+        self.end_field();
     }
 
     fn end_field(&mut self) {
@@ -181,6 +292,9 @@ impl RowBuilder {
         let row = LabRow {
             text: Box::from(self.text.as_str()),
             ends: self.ends,
+            dates: self.dates,
+            generated_at: self.generated_at,
+            sex: self.sex,
         };
         self.text.clear();
         self.fields = 0;
@@ -329,6 +443,7 @@ impl Snapshot {
             }
             let mut row = row.clone();
             row.set(REPORT_GENERATED_AT, &period.generated_at);
+            row.generated_at = period.at.and_utc().timestamp();
             if fate == UPDATE {
                 update_tracked_field(&mut row, &mut rng, &mut scratch);
                 changes.updated.insert(row.key());
@@ -387,18 +502,32 @@ impl Snapshot {
     /// Dirty rows are chosen deterministically from the snapshot's seed; the returned
     /// [`WrittenFile`] says where each one starts and which keys a correct reader accepts.
     pub fn write(&self, path: &Path, options: &WriteOptions) -> io::Result<WrittenFile> {
+        let file = BufWriter::with_capacity(256 * 1024, File::create(path)?);
+        let mut written = self.write_to(file, options, |_| {})?;
+        written.path = path.to_path_buf();
+        Ok(written)
+    }
+
+    /// Writes the bytes [`Snapshot::write`] puts in a file to `out` instead (e.g. a hasher),
+    /// and shows `visit` every data record as written, in file order. The returned
+    /// [`WrittenFile`] has an empty `path`.
+    pub fn write_to<W: Write>(
+        &self,
+        out: W,
+        options: &WriteOptions,
+        mut visit: impl FnMut(&WrittenRecord<'_>),
+    ) -> io::Result<WrittenFile> {
         let header = header_columns(options);
         let plan = DirtPlan::new(self, &options.dirt, &header);
         let newline = if options.crlf { "\r\n" } else { "\n" };
 
-        let file = BufWriter::with_capacity(256 * 1024, File::create(path)?);
         let mut sink = match options.compression {
-            Compression::None => Sink::Plain(file),
+            Compression::None => Sink::Plain(out),
             Compression::Gzip => Sink::Gzip(flate2::write::GzEncoder::new(
-                file,
+                out,
                 flate2::Compression::fast(),
             )),
-            Compression::Zstd => Sink::Zstd(zstd::stream::write::Encoder::new(file, 3)?),
+            Compression::Zstd => Sink::Zstd(zstd::stream::write::Encoder::new(out, 3)?),
         };
         let mut out = Output {
             sink: &mut sink,
@@ -420,7 +549,7 @@ impl Snapshot {
         out.write(&record)?;
 
         let mut written = WrittenFile {
-            path: path.to_path_buf(),
+            path: PathBuf::new(),
             columns: header.iter().map(|(name, _)| name.clone()).collect(),
             data_rows: 0,
             dirty: Vec::new(),
@@ -430,6 +559,15 @@ impl Snapshot {
         let mut duplicates = plan.duplicates.iter().peekable();
         for (i, row) in self.rows.iter().enumerate() {
             let dirt = plan.rows.get(&i).copied();
+            // A quoted line break is part of the value as written, so the row carries it.
+            let with_line_break;
+            let row = match dirt {
+                Some(RowDirt::QuotedNewline) => {
+                    with_line_break = row.with_line_break_in_street();
+                    &with_line_break
+                }
+                _ => row,
+            };
             record.clear();
             let lines = push_record(&mut record, row, i, &header, dirt, newline);
             if let Some(dirt) = dirt {
@@ -440,6 +578,13 @@ impl Snapshot {
                     column: Some(dirt.column()),
                 });
             }
+            visit(&WrittenRecord {
+                line,
+                row,
+                dirt,
+                index: i,
+                header: &header,
+            });
             line += lines;
             out.write(&record)?;
             written.data_rows += 1;
@@ -452,6 +597,13 @@ impl Snapshot {
                     kind: DirtKind::DuplicateKey,
                     key: duplicate.key(),
                     column: Some(COLUMNS[TEST_RESULT]),
+                });
+                visit(&WrittenRecord {
+                    line,
+                    row: duplicate,
+                    dirt: Some(RowDirt::DuplicateKey),
+                    index: i,
+                    header: &header,
                 });
                 line += lines;
                 out.write(&record)?;
@@ -472,6 +624,59 @@ impl Snapshot {
             .map(|(_, row)| row.key())
             .collect();
         Ok(written)
+    }
+}
+
+/// One data record as [`Snapshot::write_to`] wrote it.
+#[derive(Debug)]
+pub struct WrittenRecord<'a> {
+    /// 1-based physical line where the record starts (the header is line 1).
+    pub line: u64,
+    /// The row written; a row with a quoted line break carries it in its street.
+    pub row: &'a LabRow,
+    dirt: Option<RowDirt>,
+    /// The row's position in the snapshot (filler values of extra columns derive from it).
+    index: usize,
+    header: &'a [(String, Source)],
+}
+
+impl WrittenRecord<'_> {
+    /// What is wrong or unusual about the record, if anything.
+    pub fn dirt(&self) -> Option<DirtKind> {
+        self.dirt.map(RowDirt::kind)
+    }
+
+    /// Whether a correct reader accepts the record (it may still be unusual).
+    pub fn is_accepted(&self) -> bool {
+        self.dirt().is_none_or(|d| !d.is_rejected())
+    }
+
+    /// The value written under `column` (a header name exactly as written), or `None` when
+    /// the file has no such column. A cell the record's dirt spoiled means only its text.
+    pub fn value(&self, column: &str) -> Option<Value<'_>> {
+        let (_, source) = self.header.iter().find(|(name, _)| name == column)?;
+        match *source {
+            Source::Column(c) => match self.dirt {
+                Some(dirt) if dirt.spoils(c) => Some(Value {
+                    text: Cow::Borrowed(dirt.written().unwrap_or_default()),
+                    meaning: Meaning::Text,
+                }),
+                _ => self.row.value(COLUMNS[c]),
+            },
+            Source::Extra(k) => {
+                let mut text = String::new();
+                push_extra(&mut text, k, self.index);
+                Some(Value {
+                    text: Cow::Owned(text),
+                    meaning: Meaning::Text,
+                })
+            }
+        }
+    }
+
+    /// The header as written: the names [`WrittenRecord::value`] knows.
+    pub fn columns(&self) -> impl Iterator<Item = &str> {
+        self.header.iter().map(|(name, _)| name.as_str())
     }
 }
 
@@ -647,12 +852,14 @@ const BAD_DATES: [&str; 5] = [
     "3/14/21 9am",
 ];
 
-/// Dirt applied to an existing row when it is written.
+/// Dirt applied to a row when it is written.
 #[derive(Debug, Clone, Copy)]
 enum RowDirt {
     BadDate(&'static str),
     MissingRequired,
     QuotedNewline,
+    /// A copy of an earlier row's key (the row itself is written as it is).
+    DuplicateKey,
 }
 
 impl RowDirt {
@@ -661,6 +868,7 @@ impl RowDirt {
             RowDirt::BadDate(_) => DirtKind::BadDate,
             RowDirt::MissingRequired => DirtKind::MissingRequired,
             RowDirt::QuotedNewline => DirtKind::QuotedNewline,
+            RowDirt::DuplicateKey => DirtKind::DuplicateKey,
         }
     }
 
@@ -671,8 +879,22 @@ impl RowDirt {
     fn column_index(self) -> usize {
         match self {
             RowDirt::BadDate(_) => SPECIMEN_COLLECTION_DATE,
-            RowDirt::MissingRequired => TEST_RESULT,
+            RowDirt::MissingRequired | RowDirt::DuplicateKey => TEST_RESULT,
             RowDirt::QuotedNewline => PATIENT_STREET,
+        }
+    }
+
+    /// Whether the dirt writes other text than the row's own in column `c`.
+    fn spoils(self, c: usize) -> bool {
+        matches!(self, RowDirt::BadDate(_) | RowDirt::MissingRequired) && c == self.column_index()
+    }
+
+    /// The text written in the spoiled column.
+    fn written(self) -> Option<&'static str> {
+        match self {
+            RowDirt::BadDate(value) => Some(value),
+            RowDirt::MissingRequired => Some(""),
+            _ => None,
         }
     }
 }
@@ -793,27 +1015,22 @@ fn push_record(
         }
         match *source {
             Source::Column(c) => match dirt {
-                Some(d) if d.column_index() == c => match d {
-                    RowDirt::BadDate(value) => out.push_str(value),
-                    RowDirt::MissingRequired => {}
-                    RowDirt::QuotedNewline => {
-                        let mut street = String::from(row.field(c));
-                        street.push_str("\nBldg 2");
-                        lines += push_csv_field(out, &street);
-                    }
-                },
+                Some(d) if d.spoils(c) => out.push_str(d.written().unwrap_or_default()),
                 _ => lines += push_csv_field(out, row.field(c)),
             },
-            Source::Extra(k) => {
-                out.push('x');
-                push_number(out, k as u64, 1);
-                out.push('-');
-                push_number(out, index as u64, 1);
-            }
+            Source::Extra(k) => push_extra(out, k, index),
         }
     }
     out.push_str(newline);
     lines
+}
+
+/// The filler value of the `k`-th extra column in the record of the `index`-th row.
+fn push_extra(out: &mut String, k: usize, index: usize) {
+    out.push('x');
+    push_number(out, k as u64, 1);
+    out.push('-');
+    push_number(out, index as u64, 1);
 }
 
 /// Appends `value` quoted per RFC 4180 when it holds a delimiter, quote or line break.
@@ -839,13 +1056,13 @@ fn push_csv_field(out: &mut String, value: &str) -> u64 {
 }
 
 /// Encodes records and hands them to the sink in large chunks.
-struct Output<'a> {
-    sink: &'a mut Sink,
+struct Output<'a, W: Write> {
+    sink: &'a mut Sink<W>,
     encoding: Encoding,
     chunk: Vec<u8>,
 }
 
-impl Output<'_> {
+impl<W: Write> Output<'_, W> {
     fn write(&mut self, text: &str) -> io::Result<()> {
         if self.encoding == Encoding::Latin1 && !text.is_ascii() {
             for ch in text.chars() {
@@ -869,13 +1086,13 @@ impl Output<'_> {
     }
 }
 
-enum Sink {
-    Plain(BufWriter<File>),
-    Gzip(flate2::write::GzEncoder<BufWriter<File>>),
-    Zstd(zstd::stream::write::Encoder<'static, BufWriter<File>>),
+enum Sink<W: Write> {
+    Plain(W),
+    Gzip(flate2::write::GzEncoder<W>),
+    Zstd(zstd::stream::write::Encoder<'static, W>),
 }
 
-impl Sink {
+impl<W: Write> Sink<W> {
     fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
         match self {
             Sink::Plain(w) => w.write_all(bytes),
@@ -1134,6 +1351,8 @@ const ANTIGEN_DEVICES: &[&str] = &[
 struct Period {
     first_day: i32,
     last_day: i32,
+    /// The file's generation time.
+    at: NaiveDateTime,
     /// `Report_Generated_At`, formatted once.
     generated_at: String,
 }
@@ -1145,6 +1364,7 @@ impl Period {
         Self {
             first_day,
             last_day: generated_at.date().num_days_from_ce() - 1,
+            at: generated_at,
             generated_at: stamp,
         }
     }
@@ -1198,20 +1418,17 @@ fn new_row(
         pick(rng, FIRST_NAMES)
     });
     let dob = day(rng.gen_range(704_553..737_424)); // 1930-01-01 .. 2019-12-31
-    if rng.gen_bool(0.2) {
-        push_iso_date(&mut b.text, dob);
-    } else {
-        push_us_date(&mut b.text, dob);
-    }
-    b.end_field();
-    b.push(match rng.gen_range(0..100) {
-        0..=46 => "F",
-        47..=93 => "M",
-        94..=96 => "U",
-        97 => "Male",
-        98 => "female",
-        _ => "Female",
-    });
+    let iso = rng.gen_bool(0.2);
+    b.push_date(dob, iso);
+    b.sex = match rng.gen_range(0..100) {
+        0..=46 => 0,
+        47..=93 => 1,
+        94..=96 => 2,
+        97 => 3,
+        98 => 4,
+        _ => 5,
+    };
+    b.push(SEX_SPELLINGS[usize::from(b.sex)].0);
     b.push(pick(rng, RACES));
     b.push(pick(rng, ETHNICITIES));
     push_street(&mut b.text, rng);
@@ -1235,8 +1452,7 @@ fn new_row(
     serials.specimen += 1;
     b.end_field();
     let collected = rng.gen_range(period.first_day..=period.last_day);
-    push_us_date(&mut b.text, day(collected));
-    b.end_field();
+    b.push_date(day(collected), false);
     b.push(pick(rng, SPECIMEN_TYPES));
     let (code, name, antigen) = TESTS[pick(rng, TEST_WEIGHTS)];
     b.push(name);
@@ -1249,13 +1465,11 @@ fn new_row(
     b.push(result);
     b.push(result_code);
     let resulted = (collected + rng.gen_range(0..=3)).min(period.last_day + 1);
-    push_us_date(&mut b.text, day(resulted));
-    b.end_field();
-    push_us_date(
-        &mut b.text,
+    b.push_date(day(resulted), false);
+    b.push_date(
         day((resulted + rng.gen_range(0..=1)).min(period.last_day + 1)),
+        false,
     );
-    b.end_field();
     serials.accession += rng.gen_range(1..=3);
     b.text.push_str("ACC");
     push_number(&mut b.text, serials.accession, 10);
@@ -1271,6 +1485,7 @@ fn new_row(
         ));
     }
     b.end_field();
+    b.generated_at = period.at.and_utc().timestamp();
     b.push(&period.generated_at);
     b.finish()
 }
@@ -1321,10 +1536,10 @@ fn update_tracked_field(row: &mut LabRow, rng: &mut SmallRng, scratch: &mut Stri
             row.set(TEST_RESULT_CODE, code);
         }
         45..=64 => {
-            let corrected = parse_us_date(row.field(RESULT_DATE)).expect("generated date")
-                + ChronoDuration::days(1);
+            let corrected = day(row.dates[2]) + ChronoDuration::days(1);
             push_us_date(scratch, corrected);
             row.set(RESULT_DATE, scratch);
+            row.dates[2] = corrected.num_days_from_ce();
         }
         65..=84 => {
             while scratch.is_empty() || scratch.as_str() == row.field(PATIENT_PHONE) {
@@ -1408,22 +1623,22 @@ fn push_timestamp(out: &mut String, at: NaiveDateTime) {
     push_number(out, u64::from(at.second()), 2);
 }
 
-fn parse_us_date(text: &str) -> Option<NaiveDate> {
-    let mut parts = text.split('/').map(str::parse::<u32>);
-    let (m, d, y) = (
-        parts.next()?.ok()?,
-        parts.next()?.ok()?,
-        parts.next()?.ok()?,
-    );
-    NaiveDate::from_ymd_opt(i32::try_from(y).ok()?, m, d)
-}
-
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
     use std::io::Read;
 
     use super::*;
+
+    fn parse_us_date(text: &str) -> Option<NaiveDate> {
+        let mut parts = text.split('/').map(str::parse::<u32>);
+        let (m, d, y) = (
+            parts.next()?.ok()?,
+            parts.next()?.ok()?,
+            parts.next()?.ok()?,
+        );
+        NaiveDate::from_ymd_opt(i32::try_from(y).ok()?, m, d)
+    }
 
     fn write_bytes(snapshot: &Snapshot, options: &WriteOptions) -> (Vec<u8>, WrittenFile) {
         let dir = tempfile::tempdir().unwrap();
@@ -1853,6 +2068,136 @@ mod tests {
             .to_owned();
         let key = snapshot.rows()[0].key();
         assert_eq!(first_record, format!("{},{},{}", key.2, key.0, key.1));
+    }
+
+    /// What a row says a cell means is what its text says, in the generator's formats: the
+    /// typed values travel with the text through `next` (which corrects result dates).
+    #[test]
+    fn values_mean_what_their_text_says() {
+        let s1 = Snapshot::initial(2_000, 17);
+        let (s2, changes) = s1.next(
+            SnapshotDelta {
+                updated: 0.5,
+                added: 0.1,
+                removed: 0.1,
+            },
+            18,
+        );
+        assert!(!changes.updated.is_empty());
+        let mut spellings = BTreeMap::new();
+        for row in s1.rows().iter().chain(s2.rows()) {
+            for column in COLUMNS {
+                let value = row.value(column).unwrap();
+                let text = value.text.as_ref();
+                assert_eq!(text, row.get(column).unwrap());
+                assert_eq!(text, text.trim(), "{column}: no surrounding white space");
+                match value.meaning {
+                    Meaning::Text => {}
+                    Meaning::Date(date) => {
+                        let read = parse_us_date(text)
+                            .or_else(|| NaiveDate::parse_from_str(text, "%Y-%m-%d").ok());
+                        assert_eq!(read, Some(date), "{column} {text}");
+                    }
+                    Meaning::DateTime(at) => {
+                        assert_eq!(at.format("%Y-%m-%d %H:%M:%S").to_string(), text);
+                    }
+                    Meaning::Code(code) => {
+                        spellings.insert(text.to_string(), code);
+                    }
+                }
+            }
+        }
+        let expected: BTreeMap<String, &str> = SEX_SPELLINGS
+            .iter()
+            .map(|(spelling, code)| (spelling.to_string(), *code))
+            .collect();
+        assert_eq!(
+            spellings, expected,
+            "every spelling of sex seen, each with its code"
+        );
+        assert_eq!(
+            s2.rows()[0].value("Report_Generated_At").unwrap().meaning,
+            Meaning::DateTime(s2.generated_at())
+        );
+    }
+
+    /// `write_to` writes what `write` writes, and shows every record at the line it starts on,
+    /// with its dirt, as the file says.
+    #[test]
+    fn write_to_shows_every_record_at_its_line() {
+        let snapshot = Snapshot::initial(500, 23);
+        let options = WriteOptions {
+            dirt: Dirt {
+                bad_dates: 3,
+                missing_required: 2,
+                duplicate_keys: 3,
+                quoted_newlines: 4,
+                trailing_blank_lines: 1,
+            },
+            crlf: true,
+            extra_columns: vec!["Lab_Comment".into()],
+            omit_columns: vec!["Device_ID".into()],
+            compression: Compression::Gzip,
+            ..WriteOptions::default()
+        };
+        let (file_bytes, written) = write_bytes(&snapshot, &options);
+        let mut bytes = Vec::new();
+        let mut seen = Vec::new();
+        let shown = snapshot
+            .write_to(&mut bytes, &options, |record| {
+                seen.push((
+                    record.line,
+                    record.dirt(),
+                    record.is_accepted(),
+                    record.row.key(),
+                    record.value("Patient_Street").unwrap().text.into_owned(),
+                    record.value("Lab_Comment").unwrap().text.into_owned(),
+                    record.value("Device_ID").is_none(),
+                ));
+            })
+            .unwrap();
+        assert_eq!(bytes, file_bytes);
+        assert_eq!(
+            (shown.columns, shown.dirty.clone()),
+            (written.columns, written.dirty)
+        );
+        assert_eq!(seen.len(), written.data_rows);
+
+        let mut plain = Vec::new();
+        snapshot
+            .write_to(
+                &mut plain,
+                &WriteOptions {
+                    compression: Compression::None,
+                    ..options.clone()
+                },
+                |_| {},
+            )
+            .unwrap();
+        let text = String::from_utf8(plain).unwrap();
+        let records = parse_csv(&text);
+        let header = &records[0].fields;
+        assert_eq!(records.len() - 1, seen.len());
+        for (record, (line, dirt, accepted, key, street, comment, no_device)) in
+            records[1..].iter().zip(&seen)
+        {
+            assert_eq!(record.line, *line);
+            assert_eq!(value(record, header, "Patient_Street"), street);
+            assert_eq!(value(record, header, "Lab_Comment"), comment);
+            assert!(*no_device);
+            let record_key = (
+                value(record, header, "Facility_CLIA").to_owned(),
+                value(record, header, "Accession_Number").to_owned(),
+                value(record, header, "Test_Code").to_owned(),
+            );
+            assert_eq!(&record_key, key);
+            let listed = shown.dirty.iter().find(|d| d.line == *line).map(|d| d.kind);
+            assert_eq!(listed, *dirt);
+            assert_eq!(*accepted, dirt.is_none_or(|d| !d.is_rejected()));
+        }
+        let accepted: BTreeSet<KeyTuple> =
+            seen.iter().filter(|r| r.2).map(|r| r.3.clone()).collect();
+        assert_eq!(accepted, shown.accepted_keys);
     }
 
     #[test]

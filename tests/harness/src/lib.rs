@@ -4,7 +4,19 @@
 //!   or a Nisshi / Tansu broker process, or any cluster named by `SNAPFEED_TEST_BOOTSTRAP`.
 //! - [`generator`]: deterministic, realistic lab-result snapshots and the exact set of keys each
 //!   one creates, updates and removes, so tests assert exact sets rather than counts.
-//! - [`service_process`]: a service binary as a separate OS process (start, ready, SIGTERM, SIGKILL).
+//! - [`in_process`]: a service's library `run` in a task, with its endpoint, readiness,
+//!   metrics and a bounded stop; [`service_process`]: a service binary as a separate OS
+//!   process (start, ready, SIGTERM, SIGKILL), its environment overrides and its log.
+//! - [`lifecycle`]: the checks every binary passes alike (ready, metrics, SIGTERM within the
+//!   drain bound; `check-config` redacts secrets; a wrong config value is named).
+//! - [`endpoint`] (free address, GET), [`metrics`] (one series from `/metrics`), [`wait`]
+//!   (bounded waits on conditions), [`offsets`] (a group's committed offsets), [`messages`]
+//!   (headers, locations and values of what a service wrote), [`schemas`] (the repository's
+//!   schemas and mapping, and evolved copies).
+//! - [`snapshot_publisher`]: a generated snapshot on `snapshots` exactly as file-source
+//!   writes it (records, partitions, provenance headers, snapshot-end markers), from
+//!   [`snapshot_records`] — the records file-source makes of a generated file — so tests of
+//!   the detector need no other service.
 //! - [`stub_api`]: a stand-in for the case-management API that records every request, answers
 //!   from a script and counts unique effects by `Idempotency-Key`.
 //!
@@ -13,7 +25,17 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod broker;
+pub mod endpoint;
 pub mod generator;
+pub mod in_process;
+pub mod lifecycle;
 pub mod measure;
+pub mod messages;
+pub mod metrics;
+pub mod offsets;
+pub mod schemas;
 pub mod service_process;
+pub mod snapshot_publisher;
+pub mod snapshot_records;
 pub mod stub_api;
+pub mod wait;

@@ -3,13 +3,16 @@
 //! (drain) or SIGKILL (crash). Its stderr goes to a log file the test can read (e.g. to prove no
 //! health data was logged). Only processes started here are ever signalled.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+use snapfeed_runtime::kafka::ProcessingGuarantee;
+
 use crate::broker::{stop_process, StopSignal};
+// The fault suite and the demo reach the GET here, where it used to live.
+pub use crate::endpoint::http_get;
 
 /// A running service process.
 #[derive(Debug)]
@@ -30,11 +33,7 @@ impl ServiceProcess {
         env: &[(String, String)],
         log: &Path,
     ) -> ServiceProcess {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("free port");
-        let http: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+        let http = crate::endpoint::free_addr();
         let out = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -146,32 +145,10 @@ fn signal(child: &Child, sig: libc::c_int) {
     }
 }
 
-/// A minimal HTTP/1.1 GET over loopback: (status, body).
-pub fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_millis(500)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    let status = response.get(9..12)?.parse().ok()?;
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    Some((status, body))
-}
-
 /// Environment overrides that point a service at `broker` and `pipeline`, from the repository
 /// root (schemas, example configs), with a short drain bound.
 pub fn service_env(broker: &crate::broker::TestBroker, pipeline: &str) -> Vec<(String, String)> {
-    let guarantee = match broker.guarantee() {
-        snapfeed_runtime::kafka::ProcessingGuarantee::ExactlyOnce => "exactly_once",
-        snapfeed_runtime::kafka::ProcessingGuarantee::AtLeastOnce => "at_least_once",
-    };
+    let guarantee = guarantee_name(broker.guarantee());
     [
         ("SNAPFEED_KAFKA__BOOTSTRAP_SERVERS", broker.bootstrap()),
         ("SNAPFEED_KAFKA__REQUEST_TIMEOUT_MS", "10000"),
@@ -185,38 +162,29 @@ pub fn service_env(broker: &crate::broker::TestBroker, pipeline: &str) -> Vec<(S
     .collect()
 }
 
-/// The promise every binary keeps: started with its example config against `broker`, it
-/// reports ready, serves its metrics, and exits 0 within the drain bound on SIGTERM.
-pub async fn assert_binary_lifecycle(binary: &Path, service: &str, extra_env: &[(String, String)]) {
-    let broker = crate::broker::TestBroker::from_env();
-    let pipeline = broker.pipeline(&format!("life-{service}"), 3).await;
-    let root = crate::broker::repo_root();
-    let config = root.join("deploy/config").join(format!("{service}.toml"));
-    let logs = tempfile::tempdir().expect("log dir");
-    let mut env = service_env(&broker, &pipeline.name);
-    env.extend_from_slice(extra_env);
-    let binary = binary.to_path_buf();
-    let log = logs.path().join(format!("{service}.log"));
-    let (status, took, metrics) = tokio::task::spawn_blocking(move || {
-        let mut process = ServiceProcess::start(&binary, &config, &root, &env, &log);
-        process.wait_ready(Duration::from_secs(60));
-        let (code, metrics) = process.get("/metrics").expect("metrics answer");
-        assert_eq!(code, 200);
-        assert_eq!(process.get("/healthz").map(|r| r.0), Some(200));
-        let (status, took) = process.terminate(Duration::from_secs(15));
-        (status, took, metrics)
-    })
-    .await
-    .expect("lifecycle");
-    let prefix = format!("snapfeed_{}_build_info", service.replace('-', "_"));
-    assert!(
-        metrics.contains(&prefix),
-        "{prefix} missing from /metrics:\n{metrics}"
-    );
-    assert!(status.success(), "exit status {status} after SIGTERM");
-    // The drain bound is 5 s; closing must stay within it (plus a margin for a loaded machine).
-    assert!(
-        took < Duration::from_secs(10),
-        "took {took:?} to exit after SIGTERM"
-    );
+/// `"exactly_once"` / `"at_least_once"`, as a config spells `pipeline.processing_guarantee`.
+pub fn guarantee_name(guarantee: ProcessingGuarantee) -> &'static str {
+    match guarantee {
+        ProcessingGuarantee::ExactlyOnce => "exactly_once",
+        ProcessingGuarantee::AtLeastOnce => "at_least_once",
+    }
+}
+
+/// Prints the last lines of a service log if the test panics while this is alive (for
+/// diagnosing a failed run); keep one per log, e.g. `let _log = LogOnPanic(path);`.
+#[derive(Debug)]
+pub struct LogOnPanic(pub PathBuf);
+
+impl Drop for LogOnPanic {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let text = std::fs::read_to_string(&self.0).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(80).collect();
+            eprintln!(
+                "--- last lines of {} ---\n{}",
+                self.0.display(),
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
+        }
+    }
 }

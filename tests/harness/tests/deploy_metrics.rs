@@ -7,7 +7,9 @@
 //! `Gauge::new`, `HistogramOpts::new`, …). A histogram exports `_bucket`, `_sum` and `_count`
 //! series (never its bare name); counters are written with `_total` in the source already. The
 //! per-service `snapfeed_<service>_build_info` gauge is built from a format string in
-//! snapfeed-runtime and is expanded for each service's `SERVICE` name.
+//! snapfeed-runtime and is expanded for each service's `SERVICE` name. Metrics declared through
+//! the runtime's `MetricsBuilder` (`.counter("rows_total", …)`, `.histogram(…)`, …) are named
+//! without the prefix; they get the `snapfeed_<service>_` of the crate they are declared in.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -25,6 +27,15 @@ const CONSTRUCTORS: &[(&str, MetricKind)] = &[
     ("Counter::new(", MetricKind::Plain),
     ("IntGauge::new(", MetricKind::Plain),
     ("Gauge::new(", MetricKind::Plain),
+];
+
+/// `MetricsBuilder` methods whose first argument is the name without the service prefix.
+const BUILDER_METHODS: &[(&str, MetricKind)] = &[
+    (".histogram(", MetricKind::Histogram),
+    (".counters(", MetricKind::Plain),
+    (".counter(", MetricKind::Plain),
+    (".float_gauge(", MetricKind::Plain),
+    (".gauge(", MetricKind::Plain),
 ];
 
 /// The format string snapfeed-runtime builds each service's build-info gauge name from.
@@ -112,27 +123,59 @@ fn exported_in_source(text: &str) -> Vec<(String, MetricKind)> {
     found
 }
 
-/// Every series name the services export.
-fn exported_metrics(root: &Path) -> BTreeSet<String> {
-    let mut files = Vec::new();
-    let mut services = Vec::new();
-    for entry in std::fs::read_dir(root.join("services")).unwrap() {
-        let dir = entry.unwrap().path();
-        if dir.join("src").is_dir() {
-            rust_files(&dir.join("src"), &mut files);
-        }
-        if let Ok(lib) = std::fs::read_to_string(dir.join("src/lib.rs")) {
-            if let Some(name) = service_name(&lib) {
-                services.push(name);
+/// Names declared through `MetricsBuilder` in a file of `service`'s crate, prefixed as the
+/// builder prefixes them.
+fn built_in_source(text: &str, service: &str) -> Vec<(String, MetricKind)> {
+    let text = without_tests(text);
+    if !text.contains("MetricsBuilder::new(") {
+        return Vec::new();
+    }
+    let prefix = format!("{PREFIX}{}_", service.replace('-', "_"));
+    let mut found = Vec::new();
+    for (method, kind) in BUILDER_METHODS {
+        let mut from = 0;
+        while let Some(offset) = text[from..].find(method) {
+            let after = &text[from + offset + method.len()..];
+            from += offset + method.len();
+            let Some(literal) = after.trim_start().strip_prefix('"') else {
+                continue;
+            };
+            let end = literal.bytes().take_while(|&c| is_name_char(c)).count();
+            if literal.as_bytes().get(end) == Some(&b'"') && end > 0 {
+                found.push((format!("{prefix}{}", &literal[..end]), *kind));
             }
         }
     }
+    found
+}
+
+/// Every series name the services export.
+fn exported_metrics(root: &Path) -> BTreeSet<String> {
+    // Each source file with the service of its crate (if it is a service crate).
+    let mut files: Vec<(PathBuf, Option<String>)> = Vec::new();
+    let mut services = Vec::new();
+    for entry in std::fs::read_dir(root.join("services")).unwrap() {
+        let dir = entry.unwrap().path();
+        let service = std::fs::read_to_string(dir.join("src/lib.rs"))
+            .ok()
+            .and_then(|lib| service_name(&lib));
+        if dir.join("src").is_dir() {
+            let mut crate_files = Vec::new();
+            rust_files(&dir.join("src"), &mut crate_files);
+            files.extend(crate_files.into_iter().map(|f| (f, service.clone())));
+        }
+        services.extend(service);
+    }
     let mut names = BTreeSet::new();
     let mut build_info_format = false;
-    for file in &files {
+    for (file, service) in &files {
         let text = std::fs::read_to_string(file).unwrap();
         build_info_format |= without_tests(&text).contains(BUILD_INFO_FORMAT);
-        for (name, kind) in exported_in_source(&text) {
+        let built = service
+            .as_deref()
+            .map(|service| built_in_source(&text, service))
+            .unwrap_or_default();
+        for (name, kind) in exported_in_source(&text).into_iter().chain(built) {
             match kind {
                 MetricKind::Plain => {
                     names.insert(name);
@@ -283,11 +326,12 @@ fn exported_names_are_read_from_the_sources() {
     let exported = exported_metrics(&workspace_root());
     // One of each kind, as the scanner must see them.
     for name in [
-        "snapfeed_file_source_rows_total",    // IntCounterVec via Opts::new
-        "snapfeed_api_sink_deliveries_total", // IntCounter::new
-        "snapfeed_api_sink_paused_partitions", // IntGauge::new
-        "snapfeed_file_source_last_success_timestamp_seconds", // Gauge::new
-        "snapfeed_change_detector_restore_seconds_bucket", // HistogramOpts::new
+        "snapfeed_file_source_rows_total",     // MetricsBuilder::counters
+        "snapfeed_api_sink_deliveries_total",  // IntCounter::new
+        "snapfeed_api_sink_paused_partitions", // MetricsBuilder::gauge
+        "snapfeed_file_source_last_success_timestamp_seconds", // MetricsBuilder::float_gauge
+        "snapfeed_change_detector_state_keys", // MetricsBuilder::gauge
+        "snapfeed_change_detector_restore_seconds_bucket", // MetricsBuilder::histogram
         "snapfeed_change_detector_restore_seconds_sum",
         "snapfeed_change_detector_restore_seconds_count",
         "snapfeed_api_sink_build_info", // the runtime's format string
