@@ -1,39 +1,19 @@
-//! file-source configuration: the shared sections plus `[source]`.
+//! file-source configuration: the six shared sections (declared once by the runtime's
+//! `service_config!`) plus `[source]` — the inbox, completeness rule, dialect, chunking and
+//! thresholds. Validated at start with errors that name the key; no guarantee of its own.
 
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
-use snapfeed_runtime::config::{ConfigError, ServiceConfig};
-use snapfeed_runtime::health::HttpConfig;
-use snapfeed_runtime::kafka::KafkaConfig;
-use snapfeed_runtime::service::{CommonSections, HasCommonSections, PipelineConfig};
-use snapfeed_runtime::shutdown::ShutdownConfig;
-use snapfeed_runtime::telemetry::LogConfig;
-use snapfeed_runtime::topics::TopicsConfig;
+use snapfeed_runtime::config::ConfigError;
+use snapfeed_runtime::service::StageSection;
 
-/// Everything file-source reads from its config file and environment.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct FileSourceConfig {
-    /// Pipeline name, guarantee, schemas.
-    #[serde(default)]
-    pub pipeline: PipelineConfig,
-    /// Cluster connection.
-    pub kafka: KafkaConfig,
-    /// Topic names and creation.
-    #[serde(default)]
-    pub topics: TopicsConfig,
-    /// Metrics/health endpoint.
-    #[serde(default)]
-    pub http: HttpConfig,
-    /// Logging.
-    #[serde(default)]
-    pub log: LogConfig,
-    /// Drain bound.
-    #[serde(default)]
-    pub shutdown: ShutdownConfig,
-    /// The inbox and the dataset.
-    pub source: SourceConfig,
+snapfeed_runtime::service_config! {
+    /// Everything file-source reads from its config file and environment.
+    pub struct FileSourceConfig {
+        /// The inbox and the dataset.
+        source: SourceConfig,
+    }
 }
 
 /// The `[source]` section.
@@ -227,7 +207,9 @@ impl SourceConfig {
             .clone()
             .unwrap_or_else(|| self.inbox.join("failed"))
     }
+}
 
+impl StageSection for SourceConfig {
     fn validate(&self) -> Result<(), ConfigError> {
         if self.inbox.as_os_str().is_empty() {
             return Err(ConfigError::invalid(
@@ -308,25 +290,5 @@ impl SourceConfig {
             ));
         }
         Ok(())
-    }
-}
-
-impl HasCommonSections for FileSourceConfig {
-    fn common(&self) -> CommonSections<'_> {
-        CommonSections {
-            pipeline: &self.pipeline,
-            kafka: &self.kafka,
-            topics: &self.topics,
-            http: &self.http,
-            log: &self.log,
-            shutdown: &self.shutdown,
-        }
-    }
-}
-
-impl ServiceConfig for FileSourceConfig {
-    fn validate(&self) -> Result<(), ConfigError> {
-        self.common().validate()?;
-        self.source.validate()
     }
 }

@@ -6,12 +6,11 @@
 //! a `read_committed` reader never sees a checkpoint ahead of its rows.
 
 use std::collections::HashMap;
-use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
-use rdkafka::{Message, Offset, TopicPartitionList};
+use rdkafka::Message;
 use snapfeed_runtime::avro::{MessageLocation, SchemaStore};
+use snapfeed_runtime::kafka::TopicReader;
 use snapfeed_runtime::records::{AvroRecord, FileLedgerEntry, FileStatus};
 
 /// The latest entry per file hash.
@@ -63,71 +62,35 @@ impl Ledger {
         self.entries.is_empty()
     }
 
-    /// Reads every partition of `topic` from the beginning to partition EOF (blocking).
-    /// Undecodable entries are skipped with a warning: a ledger entry we cannot read must not
-    /// stop ingestion (at worst a file is ingested again, which the detector absorbs).
+    /// Reads every partition of `topic` from the beginning to its end (blocking). Undecodable
+    /// entries are skipped with a warning: a ledger entry we cannot read must not stop
+    /// ingestion (at worst a file is ingested again, which the detector absorbs).
     pub fn load(
-        consumer: &BaseConsumer,
+        reader: &TopicReader,
         topic: &str,
         schemas: &SchemaStore,
-        timeout: Duration,
     ) -> Result<Ledger, KafkaError> {
-        let metadata = consumer.fetch_metadata(Some(topic), timeout)?;
-        let partitions = metadata
-            .topics()
-            .first()
-            .map(|t| t.partitions().len())
-            .unwrap_or(0);
-        let mut assignment = TopicPartitionList::new();
-        for partition in 0..partitions as i32 {
-            assignment.add_partition_offset(topic, partition, Offset::Beginning)?;
-        }
-        consumer.assign(&assignment)?;
         let mut ledger = Ledger::default();
-        let mut at_eof = vec![false; partitions];
-        let mut last_progress = Instant::now();
-        while at_eof.iter().any(|eof| !eof) {
-            match consumer.poll(Duration::from_millis(100)) {
-                Some(Ok(message)) => {
-                    last_progress = Instant::now();
-                    let Some(payload) = message.payload() else {
-                        // Tombstone: the entry was deleted.
-                        if let Some(Ok(hash)) = message.key_view::<str>() {
-                            ledger.entries.remove(hash);
-                        }
-                        continue;
-                    };
-                    let location = MessageLocation {
-                        topic: topic.to_string(),
-                        partition: message.partition(),
-                        offset: message.offset(),
-                    };
-                    match schemas.decode::<FileLedgerEntry>(
-                        payload,
-                        FileLedgerEntry::SCHEMA,
-                        &location,
-                    ) {
-                        Ok(entry) => ledger.record(entry),
-                        Err(error) => {
-                            tracing::warn!(message = "Skipping unreadable ledger entry.", %error)
-                        }
-                    }
+        reader.read_all(topic, |message| {
+            let Some(payload) = message.payload() else {
+                // Tombstone: the entry was deleted.
+                if let Some(Ok(hash)) = message.key_view::<str>() {
+                    ledger.entries.remove(hash);
                 }
-                Some(Err(KafkaError::PartitionEOF(partition))) => {
-                    if let Some(eof) = at_eof.get_mut(partition as usize) {
-                        *eof = true;
-                    }
+                return;
+            };
+            let location = MessageLocation {
+                topic: topic.to_string(),
+                partition: message.partition(),
+                offset: message.offset(),
+            };
+            match schemas.decode::<FileLedgerEntry>(payload, FileLedgerEntry::SCHEMA, &location) {
+                Ok(entry) => ledger.record(entry),
+                Err(error) => {
+                    tracing::warn!(message = "Skipping unreadable ledger entry.", %error)
                 }
-                Some(Err(error)) => return Err(error),
-                None if last_progress.elapsed() > timeout => {
-                    return Err(KafkaError::MetadataFetch(
-                        rdkafka::types::RDKafkaErrorCode::OperationTimedOut,
-                    ))
-                }
-                None => {}
             }
-        }
-        consumer.unassign()?;
+        })?;
         Ok(ledger)
     }
 }

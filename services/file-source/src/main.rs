@@ -1,20 +1,15 @@
-//! The `file-source` binary: parses the command line and hands over to the library.
+//! The `file-source` binary: parses the command line and hands over to the library; prints the
+//! `ingest` subcommand's outcomes (the library never prints).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::Parser;
-use snapfeed_runtime::cli::{execute_common, load_config, run_with, CommonCommand, GlobalArgs};
+use file_source::ingest::FileOutcome;
+use snapfeed_runtime::cli::{execute_common, load_config, run_with, CommonCommand, ServiceCli};
 
-/// Snapshot files into the `snapshots` topic, exactly once per file.
-#[derive(Debug, Parser)]
-#[command(name = "file-source", version)]
-struct Cli {
-    #[command(flatten)]
-    global: GlobalArgs,
-    #[command(subcommand)]
-    command: Option<Command>,
-}
+/// What `--help` says the binary is.
+const ABOUT: &str =
+    "Source stage: snapshot files into the `snapshots` topic, exactly once per file.";
 
 #[derive(Debug, clap::Subcommand)]
 enum Command {
@@ -30,7 +25,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = ServiceCli::<Command>::parse_as(file_source::SERVICE, ABOUT);
     let config_path = cli.global.config.as_deref();
     match cli.command.unwrap_or(Command::Common(CommonCommand::Run)) {
         Command::Common(command) => {
@@ -45,10 +40,29 @@ fn main() -> ExitCode {
                 file_source::SERVICE,
                 config,
                 |config, shutdown| async move {
-                    file_source::ingest_paths(config, files, shutdown)
+                    file_source::ingest_paths_reporting(config, files, shutdown, print_outcome)
                         .await
                         .map(|_| ())
                 },
+            )
+        }
+    }
+}
+
+/// One line of JSON per ingested or duplicate file on stdout; a failed file's report, pretty,
+/// on stderr. Reports hold names, hashes, counts and reasons — never row values.
+fn print_outcome(outcome: &FileOutcome) {
+    match outcome {
+        FileOutcome::Ingested(report) => {
+            println!("{}", serde_json::to_string(report).unwrap_or_default())
+        }
+        FileOutcome::Duplicate { file, hash } => {
+            println!("{{\"file\":{file:?},\"hash\":{hash:?},\"duplicate\":true}}")
+        }
+        FileOutcome::Failed(report) => {
+            eprintln!(
+                "{}",
+                serde_json::to_string_pretty(report).unwrap_or_default()
             )
         }
     }

@@ -1,7 +1,8 @@
 //! file-source metrics (`snapfeed_file_source_…`). Labels come from small fixed sets — never
 //! file names, keys or error strings.
 
-use prometheus::{Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, Opts, Registry};
+use prometheus::{Gauge, Histogram, IntCounter, IntCounterVec, Registry};
+use snapfeed_runtime::metrics::MetricsBuilder;
 
 /// The metrics of one file-source instance.
 #[derive(Debug, Clone)]
@@ -21,48 +22,30 @@ pub struct SourceMetrics {
 impl SourceMetrics {
     /// Creates and registers the metrics.
     pub fn register(registry: &Registry) -> prometheus::Result<SourceMetrics> {
-        let metrics = SourceMetrics {
-            files: IntCounterVec::new(
-                Opts::new(
-                    "snapfeed_file_source_files_total",
-                    "Snapshot files handled, by outcome.",
-                ),
-                &["outcome"],
+        let metrics = MetricsBuilder::new(registry, crate::SERVICE);
+        Ok(SourceMetrics {
+            files: metrics.counters(
+                "files_total",
+                "Snapshot files handled, by outcome.",
+                "outcome",
+                &["ingested", "duplicate", "failed"],
             )?,
-            rows: IntCounterVec::new(
-                Opts::new(
-                    "snapfeed_file_source_rows_total",
-                    "Data rows handled, by outcome.",
-                ),
-                &["outcome"],
+            rows: metrics.counters(
+                "rows_total",
+                "Data rows handled, by outcome.",
+                "outcome",
+                &["sent", "rejected"],
             )?,
-            bytes: IntCounter::new(
-                "snapfeed_file_source_bytes_total",
-                "Bytes of ingested files, as delivered.",
+            bytes: metrics.counter("bytes_total", "Bytes of ingested files, as delivered.")?,
+            file_duration: metrics.histogram(
+                "file_duration_seconds",
+                "Time to ingest one file.",
+                &[0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0],
             )?,
-            file_duration: Histogram::with_opts(
-                HistogramOpts::new(
-                    "snapfeed_file_source_file_duration_seconds",
-                    "Time to ingest one file.",
-                )
-                .buckets(vec![0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0]),
-            )?,
-            last_success: Gauge::new(
-                "snapfeed_file_source_last_success_timestamp_seconds",
+            last_success: metrics.float_gauge(
+                "last_success_timestamp_seconds",
                 "Unix time of the last successfully ingested file.",
             )?,
-        };
-        registry.register(Box::new(metrics.files.clone()))?;
-        registry.register(Box::new(metrics.rows.clone()))?;
-        registry.register(Box::new(metrics.bytes.clone()))?;
-        registry.register(Box::new(metrics.file_duration.clone()))?;
-        registry.register(Box::new(metrics.last_success.clone()))?;
-        for outcome in ["ingested", "duplicate", "failed"] {
-            metrics.files.with_label_values(&[outcome]);
-        }
-        for outcome in ["sent", "rejected"] {
-            metrics.rows.with_label_values(&[outcome]);
-        }
-        Ok(metrics)
+        })
     }
 }

@@ -15,15 +15,19 @@ use rdkafka::mocking::MockCluster;
 use rdkafka::producer::DefaultProducerContext;
 use snapfeed_harness::broker::{TestBroker, TestPipeline};
 use snapfeed_harness::generator::{Snapshot, WriteOptions, WrittenFile};
+use snapfeed_harness::wait;
 use snapfeed_runtime::kafka::ProcessingGuarantee;
 use snapfeed_runtime::topics::{TopicNameOverrides, TopicNames, TopicsConfig};
 
-fn deliver(inbox: &Path, name: &str, rows: usize, seed: u64) -> WrittenFile {
+/// Drops a generated file into the inbox, then its marker; returns it with its hash.
+fn deliver(inbox: &Path, name: &str, rows: usize, seed: u64) -> (WrittenFile, String) {
     let written = Snapshot::initial(rows, seed)
         .write(&inbox.join(name), &WriteOptions::default())
         .unwrap();
+    // Hashed before its marker appears: from then on file-source may move it away.
+    let hash = file_hash(&written.path);
     std::fs::write(inbox.join(format!("{name}.ok")), "").unwrap();
-    written
+    (written, hash)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -52,11 +56,11 @@ async fn at_least_once_rows_unacknowledged_before_a_restart_are_sent_after_it() 
     config.kafka.message_timeout_ms = 2_000;
     config.kafka.request_timeout_ms = 5_000;
 
-    let first = Running::start(config.clone());
+    let first = start_source(config.clone());
     first.wait_ready(Duration::from_secs(60)).await;
     // A first file goes through while every broker is up (the producer is fully set up).
     deliver(&fx.inbox(), "warm-up.csv", 20, 61);
-    wait_until(
+    wait::until(
         "the warm-up file is processed",
         Duration::from_secs(60),
         || fx.processed().join("warm-up.csv").is_file(),
@@ -66,10 +70,9 @@ async fn at_least_once_rows_unacknowledged_before_a_restart_are_sent_after_it() 
     // The `snapshots` broker is down for 4 s — twice the message timeout — and file-source is
     // restarted before it is back.
     mock.broker_down(2).unwrap();
-    let written = deliver(&fx.inbox(), "elr.csv", 200, 60);
-    let hash = file_hash(&written.path);
+    let (written, hash) = deliver(&fx.inbox(), "elr.csv", 200, 60);
     tokio::time::sleep(Duration::from_secs(4)).await;
-    first.stop().await.unwrap();
+    first.stop().await;
     let checkpoints: Vec<(String, i64)> = fx
         .ledger(false)
         .iter()
@@ -78,12 +81,12 @@ async fn at_least_once_rows_unacknowledged_before_a_restart_are_sent_after_it() 
         .collect();
     mock.broker_up(2).unwrap();
 
-    let second = Running::start(config);
-    wait_until("the file is processed", Duration::from_secs(60), || {
+    let second = start_source(config);
+    wait::until("the file is processed", Duration::from_secs(60), || {
         fx.processed().join("elr.csv").is_file()
     })
     .await;
-    second.stop().await.unwrap();
+    second.stop().await;
     let found = key_counts(&fx.data_records_of(&hash, false))
         .into_keys()
         .collect();

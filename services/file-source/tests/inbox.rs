@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use snapfeed_harness::broker::BrokerKind;
 use snapfeed_harness::generator::{Snapshot, WriteOptions};
+use snapfeed_harness::wait;
 use snapfeed_runtime::kafka::ProcessingGuarantee;
 use snapfeed_runtime::records::FileStatus;
 
@@ -23,7 +24,7 @@ async fn two_instances_sharing_an_inbox_never_ingest_the_same_file() {
     // Two instances, each with an identity of its own (work directory, transactional id).
     let mut second = config.clone();
     second.pipeline.instance_id = Some("second-instance".into());
-    let mut instances = vec![Running::start(config), Running::start(second)];
+    let mut instances = vec![start_source(config), start_source(second)];
     for instance in &instances {
         instance.wait_ready(Duration::from_secs(60)).await;
     }
@@ -35,14 +36,16 @@ async fn two_instances_sharing_an_inbox_never_ingest_the_same_file() {
         let written = Snapshot::initial(150, 40 + i)
             .write(&path, &WriteOptions::default())
             .unwrap();
+        // Hashed before its marker appears: from then on an instance may move it away.
+        let hash = file_hash(&path);
         std::fs::write(fx.inbox().join(format!("{name}.ok")), "").unwrap();
-        expected.insert(file_hash(&path), (name, written));
+        expected.insert(hash, (name, written));
     }
     let names: BTreeSet<String> = expected.values().map(|(n, _)| n.clone()).collect();
     let deadline = Instant::now() + Duration::from_secs(120);
     while !names.is_subset(&file_names(&fx.processed())) {
-        if let Some(index) = instances.iter().position(Running::has_stopped) {
-            let result = instances.remove(index).stop().await;
+        if let Some(index) = instances.iter().position(|i| !i.is_running()) {
+            let result = instances.remove(index).stop_result().await;
             panic!(
                 "instance {index} stopped by itself ({result:?}); left in work/: {:?}",
                 file_names(&fx.work())
@@ -60,7 +63,7 @@ async fn two_instances_sharing_an_inbox_never_ingest_the_same_file() {
     let ingested: Vec<f64> = instances.iter().map(|i| i.metric(series)).collect();
     eprintln!("files ingested per instance: {ingested:?}");
     for instance in instances {
-        instance.stop().await.unwrap();
+        instance.stop().await;
     }
     assert_eq!(
         ingested.iter().sum::<f64>(),
@@ -91,7 +94,7 @@ async fn two_instances_sharing_an_inbox_never_ingest_the_same_file() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_file_still_being_written_waits_until_its_size_stops_changing() {
     let fx = Fixture::new("fs-growing", 3).await;
-    let running = Running::start(fx.config("stable_for_ms = 1500\npoll_interval_ms = 50"));
+    let running = start_source(fx.config("stable_for_ms = 1500\npoll_interval_ms = 50"));
     running.wait_ready(Duration::from_secs(60)).await;
 
     // The whole file, written into the inbox in pieces (cut mid-row, as an upload would be)
@@ -112,13 +115,13 @@ async fn a_file_still_being_written_waits_until_its_size_stops_changing() {
     }
     drop(file);
 
-    wait_until(
+    wait::until(
         "the complete file is processed",
         Duration::from_secs(60),
         || fx.processed().join("elr.csv").is_file(),
     )
     .await;
-    running.stop().await.unwrap();
+    running.stop().await;
     let hash = file_hash(&staged);
     assert_eq!(file_hash(&fx.processed().join("elr.csv")), hash);
     assert_exactly_once(
@@ -140,7 +143,7 @@ async fn a_file_still_being_written_waits_until_its_size_stops_changing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_a_marker_suffix_a_file_waits_for_its_marker() {
     let fx = Fixture::new("fs-marker", 3).await;
-    let running = Running::start(fx.config("marker_suffix = \".ok\"\npoll_interval_ms = 50"));
+    let running = start_source(fx.config("marker_suffix = \".ok\"\npoll_interval_ms = 50"));
     running.wait_ready(Duration::from_secs(60)).await;
 
     let written = Snapshot::initial(200, 51)
@@ -155,13 +158,13 @@ async fn with_a_marker_suffix_a_file_waits_for_its_marker() {
     assert!(fx.ledger(false).is_empty());
 
     std::fs::write(fx.inbox().join("elr.csv.ok"), "").unwrap();
-    wait_until(
+    wait::until(
         "the marked file is processed",
         Duration::from_secs(60),
         || fx.processed().join("elr.csv").is_file(),
     )
     .await;
-    running.stop().await.unwrap();
+    running.stop().await;
     assert!(
         !fx.inbox().join("elr.csv.ok").exists(),
         "the marker is consumed"
@@ -198,19 +201,20 @@ async fn an_instance_started_mid_file_does_not_take_the_file_another_is_ingestin
     let config = fx.config(&format!(
         "marker_suffix = \".ok\"\nrows_per_transaction = {rows_per_transaction}"
     ));
-    let first = Running::start(config.clone());
+    let first = start_source(config.clone());
     first.wait_ready(Duration::from_secs(60)).await;
     let written = Snapshot::initial(12_000, 70)
         .write(&fx.inbox().join("elr.csv"), &WriteOptions::default())
         .unwrap();
-    std::fs::write(fx.inbox().join("elr.csv.ok"), "").unwrap();
+    // Hashed before its marker appears: from then on file-source may move it away.
     let hash = file_hash(&written.path);
+    std::fs::write(fx.inbox().join("elr.csv.ok"), "").unwrap();
     fx.wait_for_checkpoint(&hash, 2 * rows_per_transaction, Duration::from_secs(60));
 
     // Each instance has an identity of its own (its own work directory and transactional id).
     let mut config = config;
     config.pipeline.instance_id = Some("late-instance".into());
-    let second = Running::start(config);
+    let second = start_source(config);
     second.wait_ready(Duration::from_secs(60)).await;
     assert!(
         !fx.processed().join("elr.csv").exists(),
@@ -228,7 +232,7 @@ async fn an_instance_started_mid_file_does_not_take_the_file_another_is_ingestin
         .1
         .metric("snapfeed_file_source_files_total{outcome=\"ingested\"}");
     for (name, instance) in instances {
-        assert!(instance.stop().await.is_ok(), "{name}");
+        assert!(instance.stop_result().await.is_ok(), "{name}");
     }
 
     let completed = fx
@@ -267,9 +271,9 @@ async fn an_instance_started_mid_file_does_not_take_the_file_another_is_ingestin
 async fn wait_while_running(instances: &mut Vec<(&str, Running)>, done: &std::path::Path) {
     let deadline = Instant::now() + Duration::from_secs(180);
     while !done.is_file() {
-        if let Some(index) = instances.iter().position(|(_, r)| r.has_stopped()) {
+        if let Some(index) = instances.iter().position(|(_, r)| !r.is_running()) {
             let (name, instance) = instances.remove(index);
-            let result = instance.stop().await;
+            let result = instance.stop_result().await;
             panic!("the {name} instance stopped by itself: {result:?}");
         }
         assert!(

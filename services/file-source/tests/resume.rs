@@ -18,6 +18,7 @@ use common::*;
 use snapfeed_harness::broker::repo_root;
 use snapfeed_harness::generator::{Dirt, Snapshot, WriteOptions, WrittenFile};
 use snapfeed_harness::service_process::{service_env, ServiceProcess};
+use snapfeed_harness::wait;
 use snapfeed_runtime::records::FileStatus;
 use snapfeed_runtime::shutdown;
 
@@ -48,8 +49,9 @@ fn deliver(fx: &Fixture, name: &str, seed: u64) -> (WrittenFile, String) {
     let written = Snapshot::initial(ROWS, seed)
         .write(&fx.inbox().join(name), &interrupted_file_options())
         .unwrap();
-    std::fs::write(fx.inbox().join(format!("{name}.ok")), "").unwrap();
+    // Hashed before its marker appears: from then on file-source may move it away.
     let hash = file_hash(&written.path);
+    std::fs::write(fx.inbox().join(format!("{name}.ok")), "").unwrap();
     (written, hash)
 }
 
@@ -138,22 +140,22 @@ fn assert_every_row_once(fx: &Fixture, written: &WrittenFile, hash: &str) {
 async fn shutdown_mid_file_then_restart_sends_every_row_once_or_identically_where_aborts_show() {
     let fx = Fixture::new("fs-resume-run", 3).await;
     let config = fx.config(&source_config());
-    let first = Running::start(config.clone());
+    let first = start_source(config.clone());
     first.wait_ready(Duration::from_secs(60)).await;
     let (written, hash) = deliver(&fx, "elr.csv", 31);
 
     fx.wait_for_checkpoint(&hash, 2 * ROWS_PER_TRANSACTION, Duration::from_secs(60));
-    first.stop().await.unwrap();
+    first.stop().await;
     assert_interrupted_mid_file(&fx, "elr.csv", &hash, written.data_rows as u64);
 
-    let second = Running::start(config);
-    wait_until(
+    let second = start_source(config);
+    wait::until(
         "the resumed file is processed",
         Duration::from_secs(180),
         || fx.processed().join("elr.csv").is_file(),
     )
     .await;
-    second.stop().await.unwrap();
+    second.stop().await;
     assert!(file_names(&fx.work()).is_empty());
     assert_every_row_once(&fx, &written, &hash);
 }
@@ -226,7 +228,7 @@ async fn sigkill_mid_file_then_restart_sends_every_row_once_or_identically_where
     assert_interrupted_mid_file(&fx, "elr.csv", &hash, written.data_rows as u64);
 
     let mut second = start("second.log");
-    wait_until(
+    wait::until(
         "the resumed file is processed",
         Duration::from_secs(180),
         || fx.processed().join("elr.csv").is_file(),

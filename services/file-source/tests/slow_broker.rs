@@ -15,6 +15,7 @@ use rdkafka::mocking::MockCluster;
 use rdkafka::producer::DefaultProducerContext;
 use snapfeed_harness::broker::{TestBroker, TestPipeline};
 use snapfeed_harness::generator::{Snapshot, WriteOptions};
+use snapfeed_harness::wait;
 use snapfeed_runtime::topics::{TopicNameOverrides, TopicNames, TopicsConfig};
 
 /// On the mock cluster aborted records stay visible: every key at least once, copies identical.
@@ -36,7 +37,7 @@ async fn a_commit_that_times_out_on_a_slow_broker_does_not_stop_ingestion_for_go
     let fx = Fixture::with_pipeline(TestBroker::from_env(), TestPipeline { name, topics });
     let mut config = fx.config("marker_suffix = \".ok\"\nrows_per_transaction = 100");
     config.kafka.request_timeout_ms = 2_000;
-    let running = Running::start(config);
+    let running = start_source(config);
     running.wait_ready(Duration::from_secs(60)).await;
 
     // Every answer takes 4 s for a while: the first chunk's commit (bounded by 2 s) times out.
@@ -45,18 +46,19 @@ async fn a_commit_that_times_out_on_a_slow_broker_does_not_stop_ingestion_for_go
     let written = Snapshot::initial(1_000, 80)
         .write(&fx.inbox().join("elr.csv"), &WriteOptions::default())
         .unwrap();
-    std::fs::write(fx.inbox().join("elr.csv.ok"), "").unwrap();
+    // Hashed before its marker appears: from then on file-source may move it away.
     let hash = file_hash(&written.path);
+    std::fs::write(fx.inbox().join("elr.csv.ok"), "").unwrap();
     tokio::time::sleep(Duration::from_secs(8)).await;
     mock.broker_round_trip_time(1, Duration::ZERO).unwrap();
 
-    wait_until(
+    wait::until(
         "the file is processed once the broker is quick again",
         Duration::from_secs(60),
         || fx.processed().join("elr.csv").is_file(),
     )
     .await;
-    running.stop().await.unwrap();
+    running.stop().await;
     let records = fx.data_records_of(&hash, true);
     assert_same_keys(
         &key_counts(&records).into_keys().collect(),

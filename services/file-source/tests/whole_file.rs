@@ -204,7 +204,7 @@ async fn ingest_stops_its_endpoint_when_its_files_are_done() {
         &WriteOptions::default(),
     );
     let mut config = fx.config("");
-    let http: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let http = snapfeed_harness::endpoint::free_addr();
     config.http.listen = http.to_string();
     // The trigger lives on, as it does in the binary: no signal comes to a one-shot command.
     let (_trigger, shutdown) = snapfeed_runtime::shutdown::channel();
@@ -218,9 +218,8 @@ async fn ingest_stops_its_endpoint_when_its_files_are_done() {
     .unwrap();
     let took = started.elapsed();
     single_report(&outcomes);
-    let health = tokio::task::block_in_place(|| {
-        snapfeed_harness::service_process::http_get(http, "/healthz")
-    });
+    let health =
+        tokio::task::block_in_place(|| snapfeed_harness::endpoint::http_get(http, "/healthz"));
     assert!(
         health.is_none(),
         "the endpoint still answers after ingest_paths returned (after {took:?}): {health:?}"

@@ -7,6 +7,8 @@
 mod expect;
 mod run;
 
+// Each test binary uses its own subset, some none of `expect`.
+#[allow(unused_imports)]
 pub use expect::*;
 pub use run::*;
 
@@ -14,15 +16,16 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use file_source::FileSourceConfig;
-use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Headers, OwnedMessage};
-use rdkafka::{Message, Offset, TopicPartitionList};
-use snapfeed_harness::broker::{repo_root, TestBroker, TestPipeline};
+use rdkafka::message::OwnedMessage;
+use rdkafka::Message;
+use snapfeed_harness::broker::{TestBroker, TestPipeline};
 use snapfeed_harness::generator::{Snapshot, WriteOptions, WrittenFile};
-use snapfeed_runtime::avro::{MessageLocation, SchemaStore};
+use snapfeed_harness::messages::{decode, follow_uncommitted, header, key_text, location};
+use snapfeed_harness::schemas::{lab_results_mapping, load_dataset, schemas_dir};
+use snapfeed_harness::service_process::guarantee_name;
+use snapfeed_runtime::avro::SchemaStore;
 use snapfeed_runtime::config::ServiceConfig;
-use snapfeed_runtime::dataset::{Dataset, DatasetMapping, DatasetRecord};
+use snapfeed_runtime::dataset::{Dataset, DatasetRecord};
 use snapfeed_runtime::headers;
 use snapfeed_runtime::kafka::ProcessingGuarantee;
 use snapfeed_runtime::records::{
@@ -59,8 +62,7 @@ impl Fixture {
         let root = tempfile::tempdir().expect("test dir");
         std::fs::create_dir_all(root.path().join("inbox")).expect("inbox");
         std::fs::create_dir_all(root.path().join("incoming")).expect("incoming");
-        let schemas = SchemaStore::load_dir(&repo_root().join("schemas")).expect("schemas");
-        let dataset = DatasetMapping::load(&mapping_path(), &schemas).expect("mapping");
+        let (schemas, dataset) = load_dataset(&schemas_dir(), &lab_results_mapping());
         Fixture {
             guarantee: broker.guarantee(),
             broker,
@@ -103,10 +105,7 @@ impl Fixture {
     /// mapping from the repository, endpoint on a free port, quick polling; `source_extra`
     /// lines are added to `[source]` (and win over the quick-polling defaults).
     pub fn config_text(&self, source_extra: &str) -> String {
-        let guarantee = match self.guarantee {
-            ProcessingGuarantee::ExactlyOnce => "exactly_once",
-            ProcessingGuarantee::AtLeastOnce => "at_least_once",
-        };
+        let guarantee = guarantee_name(self.guarantee);
         format!(
             r#"
 [pipeline]
@@ -134,10 +133,10 @@ dataset_mapping = {mapping:?}
 {defaults}
 "#,
             name = self.pipeline.name,
-            schemas = repo_root().join("schemas").display().to_string(),
+            schemas = schemas_dir().display().to_string(),
             bootstrap = self.broker.bootstrap(),
             inbox = self.inbox().display().to_string(),
-            mapping = mapping_path().display().to_string(),
+            mapping = lab_results_mapping().display().to_string(),
             defaults = [("stable_for_ms", "200"), ("poll_interval_ms", "50")]
                 .iter()
                 .filter(|(key, _)| !source_extra.contains(key))
@@ -166,7 +165,7 @@ dataset_mapping = {mapping:?}
             .into_iter()
             .filter(|m| header(m, headers::CONTROL).is_none())
             .map(|m| {
-                let location = location(topic, &m);
+                let location = location(&m);
                 let payload = m.payload().expect("data record has a value").to_vec();
                 let record = self
                     .dataset
@@ -211,21 +210,13 @@ dataset_mapping = {mapping:?}
                     Some(headers::CONTROL_SNAPSHOT_END),
                     "the only control record file-source writes"
                 );
-                let end = self
-                    .schemas
-                    .decode::<SnapshotEnd>(
-                        m.payload().expect("marker value"),
-                        SnapshotEnd::SCHEMA,
-                        &location(topic, &m),
-                    )
-                    .expect("marker decodes");
                 Marker {
                     partition: m.partition(),
                     offset: m.offset(),
-                    key: String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned(),
+                    key: key_text(&m),
                     snapshot_id_header: header(&m, headers::SNAPSHOT_ID),
                     stream_header: header(&m, headers::STREAM),
-                    end,
+                    end: decode(&self.schemas, &m, SnapshotEnd::SCHEMA),
                 }
             })
             .collect()
@@ -233,43 +224,18 @@ dataset_mapping = {mapping:?}
 
     /// `(message key, row)` of every record on `rejects`.
     pub fn rejects(&self, committed_only: bool) -> Vec<(String, RejectedRow)> {
-        let topic = &self.pipeline.topics.rejects;
-        self.read(topic, committed_only)
+        self.read(&self.pipeline.topics.rejects, committed_only)
             .into_iter()
-            .map(|m| {
-                let row = self
-                    .schemas
-                    .decode::<RejectedRow>(
-                        m.payload().expect("reject value"),
-                        RejectedRow::SCHEMA,
-                        &location(topic, &m),
-                    )
-                    .expect("reject decodes");
-                (
-                    String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned(),
-                    row,
-                )
-            })
+            .map(|m| (key_text(&m), decode(&self.schemas, &m, RejectedRow::SCHEMA)))
             .collect()
     }
 
     /// Every entry on the `files` ledger, in the order written.
     pub fn ledger(&self, committed_only: bool) -> Vec<FileLedgerEntry> {
-        let topic = &self.pipeline.topics.files;
-        self.read(topic, committed_only)
+        self.read(&self.pipeline.topics.files, committed_only)
             .into_iter()
-            .filter_map(|m| {
-                let payload = m.payload()?;
-                Some(
-                    self.schemas
-                        .decode::<FileLedgerEntry>(
-                            payload,
-                            FileLedgerEntry::SCHEMA,
-                            &location(topic, &m),
-                        )
-                        .expect("ledger entry decodes"),
-                )
-            })
+            .filter(|m| m.payload().is_some())
+            .map(|m| decode(&self.schemas, &m, FileLedgerEntry::SCHEMA))
             .collect()
     }
 
@@ -317,18 +283,8 @@ dataset_mapping = {mapping:?}
     ) -> FileLedgerEntry {
         let topic = &self.pipeline.topics.files;
         tokio::task::block_in_place(|| {
-            let consumer: BaseConsumer = ClientConfig::new()
-                .set("bootstrap.servers", self.broker.bootstrap())
-                .set("group.id", "snapfeed-test-ledger-watcher")
-                .set("enable.auto.commit", "false")
-                .set("isolation.level", "read_uncommitted")
-                .create()
-                .expect("ledger watcher");
-            let mut assignment = TopicPartitionList::new();
-            assignment
-                .add_partition_offset(topic, 0, Offset::Beginning)
-                .expect("assignment");
-            consumer.assign(&assignment).expect("assign");
+            // `files` has one partition.
+            let consumer = follow_uncommitted(self.broker.bootstrap(), topic, 1);
             let deadline = Instant::now() + limit;
             loop {
                 assert!(
@@ -339,18 +295,11 @@ dataset_mapping = {mapping:?}
                     continue;
                 };
                 let message = message.expect("ledger watcher poll");
-                let Some(payload) = message.payload() else {
+                if message.payload().is_none() {
                     continue;
-                };
-                let location = MessageLocation {
-                    topic: topic.clone(),
-                    partition: message.partition(),
-                    offset: message.offset(),
-                };
-                let entry: FileLedgerEntry = self
-                    .schemas
-                    .decode(payload, FileLedgerEntry::SCHEMA, &location)
-                    .expect("ledger entry decodes");
+                }
+                let entry: FileLedgerEntry =
+                    decode(&self.schemas, &message, FileLedgerEntry::SCHEMA);
                 if entry.file_hash != hash {
                     continue;
                 }
@@ -365,28 +314,6 @@ dataset_mapping = {mapping:?}
             }
         })
     }
-}
-
-pub fn mapping_path() -> PathBuf {
-    repo_root().join("deploy/config/lab_results.mapping.toml")
-}
-
-fn location(topic: &str, message: &OwnedMessage) -> MessageLocation {
-    MessageLocation {
-        topic: topic.to_string(),
-        partition: message.partition(),
-        offset: message.offset(),
-    }
-}
-
-/// A header's value as text.
-pub fn header(message: &OwnedMessage, name: &str) -> Option<String> {
-    message
-        .headers()?
-        .iter()
-        .find(|h| h.key == name)
-        .and_then(|h| h.value)
-        .map(|v| String::from_utf8_lossy(v).into_owned())
 }
 
 /// A data record on `snapshots`, decoded, with its provenance headers.

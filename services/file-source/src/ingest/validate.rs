@@ -1,0 +1,107 @@
+//! The validation pass: reads the whole file and decides every row before anything is sent —
+//! the header, each row's conversion, duplicate keys, the reject ratio. A file that fails here
+//! sends nothing in either guarantee (no transaction to abort, nothing for `at_least_once` to
+//! take back): it becomes a [`FailureReport`]. What passes is only counted; the send pass
+//! decides every row again, the same way.
+
+use std::sync::atomic::Ordering;
+
+use super::report::{FailureReport, RejectSummary};
+use super::row::RowOutcome;
+use super::scan::{open_scan, Opened};
+use super::{IngestContext, IngestError};
+use crate::reader::SnapshotFile;
+
+/// How many rejects a failure report lists, to find the problem fast.
+const FIRST_REJECTS: usize = 20;
+
+/// What the validation pass found in a file that may be sent.
+#[derive(Debug)]
+pub(super) struct Validation {
+    /// Data records in the file.
+    pub(super) rows: u64,
+    /// Of which rejected.
+    pub(super) rejected: u64,
+    /// Columns of the file the mapping does not know (ignored).
+    pub(super) extra_columns: Vec<String>,
+}
+
+/// Reads `file` to its end: `Ok(Err(report))` when it fails as a whole, `Err` when it could not
+/// be read at all or shutdown came first.
+pub(super) fn validate(
+    ctx: &IngestContext<'_>,
+    file: &SnapshotFile,
+) -> Result<Result<Validation, FailureReport>, IngestError> {
+    let mut scan = match open_scan(ctx.config, &ctx.dataset, file)? {
+        Opened::Ready(scan) => scan,
+        Opened::Failed(report) => return Ok(Err(report)),
+    };
+    let failure = |stage, error, line, rows_read, rows_rejected, first_rejects| FailureReport {
+        file: file.name.clone(),
+        hash: file.hash.clone(),
+        stage,
+        error,
+        line,
+        columns: Vec::new(),
+        rows_read,
+        rows_rejected,
+        first_rejects,
+    };
+    let (mut rows, mut rejected) = (0u64, 0u64);
+    let mut first_rejects = Vec::new();
+    loop {
+        if rows % 4096 == 0 && ctx.stop.load(Ordering::Relaxed) {
+            return Err(IngestError::Interrupted);
+        }
+        match scan.next() {
+            Ok(None) => break,
+            Ok(Some(row)) => {
+                rows += 1;
+                if let RowOutcome::Rejected(reject) = row.outcome {
+                    rejected += 1;
+                    if first_rejects.len() < FIRST_REJECTS {
+                        first_rejects.push(RejectSummary {
+                            line: row.line,
+                            column: reject.column,
+                            reason: reject.reason.to_string(),
+                        });
+                    }
+                }
+            }
+            Err((line, error)) => {
+                return Ok(Err(failure(
+                    "read",
+                    format!("cannot read the file past line {line}: {error}"),
+                    Some(line),
+                    rows,
+                    rejected,
+                    first_rejects,
+                )))
+            }
+        }
+    }
+    let ratio = if rows == 0 {
+        0.0
+    } else {
+        rejected as f64 / rows as f64
+    };
+    if ratio > ctx.config.max_reject_ratio {
+        return Ok(Err(failure(
+            "rejects",
+            format!(
+                "{rejected} of {rows} rows ({:.1}%) would be rejected, more than source.max_reject_ratio ({:.1}%)",
+                ratio * 100.0,
+                ctx.config.max_reject_ratio * 100.0
+            ),
+            None,
+            rows,
+            rejected,
+            first_rejects,
+        )));
+    }
+    Ok(Ok(Validation {
+        rows,
+        rejected,
+        extra_columns: std::mem::take(&mut scan.extra_columns),
+    }))
+}
