@@ -1,5 +1,6 @@
-//! change-detector's hot paths without Kafka, on realistic records (generator snapshot →
-//! file-source CSV conversion → `Dataset::encode`), single-threaded (so "per core"):
+//! change-detector's hot paths without Kafka, on realistic records (generator snapshot → the
+//! records file-source makes of it, from the harness's `snapshot_records`: record keys and
+//! `Dataset::encode` payloads), single-threaded (so "per core"):
 //!
 //! - unchanged records: `ContentHasher::payload` (the hash read straight from the Avro binary)
 //!   and `PartitionState::observe`, as `Engine::handle` does (target ≥ 2,000,000/s); also the
@@ -17,20 +18,16 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark: a panic is a failed run
 
 use std::hint::black_box;
-use std::path::Path;
 use std::process::Command;
-use std::sync::Arc;
 
 use change_detector::content_hash::{content_hash, hash_hex, ContentHasher};
 use change_detector::detect::{recognise_unchanged, Recognised};
 use change_detector::state::{Decision, PartitionState, Streams};
-use file_source::config::{CsvDialect, TextEncoding};
-use file_source::convert::{HeaderMap, RowConverter};
-use file_source::reader::{csv_reader, open_text};
-use snapfeed_harness::broker::repo_root;
 use snapfeed_harness::generator::{Snapshot, SnapshotDelta, WriteOptions};
+use snapfeed_harness::schemas::{lab_results_mapping, load_dataset, schemas_dir};
+use snapfeed_harness::snapshot_records::snapshot_records;
 use snapfeed_runtime::avro::{MessageLocation, SchemaStore};
-use snapfeed_runtime::dataset::{Dataset, DatasetMapping};
+use snapfeed_runtime::dataset::Dataset;
 use snapfeed_runtime::records::{AvroRecord, ChangeEvent, ChangeOp, DetectorState, Provenance};
 
 /// Records per throughput run (`SNAPFEED_BENCH_RECORDS` overrides, e.g. for a short run under
@@ -49,13 +46,7 @@ fn main() {
         return;
     }
 
-    let root = repo_root();
-    let store = SchemaStore::load_dir(&root.join("schemas")).expect("schemas");
-    let dataset = Arc::new(
-        DatasetMapping::load(&root.join("deploy/config/lab_results.mapping.toml"), &store)
-            .expect("mapping"),
-    );
-    let dir = tempfile::tempdir().expect("temp dir");
+    let (store, dataset) = load_dataset(&schemas_dir(), &lab_results_mapping());
 
     let started = Instant::now();
     let records = std::env::var("SNAPFEED_BENCH_RECORDS")
@@ -71,8 +62,8 @@ fn main() {
         },
         20_240_602,
     );
-    let unchanged = encode_snapshot(&s1, &dataset, &dir.path().join("s1.csv"));
-    let changed = encode_snapshot(&s2, &dataset, &dir.path().join("s2.csv"));
+    let unchanged = encode_snapshot(&s1, &dataset);
+    let changed = encode_snapshot(&s2, &dataset);
     let bytes: usize = unchanged.iter().map(|(_, p)| p.len()).sum();
     println!(
         "setup: {records} records encoded twice in {:.1} s (mean payload {} B, mean key {} chars)",
@@ -103,30 +94,15 @@ fn main() {
     }
 }
 
-/// Writes `snapshot` as CSV, reads it back through file-source's reader and converter, and
-/// returns each row's canonical key and `Dataset::encode` payload.
-fn encode_snapshot(
-    snapshot: &Snapshot,
-    dataset: &Arc<Dataset>,
-    path: &Path,
-) -> Vec<(String, Vec<u8>)> {
-    snapshot
-        .write(path, &WriteOptions::default())
-        .expect("write csv");
-    let text = open_text(path, TextEncoding::Utf8).expect("open csv");
-    let mut csv = csv_reader(text.reader, &CsvDialect::default());
-    let mut rows = csv.records();
-    let header = rows.next().expect("header").expect("header");
-    let map = HeaderMap::match_header(header.iter(), dataset).expect("header matches");
-    let mut converter = RowConverter::new(dataset.clone(), map);
-    rows.map(|row| {
-        let record = converter.convert(&row.expect("row")).expect("valid row");
-        let key = record.key(dataset).expect("key").into_string();
-        let mut payload = Vec::with_capacity(512);
-        dataset.encode(&record, &mut payload).expect("encode");
-        (key, payload)
-    })
-    .collect()
+/// Each row of `snapshot` (written in the canonical layout) as file-source sends it: its
+/// canonical key and `Dataset::encode` payload.
+fn encode_snapshot(snapshot: &Snapshot, dataset: &Dataset) -> Vec<(String, Vec<u8>)> {
+    snapshot_records(snapshot, &WriteOptions::default(), dataset)
+        .expect("render the snapshot")
+        .records
+        .into_iter()
+        .map(|record| (record.key, record.payload))
+        .collect()
 }
 
 fn location() -> MessageLocation {

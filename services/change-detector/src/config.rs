@@ -3,37 +3,15 @@
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
-use snapfeed_runtime::config::{ConfigError, ServiceConfig};
-use snapfeed_runtime::health::HttpConfig;
-use snapfeed_runtime::kafka::KafkaConfig;
-use snapfeed_runtime::service::{CommonSections, HasCommonSections, PipelineConfig};
-use snapfeed_runtime::shutdown::ShutdownConfig;
-use snapfeed_runtime::telemetry::LogConfig;
-use snapfeed_runtime::topics::TopicsConfig;
+use snapfeed_runtime::config::ConfigError;
+use snapfeed_runtime::service::StageSection;
 
-/// Everything change-detector reads from its config file and environment.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct ChangeDetectorConfig {
-    /// Pipeline name, guarantee, schemas.
-    #[serde(default)]
-    pub pipeline: PipelineConfig,
-    /// Cluster connection.
-    pub kafka: KafkaConfig,
-    /// Topic names and creation.
-    #[serde(default)]
-    pub topics: TopicsConfig,
-    /// Metrics/health endpoint.
-    #[serde(default)]
-    pub http: HttpConfig,
-    /// Logging.
-    #[serde(default)]
-    pub log: LogConfig,
-    /// Drain bound.
-    #[serde(default)]
-    pub shutdown: ShutdownConfig,
-    /// The stage's own settings.
-    pub detector: DetectorConfig,
+snapfeed_runtime::service_config! {
+    /// Everything change-detector reads from its config file and environment.
+    pub struct ChangeDetectorConfig {
+        /// The stage's own settings.
+        detector: DetectorConfig,
+    }
 }
 
 /// The `[detector]` section.
@@ -106,7 +84,7 @@ fn default_lag_interval_ms() -> u64 {
     15_000
 }
 
-impl DetectorConfig {
+impl StageSection for DetectorConfig {
     fn validate(&self) -> Result<(), ConfigError> {
         if self.batch_max_records == 0 {
             return Err(ConfigError::invalid(
@@ -130,25 +108,5 @@ impl DetectorConfig {
             ));
         }
         Ok(())
-    }
-}
-
-impl HasCommonSections for ChangeDetectorConfig {
-    fn common(&self) -> CommonSections<'_> {
-        CommonSections {
-            pipeline: &self.pipeline,
-            kafka: &self.kafka,
-            topics: &self.topics,
-            http: &self.http,
-            log: &self.log,
-            shutdown: &self.shutdown,
-        }
-    }
-}
-
-impl ServiceConfig for ChangeDetectorConfig {
-    fn validate(&self) -> Result<(), ConfigError> {
-        self.common().validate()?;
-        self.detector.validate()
     }
 }

@@ -1,6 +1,7 @@
 //! change-detector metrics (`snapfeed_change_detector_…`). Labels come from small fixed sets.
 
-use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{Histogram, IntCounter, IntCounterVec, IntGauge, Registry};
+use snapfeed_runtime::metrics::MetricsBuilder;
 
 /// The metrics of one change-detector instance.
 #[derive(Debug, Clone)]
@@ -9,7 +10,7 @@ pub struct DetectorMetrics {
     pub records: IntCounterVec,
     /// Keys held in memory over the assigned partitions.
     pub state_keys: IntGauge,
-    /// Time to restore a partition's state.
+    /// Time to restore the state of the partitions assigned at once.
     pub restore_seconds: Histogram,
     /// State entries restored.
     pub restored_entries: IntCounter,
@@ -25,89 +26,85 @@ pub struct DetectorMetrics {
     pub consumer_lag: IntGauge,
     /// Partitions paused on a corrupt record (`on_corrupt = "pause"`).
     pub paused_partitions: IntGauge,
+    /// The `records` counters by outcome, resolved once.
+    pub outcome: RecordOutcomes,
+}
+
+/// [`DetectorMetrics::records`] per outcome, resolved at registration: a labelled lookup per
+/// record costs more than the rest of an unchanged record's handling.
+#[derive(Debug, Clone)]
+pub struct RecordOutcomes {
+    /// Same content as the key's last version.
+    pub unchanged: IntCounter,
+    /// CREATE emitted.
+    pub created: IntCounter,
+    /// UPDATE emitted.
+    pub updated: IntCounter,
+    /// DELETE emitted.
+    pub deleted: IntCounter,
+    /// Did not decode.
+    pub corrupt: IntCounter,
 }
 
 impl DetectorMetrics {
     /// Creates and registers the metrics.
     pub fn register(registry: &Registry) -> prometheus::Result<DetectorMetrics> {
-        let m = DetectorMetrics {
-            records: IntCounterVec::new(
-                Opts::new(
-                    "snapfeed_change_detector_records_total",
-                    "Snapshot records, by outcome.",
-                ),
-                &["outcome"],
+        let metrics = MetricsBuilder::new(registry, crate::SERVICE);
+        let records = metrics.counters(
+            "records_total",
+            "Snapshot records, by outcome.",
+            "outcome",
+            &["unchanged", "created", "updated", "deleted", "corrupt"],
+        )?;
+        let counter = |outcome: &str| records.with_label_values(&[outcome]);
+        let outcome = RecordOutcomes {
+            unchanged: counter("unchanged"),
+            created: counter("created"),
+            updated: counter("updated"),
+            deleted: counter("deleted"),
+            corrupt: counter("corrupt"),
+        };
+        Ok(DetectorMetrics {
+            state_keys: metrics
+                .gauge("state_keys", "Keys in memory over the assigned partitions.")?,
+            restore_seconds: metrics.histogram(
+                "restore_seconds",
+                "Time to restore the state of the partitions assigned at once.",
+                &[0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0],
             )?,
-            state_keys: IntGauge::new(
-                "snapfeed_change_detector_state_keys",
-                "Keys in memory over the assigned partitions.",
+            restored_entries: metrics
+                .counter("restored_entries_total", "State entries restored.")?,
+            transaction_seconds: metrics.histogram(
+                "transaction_seconds",
+                "Time from batch start to commit.",
+                &[0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0],
             )?,
-            restore_seconds: Histogram::with_opts(
-                HistogramOpts::new(
-                    "snapfeed_change_detector_restore_seconds",
-                    "Time to restore one partition's state.",
-                )
-                .buckets(vec![
-                    0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
-                ]),
+            transactions: metrics.counters(
+                "transactions_total",
+                "Batches, by outcome.",
+                "outcome",
+                &["committed", "aborted"],
             )?,
-            restored_entries: IntCounter::new(
-                "snapfeed_change_detector_restored_entries_total",
-                "State entries restored.",
-            )?,
-            transaction_seconds: Histogram::with_opts(
-                HistogramOpts::new(
-                    "snapfeed_change_detector_transaction_seconds",
-                    "Time from batch start to commit.",
-                )
-                .buckets(vec![0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
-            )?,
-            transactions: IntCounterVec::new(
-                Opts::new(
-                    "snapfeed_change_detector_transactions_total",
-                    "Batches, by outcome.",
-                ),
-                &["outcome"],
-            )?,
-            delete_guard_tripped: IntCounter::new(
-                "snapfeed_change_detector_delete_guard_tripped_total",
+            delete_guard_tripped: metrics.counter(
+                "delete_guard_tripped_total",
                 "Snapshots whose deletes were refused because too many keys would go.",
             )?,
-            snapshots: IntCounterVec::new(
-                Opts::new(
-                    "snapfeed_change_detector_snapshots_total",
-                    "Snapshot-end markers, by verdict.",
-                ),
-                &["verdict"],
+            snapshots: metrics.counters(
+                "snapshots_total",
+                "Snapshot-end markers, by verdict.",
+                "verdict",
+                &["complete", "incomplete"],
             )?,
-            consumer_lag: IntGauge::new(
-                "snapfeed_change_detector_consumer_lag",
+            consumer_lag: metrics.gauge(
+                "consumer_lag",
                 "Unprocessed snapshot records on the assigned partitions.",
             )?,
-            paused_partitions: IntGauge::new(
-                "snapfeed_change_detector_paused_partitions",
+            paused_partitions: metrics.gauge(
+                "paused_partitions",
                 "Partitions stopped on a corrupt record.",
             )?,
-        };
-        registry.register(Box::new(m.records.clone()))?;
-        registry.register(Box::new(m.state_keys.clone()))?;
-        registry.register(Box::new(m.restore_seconds.clone()))?;
-        registry.register(Box::new(m.restored_entries.clone()))?;
-        registry.register(Box::new(m.transaction_seconds.clone()))?;
-        registry.register(Box::new(m.transactions.clone()))?;
-        registry.register(Box::new(m.delete_guard_tripped.clone()))?;
-        registry.register(Box::new(m.snapshots.clone()))?;
-        registry.register(Box::new(m.consumer_lag.clone()))?;
-        registry.register(Box::new(m.paused_partitions.clone()))?;
-        for outcome in ["unchanged", "created", "updated", "deleted", "corrupt"] {
-            m.records.with_label_values(&[outcome]);
-        }
-        for outcome in ["committed", "aborted"] {
-            m.transactions.with_label_values(&[outcome]);
-        }
-        for verdict in ["complete", "incomplete"] {
-            m.snapshots.with_label_values(&[verdict]);
-        }
-        Ok(m)
+            records,
+            outcome,
+        })
     }
 }

@@ -31,7 +31,7 @@ async fn rebalance_after_a_broker_outage_restores_every_partition_and_skips_noth
         })
         .await;
     let s1 = Snapshot::initial(ROWS, 131);
-    let r1 = fixture.ingest_snapshot(&s1, "s1.csv").await;
+    let r1 = fixture.publish_snapshot(&s1, "s1.csv");
     fixture.wait_caught_up(&[a.endpoint()], CATCH_UP).await;
     assert_delivered(&fixture, &fixture.changes_of(&r1), &all_created(&s1));
 
@@ -66,7 +66,7 @@ async fn rebalance_after_a_broker_outage_restores_every_partition_and_skips_noth
         },
         1311,
     );
-    let r2 = fixture.ingest_snapshot(&s2, "s2.csv").await;
+    let r2 = fixture.publish_snapshot(&s2, "s2.csv");
     fixture
         .wait_caught_up(&[a.endpoint(), b.endpoint()], CATCH_UP)
         .await;

@@ -2,7 +2,7 @@
 //! sets: every key once as CREATE v1 at first; nothing for a snapshot that differs only in the
 //! volatile field, in column order, or by a new nullable schema field; exactly the updated and
 //! new keys otherwise — also across a restart and with two instances sharing the partitions.
-//! The detector runs in-process; file-source ingests the files in-process.
+//! The detector runs in-process; the harness publishes the snapshots as file-source would.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
 
 mod common;
@@ -13,6 +13,8 @@ use std::time::Duration;
 use common::*;
 use rdkafka::Message;
 use snapfeed_harness::generator::{ColumnOrder, Snapshot, SnapshotDelta, WriteOptions};
+use snapfeed_harness::schemas::lab_result_v3_with_an_absent_column;
+use snapfeed_harness::snapshot_publisher::PublishOptions;
 use snapfeed_runtime::avro::SchemaStore;
 use snapfeed_runtime::records::ChangeOp;
 
@@ -44,7 +46,7 @@ async fn first_snapshot_creates_every_key_once_at_version_1() {
     let fixture = Fixture::new("cd-first", 3).await;
     let detector = fixture.start_detector(&DetectorOptions::default()).await;
     let s1 = Snapshot::initial(ROWS, 101);
-    let report = fixture.ingest_snapshot(&s1, "s1.csv").await;
+    let report = fixture.publish_snapshot(&s1, "s1.csv");
     fixture
         .wait_caught_up(&[detector.endpoint()], CATCH_UP)
         .await;
@@ -78,7 +80,7 @@ async fn a_snapshot_differing_only_in_report_generated_at_emits_nothing() {
     let fixture = Fixture::new("cd-volatile", 3).await;
     let detector = fixture.start_detector(&DetectorOptions::default()).await;
     let s1 = Snapshot::initial(ROWS, 102);
-    fixture.ingest_snapshot(&s1, "s1.csv").await;
+    fixture.publish_snapshot(&s1, "s1.csv");
     fixture
         .wait_caught_up(&[detector.endpoint()], CATCH_UP)
         .await;
@@ -86,7 +88,7 @@ async fn a_snapshot_differing_only_in_report_generated_at_emits_nothing() {
     let (s2, delta) = s1.next(no_change(), 1021);
     assert!(delta.created.is_empty() && delta.updated.is_empty() && delta.removed.is_empty());
     assert_ne!(s2.generated_at(), s1.generated_at());
-    let report = fixture.ingest_snapshot(&s2, "s2.csv").await;
+    let report = fixture.publish_snapshot(&s2, "s2.csv");
     assert_eq!(report.rows_sent, ROWS as u64);
     fixture
         .wait_caught_up(&[detector.endpoint()], CATCH_UP)
@@ -107,14 +109,14 @@ async fn updated_and_new_rows_emit_exactly_those_keys_with_versions_and_previous
     let fixture = Fixture::new("cd-update", 3).await;
     let detector = fixture.start_detector(&DetectorOptions::default()).await;
     let s1 = Snapshot::initial(ROWS, 103);
-    let r1 = fixture.ingest_snapshot(&s1, "s1.csv").await;
+    let r1 = fixture.publish_snapshot(&s1, "s1.csv");
     fixture
         .wait_caught_up(&[detector.endpoint()], CATCH_UP)
         .await;
 
     let (s2, delta) = s1.next(some_changes(), 1031);
     assert_eq!((delta.updated.len(), delta.created.len()), (20, 10));
-    let r2 = fixture.ingest_snapshot(&s2, "s2.csv").await;
+    let r2 = fixture.publish_snapshot(&s2, "s2.csv");
     fixture
         .wait_caught_up(&[detector.endpoint()], CATCH_UP)
         .await;
@@ -147,7 +149,7 @@ async fn reordered_csv_columns_emit_nothing() {
     let fixture = Fixture::new("cd-reorder", 3).await;
     let detector = fixture.start_detector(&DetectorOptions::default()).await;
     let s1 = Snapshot::initial(ROWS, 104);
-    fixture.ingest_snapshot(&s1, "s1.csv").await;
+    fixture.publish_snapshot(&s1, "s1.csv");
     fixture
         .wait_caught_up(&[detector.endpoint()], CATCH_UP)
         .await;
@@ -157,13 +159,16 @@ async fn reordered_csv_columns_emit_nothing() {
         column_order: ColumnOrder::Shuffled(7),
         ..WriteOptions::default()
     };
-    let path = fixture.write(&s1, "s1-shuffled.csv", &options);
-    let header = std::fs::read_to_string(&path).unwrap();
+    let report = fixture.publish(
+        &s1,
+        &PublishOptions::file("s1-shuffled.csv").written(options),
+    );
     assert!(
-        !header.starts_with("Patient_ID,Patient_Last_Name"),
+        !report
+            .columns
+            .starts_with(&["Patient_ID".into(), "Patient_Last_Name".into()]),
         "the header is reordered"
     );
-    let report = fixture.ingest(&path).await;
     assert_eq!(report.rows_sent, ROWS as u64);
     fixture
         .wait_caught_up(&[detector.endpoint()], CATCH_UP)
@@ -179,7 +184,7 @@ async fn a_new_nullable_schema_field_emits_nothing_and_later_changes_still_count
     let mut fixture = Fixture::new("cd-schema", 3).await;
     let detector = fixture.start_detector(&DetectorOptions::default()).await;
     let s1 = Snapshot::initial(ROWS, 105);
-    fixture.ingest_snapshot(&s1, "s1.csv").await;
+    fixture.publish_snapshot(&s1, "s1.csv");
     fixture
         .wait_caught_up(&[detector.endpoint()], CATCH_UP)
         .await;
@@ -187,14 +192,7 @@ async fn a_new_nullable_schema_field_emits_nothing_and_later_changes_still_count
 
     // Schema v3: v2 moves to history/, the new schema appends a nullable field, the mapping
     // maps it from a column the CSV does not have (so every value is null).
-    let schemas_dir = evolve_lab_result_schema(
-        fixture.root.path(),
-        r#"{"name": "specimen_source_site", "type": ["null", "string"], "default": null}"#,
-    );
-    let mapping = extend_mapping(
-        fixture.root.path(),
-        "[[field]]\nname = \"specimen_source_site\"\ncolumn = \"Specimen_Source_Site\"\n",
-    );
+    let (schemas_dir, mapping) = lab_result_v3_with_an_absent_column(fixture.root.path());
     let v3 = SchemaStore::load_dir(&schemas_dir)
         .expect("evolved schemas load (v2 in history is readable by v3)")
         .current("snapfeed.lab.LabResult")
@@ -205,7 +203,7 @@ async fn a_new_nullable_schema_field_emits_nothing_and_later_changes_still_count
     let detector = fixture.start_detector(&DetectorOptions::default()).await;
 
     let (s2, _) = s1.next(no_change(), 1051);
-    let r2 = fixture.ingest_snapshot(&s2, "s2.csv").await;
+    let r2 = fixture.publish_snapshot(&s2, "s2.csv");
     fixture
         .wait_caught_up(&[detector.endpoint()], CATCH_UP)
         .await;
@@ -214,7 +212,7 @@ async fn a_new_nullable_schema_field_emits_nothing_and_later_changes_still_count
         .any(|payload| payload.get(2..10) == Some(&v3[..]));
     assert!(
         written_with_v3,
-        "file-source wrote the second snapshot with schema v3"
+        "the second snapshot was written with schema v3"
     );
     assert!(
         fixture.changes_of(&r2).is_empty(),
@@ -223,7 +221,7 @@ async fn a_new_nullable_schema_field_emits_nothing_and_later_changes_still_count
 
     // A tracked value that changes still counts under the new schema.
     let (s3, delta) = s2.next(some_changes(), 1052);
-    let r3 = fixture.ingest_snapshot(&s3, "s3.csv").await;
+    let r3 = fixture.publish_snapshot(&s3, "s3.csv");
     fixture
         .wait_caught_up(&[detector.endpoint()], CATCH_UP)
         .await;
@@ -250,7 +248,7 @@ async fn restart_between_snapshots_restores_state_and_emits_nothing_spurious() {
     let fixture = Fixture::new("cd-restart", 3).await;
     let detector = fixture.start_detector(&DetectorOptions::default()).await;
     let s1 = Snapshot::initial(ROWS, 106);
-    fixture.ingest_snapshot(&s1, "s1.csv").await;
+    fixture.publish_snapshot(&s1, "s1.csv");
     fixture
         .wait_caught_up(&[detector.endpoint()], CATCH_UP)
         .await;
@@ -259,7 +257,7 @@ async fn restart_between_snapshots_restores_state_and_emits_nothing_spurious() {
 
     // The next snapshot arrives while no detector runs.
     let (s2, _) = s1.next(no_change(), 1061);
-    let r2 = fixture.ingest_snapshot(&s2, "s2.csv").await;
+    let r2 = fixture.publish_snapshot(&s2, "s2.csv");
     let detector = fixture.start_detector(&DetectorOptions::default()).await;
     fixture
         .wait_caught_up(&[detector.endpoint()], CATCH_UP)
@@ -278,7 +276,7 @@ async fn restart_between_snapshots_restores_state_and_emits_nothing_spurious() {
 
     // Versions continue from the restored state.
     let (s3, delta) = s2.next(some_changes(), 1062);
-    let r3 = fixture.ingest_snapshot(&s3, "s3.csv").await;
+    let r3 = fixture.publish_snapshot(&s3, "s3.csv");
     fixture
         .wait_caught_up(&[detector.endpoint()], CATCH_UP)
         .await;
@@ -305,7 +303,7 @@ async fn two_instances_split_the_partitions_and_together_emit_the_expected_set()
         })
         .await;
     let s1 = Snapshot::initial(ROWS, 107);
-    let r1 = fixture.ingest_snapshot(&s1, "s1.csv").await;
+    let r1 = fixture.publish_snapshot(&s1, "s1.csv");
     fixture
         .wait_caught_up(&[a.endpoint(), b.endpoint()], CATCH_UP)
         .await;
@@ -325,7 +323,7 @@ async fn two_instances_split_the_partitions_and_together_emit_the_expected_set()
     .await;
 
     let (s2, delta) = s1.next(some_changes(), 1071);
-    let r2 = fixture.ingest_snapshot(&s2, "s2.csv").await;
+    let r2 = fixture.publish_snapshot(&s2, "s2.csv");
     fixture
         .wait_caught_up(&[a.endpoint(), b.endpoint()], CATCH_UP)
         .await;
@@ -356,7 +354,7 @@ async fn a_short_lag_interval_does_not_starve_processing() {
         })
         .await;
     let s1 = Snapshot::initial(ROWS, 108);
-    fixture.ingest_snapshot(&s1, "s1.csv").await;
+    fixture.publish_snapshot(&s1, "s1.csv");
     fixture
         .wait_caught_up(&[detector.endpoint()], Duration::from_secs(60))
         .await;

@@ -43,7 +43,7 @@ async fn a_corrupt_snapshot_record_is_counted_rejected_with_its_location_and_ski
     let fixture = Fixture::new("cd-corrupt", 3).await;
     let detector = fixture.start_detector(&DetectorOptions::default()).await;
     let s1 = Snapshot::initial(ROWS, 301);
-    fixture.ingest_snapshot(&s1, "s1.csv").await;
+    fixture.publish_snapshot(&s1, "s1.csv");
     fixture
         .wait_caught_up(&[detector.endpoint()], CATCH_UP)
         .await;
@@ -61,7 +61,7 @@ async fn a_corrupt_snapshot_record_is_counted_rejected_with_its_location_and_ski
     ];
     // Good records after the corrupt ones still flow.
     let (s2, delta) = s1.next(some_changes(), 3011);
-    let r2 = fixture.ingest_snapshot(&s2, "s2.csv").await;
+    let r2 = fixture.publish_snapshot(&s2, "s2.csv");
     fixture
         .wait_caught_up(&[detector.endpoint()], CATCH_UP)
         .await;
@@ -104,7 +104,7 @@ async fn on_corrupt_pause_stops_only_that_partition() {
         })
         .await;
     let s1 = Snapshot::initial(ROWS, 302);
-    fixture.ingest_snapshot(&s1, "s1.csv").await;
+    fixture.publish_snapshot(&s1, "s1.csv");
     fixture
         .wait_caught_up(&[detector.endpoint()], CATCH_UP)
         .await;
@@ -112,7 +112,7 @@ async fn on_corrupt_pause_stops_only_that_partition() {
     let paused = 0;
     let corrupt_at = fixture.produce_raw_snapshot_record(paused, b"garbage", NO_HEADER);
     let (s2, delta) = s1.next(some_changes(), 3021);
-    let r2 = fixture.ingest_snapshot(&s2, "s2.csv").await;
+    let r2 = fixture.publish_snapshot(&s2, "s2.csv");
 
     // The other partitions get to their end; the paused one up to the corrupt record.
     let mut targets: BTreeMap<i32, i64> = fixture.snapshot_ends();

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use common::*;
 use snapfeed_harness::generator::{Snapshot, SnapshotDelta};
-use snapfeed_harness::service_process::ServiceProcess;
+use snapfeed_harness::service_process::{LogOnPanic, ServiceProcess};
 use snapfeed_runtime::kafka::ProcessingGuarantee;
 
 /// Small batches: many transactions (or acknowledged steps) per snapshot, so a kill lands
@@ -48,7 +48,7 @@ async fn killed_mid_batch_restart_emits_the_expected_set_once_where_aborts_are_h
 ) {
     let fixture = Fixture::new("cd-crash", 3).await;
     let s1 = Snapshot::initial(3000, 401);
-    let r1 = fixture.ingest_snapshot(&s1, "s1.csv").await;
+    let r1 = fixture.publish_snapshot(&s1, "s1.csv");
     let config = fixture.write_detector_config(&small_batches(None), "detector");
 
     let mut first = fixture.spawn_detector_process(&config, fixture.guarantee, "run-1");
@@ -73,7 +73,7 @@ async fn killed_mid_batch_restart_emits_the_expected_set_once_where_aborts_are_h
 
     // Versions continue from the state the crash left: the next snapshot is exact too.
     let (s2, delta) = s1.next(some_changes(), 4011);
-    let r2 = fixture.ingest_snapshot(&s2, "s2.csv").await;
+    let r2 = fixture.publish_snapshot(&s2, "s2.csv");
     fixture.wait_caught_up(&[second.endpoint()], CATCH_UP).await;
     assert_delivered(
         &fixture,
@@ -96,7 +96,7 @@ async fn at_least_once_repeats_after_random_kills_carry_identical_payloads_per_k
     let config = fixture.write_detector_config(&options, "detector");
 
     let s1 = Snapshot::initial(ROWS, 402);
-    fixture.ingest_snapshot(&s1, "s1.csv").await;
+    fixture.publish_snapshot(&s1, "s1.csv");
     let (s2, delta) = s1.next(some_changes(), 4021);
     let mut expected = all_created(&s1);
     expected.extend(second_snapshot_changes(&delta, false));
@@ -104,7 +104,7 @@ async fn at_least_once_repeats_after_random_kills_carry_identical_payloads_per_k
     let mut logs = Vec::new();
     for round in 0..4 {
         if round == 2 {
-            fixture.ingest_snapshot(&s2, "s2.csv").await;
+            fixture.publish_snapshot(&s2, "s2.csv");
         }
         let name = format!("run-{round}");
         let mut process = fixture.spawn_detector_process(&config, fixture.guarantee, &name);

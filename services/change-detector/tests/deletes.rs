@@ -9,7 +9,8 @@ mod common;
 use std::collections::BTreeMap;
 
 use common::*;
-use snapfeed_harness::generator::{Snapshot, SnapshotDelta, WriteOptions};
+use snapfeed_harness::generator::{Snapshot, SnapshotDelta};
+use snapfeed_harness::snapshot_publisher::{PublishOptions, PublishReport};
 use snapfeed_runtime::records::ChangeOp;
 
 const GUARD_TRIPPED: &str = "snapfeed_change_detector_delete_guard_tripped_total";
@@ -26,7 +27,7 @@ async fn keys_missing_from_a_complete_snapshot_are_deleted_once_at_the_next_vers
     let fixture = Fixture::new("cd-delete", 3).await;
     let detector = fixture.start_detector(&with_deletes(0.10)).await;
     let s1 = Snapshot::initial(ROWS, 201);
-    let r1 = fixture.ingest_snapshot(&s1, "s1.csv").await;
+    let r1 = fixture.publish_snapshot(&s1, "s1.csv");
     fixture
         .wait_caught_up(&[detector.endpoint()], CATCH_UP)
         .await;
@@ -40,7 +41,7 @@ async fn keys_missing_from_a_complete_snapshot_are_deleted_once_at_the_next_vers
         2011,
     );
     assert_eq!(delta.removed.len(), 40);
-    let r2 = fixture.ingest_snapshot(&s2, "s2.csv").await;
+    let r2 = fixture.publish_snapshot(&s2, "s2.csv");
     fixture
         .wait_caught_up(&[detector.endpoint()], CATCH_UP)
         .await;
@@ -67,7 +68,7 @@ async fn keys_missing_from_a_complete_snapshot_are_deleted_once_at_the_next_vers
 
     // The next snapshot (without the removed keys) deletes nothing again.
     let (s3, _) = s2.next(SnapshotDelta::default(), 2012);
-    let r3 = fixture.ingest_snapshot(&s3, "s3.csv").await;
+    let r3 = fixture.publish_snapshot(&s3, "s3.csv");
     fixture
         .wait_caught_up(&[detector.endpoint()], CATCH_UP)
         .await;
@@ -79,24 +80,25 @@ async fn keys_missing_from_a_complete_snapshot_are_deleted_once_at_the_next_vers
     detector.stop().await;
 }
 
-/// Ingests a first snapshot, then the next one cut to its first half (a truncated transfer):
-/// returns the fixture, the running detector, the first snapshot and the truncated report.
+/// Publishes a first snapshot, then the next one cut to its first half (a truncated
+/// transfer): returns the fixture, the running detector, the first snapshot and the truncated
+/// report.
 async fn truncated_second_snapshot(
     label: &str,
     seed: u64,
-) -> (Fixture, Detector, Snapshot, file_source::ingest::FileReport) {
+) -> (Fixture, Detector, Snapshot, PublishReport) {
     let fixture = Fixture::new(label, 3).await;
     let detector = fixture.start_detector(&with_deletes(0.10)).await;
     let s1 = Snapshot::initial(ROWS, seed);
-    fixture.ingest_snapshot(&s1, "s1.csv").await;
+    fixture.publish_snapshot(&s1, "s1.csv");
     fixture
         .wait_caught_up(&[detector.endpoint()], CATCH_UP)
         .await;
 
     let (s2, _) = s1.next(SnapshotDelta::default(), seed + 1);
-    let path = fixture.write(&s2, "s2-truncated.csv", &WriteOptions::default());
-    let kept = truncate_csv(&path, 0.5);
-    let report = fixture.ingest(&path).await;
+    // The file keeps its header and the first half of its data lines.
+    let kept = (s2.rows().len() as f64 * 0.5).round() as usize;
+    let report = fixture.publish_snapshot(&s2.prefix(kept), "s2-truncated.csv");
     assert_eq!(report.rows_sent, kept as u64);
     fixture
         .wait_caught_up(&[detector.endpoint()], CATCH_UP)
@@ -119,7 +121,7 @@ async fn a_truncated_snapshot_trips_the_guard_and_deletes_nothing() {
 
     // Every key is still alive: the full snapshot that follows is unchanged throughout.
     let (s3, _) = s1.next(SnapshotDelta::default(), 2023);
-    let r3 = fixture.ingest_snapshot(&s3, "s3.csv").await;
+    let r3 = fixture.publish_snapshot(&s3, "s3.csv");
     fixture
         .wait_caught_up(&[detector.endpoint()], CATCH_UP)
         .await;
@@ -142,18 +144,14 @@ async fn the_guard_metric_counts_a_truncated_snapshot_once() {
     detector.stop().await;
 }
 
-/// Ingests `snapshot` as `name` with two stream rules: `lab-a-*` and `lab-b-*`.
-async fn ingest_stream(
-    fixture: &Fixture,
-    snapshot: &Snapshot,
-    name: &str,
-) -> file_source::ingest::FileReport {
-    let streams = "[[source.streams]]\nstream = \"lab-a\"\npattern = \"lab-a-*\"\n\
-                   [[source.streams]]\nstream = \"lab-b\"\npattern = \"lab-b-*\"\n";
-    let path = fixture.write(snapshot, name, &WriteOptions::default());
-    fixture
-        .ingest_with(fixture.source_config(streams), &path)
-        .await
+/// Publishes `snapshot` as `name` in the stream file-source's two stream rules give it:
+/// `lab-a` for `lab-a-*`, `lab-b` for `lab-b-*`.
+fn publish_stream(fixture: &Fixture, snapshot: &Snapshot, name: &str) -> PublishReport {
+    let stream = ["lab-a", "lab-b"]
+        .into_iter()
+        .find(|stream| name.starts_with(&format!("{stream}-")))
+        .expect("a lab-a-* or lab-b-* file");
+    fixture.publish(snapshot, &PublishOptions::file(name).stream(stream))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -171,8 +169,8 @@ async fn deletes_never_cross_snapshot_streams() {
     };
     let (b1, b_keys) = a1.next(removed_all, 2041);
     assert!(b_keys.created.is_disjoint(&b_keys.removed));
-    let ra1 = ingest_stream(&fixture, &a1, "lab-a-1.csv").await;
-    let rb1 = ingest_stream(&fixture, &b1, "lab-b-1.csv").await;
+    let ra1 = publish_stream(&fixture, &a1, "lab-a-1.csv");
+    let rb1 = publish_stream(&fixture, &b1, "lab-b-1.csv");
     assert_eq!(
         (ra1.stream.as_str(), rb1.stream.as_str()),
         ("lab-a", "lab-b")
@@ -191,8 +189,8 @@ async fn deletes_never_cross_snapshot_streams() {
         2042,
     );
     let (b2, _) = b1.next(SnapshotDelta::default(), 2043);
-    let ra2 = ingest_stream(&fixture, &a2, "lab-a-2.csv").await;
-    let rb2 = ingest_stream(&fixture, &b2, "lab-b-2.csv").await;
+    let ra2 = publish_stream(&fixture, &a2, "lab-a-2.csv");
+    let rb2 = publish_stream(&fixture, &b2, "lab-b-2.csv");
     fixture
         .wait_caught_up(&[detector.endpoint()], CATCH_UP)
         .await;

@@ -1,6 +1,8 @@
 //! What change-detector's integration tests share: a broker and a pipeline of their own per
-//! test, configs built from TOML text, generated snapshots ingested by file-source in-process,
-//! the detector run in-process ([`Detector`]) or as its binary ([`DetectorProcess`]), and
+//! test, configs built from TOML text, generated snapshots published to `snapshots` by the
+//! harness exactly as file-source writes them (`SnapshotPublisher`: no other service runs;
+//! file-source's `publisher_contract` test proves the two write the same), the detector run
+//! in-process ([`Detector`]) or as its binary ([`DetectorProcess`]), and
 //! readers that decode `changes` and `rejects` into sets the tests compare with the generator's
 //! exact [`ChangeSet`]s. Every wait is a bounded loop on a condition: "the detector's committed
 //! offsets reached the end of `snapshots`" — so a "zero changes" check reads `changes` only once
@@ -8,28 +10,32 @@
 #![allow(dead_code)] // each test binary uses its own subset
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use change_detector::ChangeDetectorConfig;
-use file_source::ingest::{FileOutcome, FileReport};
-use file_source::FileSourceConfig;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Headers, OwnedMessage};
+use rdkafka::message::OwnedMessage;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
-use rdkafka::{Message, Offset, TopicPartitionList};
+use rdkafka::Message;
 use snapfeed_harness::broker::{repo_root, BrokerKind, TestBroker, TestPipeline};
-use snapfeed_harness::generator::{ChangeSet, KeyTuple, Snapshot, WriteOptions};
-use snapfeed_harness::service_process::{http_get, service_env, ServiceProcess};
-use snapfeed_runtime::avro::{MessageLocation, SchemaStore};
+use snapfeed_harness::endpoint::{free_addr, http_get};
+use snapfeed_harness::generator::{ChangeSet, KeyTuple, Snapshot};
+use snapfeed_harness::in_process::InProcessService;
+use snapfeed_harness::messages::{decode, follow_uncommitted, header, key_text};
+use snapfeed_harness::metrics::metric;
+use snapfeed_harness::offsets::GroupOffsets;
+use snapfeed_harness::schemas::{lab_results_mapping, load_dataset, schemas_dir};
+use snapfeed_harness::service_process::{guarantee_name, service_env, ServiceProcess};
+use snapfeed_harness::snapshot_publisher::{PublishOptions, PublishReport, SnapshotPublisher};
+use snapfeed_harness::wait;
+use snapfeed_runtime::avro::SchemaStore;
 use snapfeed_runtime::headers;
 use snapfeed_runtime::kafka::ProcessingGuarantee;
 use snapfeed_runtime::partition::partition_for_key;
 use snapfeed_runtime::records::{AvroRecord, ChangeEvent, ChangeOp, RejectedRow};
-use snapfeed_runtime::shutdown::{self, ShutdownTrigger};
-use tokio::task::{block_in_place, JoinHandle};
+use tokio::task::block_in_place;
 
 /// The change-detector binary (for crash tests).
 pub const BINARY: &str = env!("CARGO_BIN_EXE_change-detector");
@@ -79,21 +85,6 @@ pub fn second_snapshot_changes(changes: &ChangeSet, deletes: bool) -> BTreeSet<C
     expected
 }
 
-/// `"exactly_once"` / `"at_least_once"`, as the config spells it.
-pub fn guarantee_name(guarantee: ProcessingGuarantee) -> &'static str {
-    match guarantee {
-        ProcessingGuarantee::ExactlyOnce => "exactly_once",
-        ProcessingGuarantee::AtLeastOnce => "at_least_once",
-    }
-}
-
-/// A free loopback address (bound and released) for a detector's endpoint.
-pub fn free_addr() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-}
-
 /// The `[detector]` settings a test varies.
 #[derive(Debug, Clone)]
 pub struct DetectorOptions {
@@ -140,7 +131,7 @@ pub struct Fixture {
     pub partitions: i32,
     /// The guarantee services run with here (the broker's, unless a test forces another).
     pub guarantee: ProcessingGuarantee,
-    /// Holds `inbox/` (files handed to file-source), configs and logs.
+    /// Holds configs and logs.
     pub root: tempfile::TempDir,
     /// Schemas the services load (a test may switch to an evolved copy).
     pub schemas_dir: PathBuf,
@@ -156,8 +147,7 @@ impl Fixture {
         let broker = TestBroker::from_env();
         let pipeline = broker.pipeline(label, partitions).await;
         let root = tempfile::tempdir().expect("test dir");
-        std::fs::create_dir_all(root.path().join("inbox")).expect("inbox");
-        let schemas_dir = repo_root().join("schemas");
+        let schemas_dir = schemas_dir();
         let store = SchemaStore::load_dir(&schemas_dir).expect("schemas");
         Fixture {
             guarantee: broker.guarantee(),
@@ -166,13 +156,9 @@ impl Fixture {
             partitions,
             root,
             schemas_dir,
-            mapping: repo_root().join("deploy/config/lab_results.mapping.toml"),
+            mapping: lab_results_mapping(),
             store,
         }
-    }
-
-    pub fn inbox(&self) -> PathBuf {
-        self.root.path().join("inbox")
     }
 
     /// True when `changes` is read with `read_committed` (transactions in use).
@@ -207,17 +193,6 @@ impl Fixture {
             self.broker.bootstrap(),
             http,
         )
-    }
-
-    /// file-source's config; `source_extra` is appended inside `[source]` (e.g. stream rules).
-    pub fn source_config(&self, source_extra: &str) -> FileSourceConfig {
-        let text = format!(
-            "{}[source]\ninbox = {:?}\ndataset_mapping = {:?}\n{source_extra}",
-            self.common_toml(self.guarantee, "127.0.0.1:0", "0"),
-            self.inbox().display().to_string(),
-            self.mapping.display().to_string(),
-        );
-        toml::from_str(&text).unwrap_or_else(|e| panic!("file-source config: {e}\n{text}"))
     }
 
     /// The detector's config as TOML text (the `[http]` listen address is `http`).
@@ -263,40 +238,27 @@ impl Fixture {
         detector
     }
 
-    /// Writes `snapshot` as `inbox/<name>`.
-    pub fn write(&self, snapshot: &Snapshot, name: &str, options: &WriteOptions) -> PathBuf {
-        let path = self.inbox().join(name);
-        snapshot.write(&path, options).expect("write snapshot");
-        path
+    /// Publishes `snapshot` to `snapshots` as file-source ingests a file `name` in the
+    /// canonical layout, in stream `default` (with this fixture's schemas, mapping and
+    /// guarantee).
+    pub fn publish_snapshot(&self, snapshot: &Snapshot, name: &str) -> PublishReport {
+        self.publish(snapshot, &PublishOptions::file(name))
     }
 
-    /// Ingests one file with the default file-source config.
-    pub async fn ingest(&self, path: &Path) -> FileReport {
-        self.ingest_with(self.source_config(""), path).await
-    }
-
-    /// Ingests one file with `config`; it must be ingested whole.
-    pub async fn ingest_with(&self, config: FileSourceConfig, path: &Path) -> FileReport {
-        // The trigger lives until the ingest returns: dropping it would count as shutdown.
-        let (trigger, shutdown) = shutdown::channel();
-        let outcomes = tokio::time::timeout(
-            Duration::from_secs(120),
-            file_source::ingest_paths(config, vec![path.to_path_buf()], shutdown),
-        )
-        .await
-        .expect("ingest finished within 120 s")
-        .expect("ingest succeeded");
-        drop(trigger);
-        match outcomes.as_slice() {
-            [FileOutcome::Ingested(report)] => report.clone(),
-            other => panic!("expected one ingested file, got {other:?}"),
-        }
-    }
-
-    /// Writes and ingests `snapshot` as `inbox/<name>` in the canonical layout.
-    pub async fn ingest_snapshot(&self, snapshot: &Snapshot, name: &str) -> FileReport {
-        let path = self.write(snapshot, name, &WriteOptions::default());
-        self.ingest(&path).await
+    /// Publishes `snapshot` as file-source ingests the file `options` describes.
+    pub fn publish(&self, snapshot: &Snapshot, options: &PublishOptions) -> PublishReport {
+        let (store, dataset) = load_dataset(&self.schemas_dir, &self.mapping);
+        block_in_place(|| {
+            SnapshotPublisher::new(
+                &self.broker,
+                &self.pipeline,
+                self.partitions,
+                self.guarantee,
+                store,
+                dataset,
+            )
+            .publish(snapshot, options)
+        })
     }
 
     /// Every change event on `changes` (read_committed when transactions are in use).
@@ -309,7 +271,7 @@ impl Fixture {
     }
 
     /// Change events of one snapshot (by its snapshot id).
-    pub fn changes_of(&self, report: &FileReport) -> Vec<Change> {
+    pub fn changes_of(&self, report: &PublishReport) -> Vec<Change> {
         self.changes()
             .into_iter()
             .filter(|c| c.event.source.snapshot_id == report.snapshot_id)
@@ -321,15 +283,7 @@ impl Fixture {
             .payload()
             .expect("change events have a value")
             .to_vec();
-        let location = MessageLocation {
-            topic: message.topic().to_string(),
-            partition: message.partition(),
-            offset: message.offset(),
-        };
-        let event: ChangeEvent = self
-            .store
-            .decode(&payload, ChangeEvent::SCHEMA, &location)
-            .expect("a change event");
+        let event: ChangeEvent = decode(&self.store, message, ChangeEvent::SCHEMA);
         assert_eq!(
             message.key(),
             Some(event.key.as_bytes()),
@@ -351,23 +305,7 @@ impl Fixture {
         });
         messages
             .iter()
-            .map(|m| {
-                let location = MessageLocation {
-                    topic: m.topic().to_string(),
-                    partition: m.partition(),
-                    offset: m.offset(),
-                };
-                let row: RejectedRow = self
-                    .store
-                    .decode(
-                        m.payload().unwrap_or_default(),
-                        RejectedRow::SCHEMA,
-                        &location,
-                    )
-                    .expect("a rejected row");
-                let key = String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned();
-                (key, row)
-            })
+            .map(|m| (key_text(m), decode(&self.store, m, RejectedRow::SCHEMA)))
             .collect()
     }
 
@@ -381,9 +319,7 @@ impl Fixture {
         messages
             .iter()
             .map(|m| {
-                let control = m
-                    .headers()
-                    .is_some_and(|h| h.iter().any(|h| h.key == headers::CONTROL));
+                let control = header(m, headers::CONTROL).is_some();
                 (m.partition(), m.offset(), !control)
             })
             .collect()
@@ -399,25 +335,23 @@ impl Fixture {
         ends
     }
 
-    /// The detector group's committed offsets on `snapshots` (partitions without one omitted).
+    /// The detector group's committed offsets on `snapshots` (partitions without one omitted;
+    /// none at all when they cannot be read).
     pub fn committed(&self) -> BTreeMap<i32, i64> {
-        block_in_place(|| {
-            let consumer = self.group_reader();
-            committed_offsets(&consumer, &self.pipeline.topics.snapshots, self.partitions)
-        })
+        block_in_place(|| self.committed_by(&self.group_offsets()))
     }
 
-    fn group_reader(&self) -> BaseConsumer {
-        // Same group id, never subscribed: it only reads the group's committed offsets.
-        ClientConfig::new()
-            .set("bootstrap.servers", self.broker.bootstrap())
-            .set(
-                "group.id",
-                format!("{}.change-detector", self.pipeline.name),
-            )
-            .set("enable.auto.commit", "false")
-            .create()
-            .expect("offsets reader")
+    fn group_offsets(&self) -> GroupOffsets {
+        GroupOffsets::new(
+            self.broker.bootstrap(),
+            &format!("{}.change-detector", self.pipeline.name),
+        )
+    }
+
+    fn committed_by(&self, offsets: &GroupOffsets) -> BTreeMap<i32, i64> {
+        offsets
+            .committed(&self.pipeline.topics.snapshots, self.partitions)
+            .unwrap_or_default()
     }
 
     /// Whether the group's committed offsets always follow the detector's commits. Gaps:
@@ -458,7 +392,7 @@ impl Fixture {
         targets: &BTreeMap<i32, i64>,
         limit: Duration,
     ) {
-        let consumer = block_in_place(|| self.group_reader());
+        let offsets = block_in_place(|| self.group_offsets());
         let layout = self.snapshot_layout();
         let start = |p: &i32| {
             endpoints
@@ -476,9 +410,7 @@ impl Fixture {
         let deadline = Instant::now() + limit;
         let mut still_since: Option<(Instant, (f64, f64))> = None;
         loop {
-            let committed = block_in_place(|| {
-                committed_offsets(&consumer, &self.pipeline.topics.snapshots, self.partitions)
-            });
+            let committed = block_in_place(|| self.committed_by(&offsets));
             let behind: Vec<(i32, i64, Option<i64>)> = targets
                 .iter()
                 .filter(|(p, end)| committed.get(p).is_none_or(|c| c < end))
@@ -600,24 +532,6 @@ fn progress(endpoints: &[Endpoint]) -> (f64, f64) {
         }
     }
     (decided, batches)
-}
-
-fn committed_offsets(consumer: &BaseConsumer, topic: &str, partitions: i32) -> BTreeMap<i32, i64> {
-    let mut tpl = TopicPartitionList::new();
-    for partition in 0..partitions {
-        tpl.add_partition(topic, partition);
-    }
-    let Ok(committed) = consumer.committed_offsets(tpl, Duration::from_secs(10)) else {
-        return BTreeMap::new();
-    };
-    committed
-        .elements()
-        .iter()
-        .filter_map(|e| match e.offset() {
-            Offset::Offset(offset) => Some((e.partition(), offset)),
-            _ => None,
-        })
-        .collect()
 }
 
 /// The detector binary running as a process.
@@ -758,113 +672,48 @@ pub fn assert_delivered(fixture: &Fixture, changes: &[Change], expected: &BTreeS
     }
 }
 
-/// The value of one series (`name{labels}` exactly as exposed) in Prometheus text.
-pub fn metric(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .filter(|line| !line.starts_with('#'))
-        .find_map(|line| {
-            let (name, value) = line.rsplit_once(' ')?;
-            (name == series).then(|| value.parse().ok()).flatten()
-        })
-}
-
-/// change-detector run in-process (`change_detector::run`) until [`Detector::stop`].
+/// change-detector run in-process (`change_detector::run`) until [`Detector::stop`], and
+/// where its group's committed offsets stood when it started.
+#[derive(Debug)]
 pub struct Detector {
-    trigger: ShutdownTrigger,
-    task: Option<JoinHandle<Result<(), change_detector::ChangeDetectorError>>>,
-    /// Its `/metrics`, `/healthz`, `/readyz` endpoint.
-    pub http: SocketAddr,
+    pub service: InProcessService<change_detector::ChangeDetectorError>,
     /// The group's committed offsets when it started.
     pub baseline: BTreeMap<i32, i64>,
 }
 
 impl Detector {
-    /// Its endpoint, for waits.
-    pub fn endpoint(&self) -> Endpoint {
-        Endpoint {
-            http: self.http,
-            baseline: self.baseline.clone(),
-        }
-    }
-
     /// Spawns `run(config)`; `http` must be the config's `[http] listen`.
     pub fn start(config: ChangeDetectorConfig, http: SocketAddr) -> Detector {
-        let (trigger, shutdown) = shutdown::channel();
-        let task = tokio::spawn(change_detector::run(config, shutdown));
-        Detector {
-            trigger,
-            task: Some(task),
+        let service = InProcessService::spawn(
+            "change-detector",
             http,
+            Duration::from_secs(30),
+            |shutdown| change_detector::run(config, shutdown),
+        );
+        Detector {
+            service,
             baseline: BTreeMap::new(),
         }
     }
 
-    /// GET `path` on its endpoint.
-    pub fn get(&self, path: &str) -> Option<(u16, String)> {
-        block_in_place(|| http_get(self.http, path))
-    }
-
-    /// True while `run` has not returned.
-    pub fn is_running(&self) -> bool {
-        self.task.as_ref().is_some_and(|t| !t.is_finished())
-    }
-
-    /// Waits until `/readyz` answers 200 (panics if `run` returns first).
-    pub async fn wait_ready(&self, limit: Duration) {
-        let deadline = Instant::now() + limit;
-        loop {
-            assert!(self.is_running(), "detector stopped before it was ready");
-            if matches!(self.get("/readyz"), Some((200, _))) {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "detector not ready after {limit:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    /// Its `/metrics` text.
-    pub fn metrics(&self) -> String {
-        match self.get("/metrics") {
-            Some((200, body)) => body,
-            other => panic!("/metrics answered {other:?}"),
-        }
-    }
-
-    /// One series of its metrics (0 when absent).
-    pub fn metric(&self, series: &str) -> f64 {
-        metric(&self.metrics(), series).unwrap_or(0.0)
-    }
-
-    /// Waits until `series` reads `value`.
-    pub async fn wait_metric(&self, series: &str, value: f64, limit: Duration) {
-        let deadline = Instant::now() + limit;
-        loop {
-            let now = self.metric(series);
-            if now == value {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{series} is {now}, not {value}, after {limit:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
+    /// Its endpoint, for waits.
+    pub fn endpoint(&self) -> Endpoint {
+        Endpoint {
+            http: self.service.http,
+            baseline: self.baseline.clone(),
         }
     }
 
     /// Triggers shutdown and waits (bounded) for `run` to return `Ok`.
-    pub async fn stop(mut self) {
-        self.trigger.trigger();
-        let task = self.task.take().expect("running");
-        let result = tokio::time::timeout(Duration::from_secs(30), task)
-            .await
-            .expect("detector stopped within 30 s of shutdown")
-            .expect("detector task did not panic");
-        if let Err(error) = result {
-            panic!("detector returned an error: {error}");
-        }
+    pub async fn stop(self) {
+        self.service.stop().await;
+    }
+}
+
+impl std::ops::Deref for Detector {
+    type Target = InProcessService<change_detector::ChangeDetectorError>;
+    fn deref(&self) -> &Self::Target {
+        &self.service
     }
 }
 
@@ -879,77 +728,14 @@ pub async fn wait_state_split(
     what: &str,
 ) {
     const STATE_KEYS: &str = "snapfeed_change_detector_state_keys";
-    let deadline = Instant::now() + limit;
-    loop {
+    wait::poll(limit, Duration::from_millis(200), || {
         let (in_a, in_b) = (a.metric(STATE_KEYS), b.metric(STATE_KEYS));
         if in_a + in_b == keys as f64 && in_a > 0.0 && in_b > 0.0 {
-            return;
+            return Ok(());
         }
-        assert!(
-            Instant::now() < deadline,
-            "{what}: a holds {in_a}, b holds {in_b} of {keys}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-impl Drop for Detector {
-    fn drop(&mut self) {
-        self.trigger.trigger();
-    }
-}
-
-/// Copies `schemas/` to `dir`, moving the current `lab_result.avsc` to
-/// `history/lab_result.v2.avsc` and writing a v3 that appends `extra_field` (JSON); returns the
-/// new schemas directory.
-pub fn evolve_lab_result_schema(dir: &Path, extra_field: &str) -> PathBuf {
-    let source = repo_root().join("schemas");
-    let target = dir.join("schemas");
-    std::fs::create_dir_all(target.join("history")).expect("schemas copy");
-    for sub in ["", "history"] {
-        for entry in std::fs::read_dir(source.join(sub)).expect("schemas") {
-            let path = entry.expect("entry").path();
-            if path.is_file() {
-                std::fs::copy(
-                    &path,
-                    target.join(sub).join(path.file_name().expect("name")),
-                )
-                .expect("copy schema");
-            }
-        }
-    }
-    let current = std::fs::read_to_string(source.join("lab_result.avsc")).expect("lab_result");
-    std::fs::write(target.join("history/lab_result.v2.avsc"), &current).expect("history v2");
-    let end = current.rfind(']').expect("fields array");
-    let evolved = format!(
-        "{},\n    {extra_field}\n  {}",
-        current[..end].trim_end(),
-        &current[end..]
-    );
-    std::fs::write(target.join("lab_result.avsc"), evolved).expect("v3");
-    target
-}
-
-/// A copy of the lab-results mapping in `dir` with one more `[[field]]` appended.
-pub fn extend_mapping(dir: &Path, field_toml: &str) -> PathBuf {
-    let mapping =
-        std::fs::read_to_string(repo_root().join("deploy/config/lab_results.mapping.toml"))
-            .expect("mapping");
-    let path = dir.join("lab_results.v3.mapping.toml");
-    std::fs::write(&path, format!("{mapping}\n{field_toml}")).expect("mapping copy");
-    path
-}
-
-/// Keeps the header and the first `share` of the data lines of a written CSV file (a file cut
-/// off by a failed transfer).
-pub fn truncate_csv(path: &Path, share: f64) -> usize {
-    let text = std::fs::read_to_string(path).expect("csv");
-    let mut lines: Vec<&str> = text.lines().collect();
-    let data = lines.len() - 1;
-    let keep = (data as f64 * share).round() as usize;
-    lines.truncate(1 + keep);
-    std::fs::write(path, lines.join("\n") + "\n").expect("truncate");
-    keep
+        Err(format!("{what}: a holds {in_a}, b holds {in_b} of {keys}"))
+    })
+    .await;
 }
 
 /// A small xorshift generator for fault-injection points; the seed is printed by the caller.
@@ -976,23 +762,11 @@ impl FaultRng {
 /// transactions included) or `limit` passes; returns how many were seen.
 pub fn wait_for_uncommitted_changes(fixture: &Fixture, count: usize, limit: Duration) -> usize {
     block_in_place(|| {
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", fixture.broker.bootstrap())
-            .set("group.id", "snapfeed-test-watch")
-            .set("enable.auto.commit", "false")
-            .set("isolation.level", "read_uncommitted")
-            .create()
-            .expect("watcher");
-        let mut tpl = TopicPartitionList::new();
-        for partition in 0..fixture.partitions {
-            tpl.add_partition_offset(
-                &fixture.pipeline.topics.changes,
-                partition,
-                Offset::Beginning,
-            )
-            .expect("assignment");
-        }
-        consumer.assign(&tpl).expect("assign");
+        let consumer = follow_uncommitted(
+            fixture.broker.bootstrap(),
+            &fixture.pipeline.topics.changes,
+            fixture.partitions,
+        );
         let deadline = Instant::now() + limit;
         let mut seen = 0;
         while seen < count && Instant::now() < deadline {
@@ -1002,22 +776,4 @@ pub fn wait_for_uncommitted_changes(fixture: &Fixture, count: usize, limit: Dura
         }
         seen
     })
-}
-
-/// Prints a service log if the test panics while it is alive (for diagnosing a failed run).
-#[derive(Debug)]
-pub struct LogOnPanic(pub PathBuf);
-
-impl Drop for LogOnPanic {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            let text = std::fs::read_to_string(&self.0).unwrap_or_default();
-            let tail: Vec<&str> = text.lines().rev().take(80).collect();
-            eprintln!(
-                "--- last lines of {} ---\n{}",
-                self.0.display(),
-                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-            );
-        }
-    }
 }

@@ -1,32 +1,25 @@
-//! Per-key detector state in memory, one table per assigned partition, restored from the
-//! compacted `state` topic and updated as changes are decided.
+//! Per-key detector state in memory, one [`PartitionState`] per assigned partition, restored
+//! from the compacted `state` topic and updated as changes are decided. What "the last version
+//! of a key" is lives here — content hash, version, times — so versions only ever go up: a key
+//! that changes, or comes back after a DELETE, continues from its last version, and the same
+//! records against the same state always give the same versions (what makes a repeated batch
+//! identical downstream).
 //!
-//! Memory per key is what makes 500k-key case loads cheap, so the layout is explicit (the
-//! benchmark measures it; target ≤ 150 B/key):
-//! - an 88-byte [`Slot`] per key in a chunked array (no doubling reallocation): the key's
-//!   128-bit xxh3 (its identity in the table), the 128-bit content hash, a 128-bit hash of the
-//!   record's tracked bytes (the unchanged fast path), version and deleted flag packed in one
-//!   word, two timestamps, where the key's text lives, an interned stream id and a snapshot
-//!   generation (for deletes);
-//! - the key text, length-prefixed, in an append-only arena (needed only to name the keys a
-//!   complete snapshot deletes);
-//! - an open-addressing index of 4-byte slot numbers (`hashbrown::HashTable`, ~5 B per bucket).
-//!
-//! Keys are compared by their 128-bit hash: two distinct keys of one partition colliding has a
-//! probability around n²/2¹²⁹ — 10⁻²⁶ at 5 million keys.
-//!
-//! Deletes: each (partition, stream) counts snapshot *generations*. A record of a new snapshot
-//! id starts a generation; every key seen in it is stamped with it. When that snapshot's
-//! end marker arrives and the distinct keys stamped equal the marker's row count, the snapshot
-//! is complete on this partition and keys of the stream not stamped are absent from it. A
-//! detector restarted mid-snapshot stamps fewer keys than the marker says: that snapshot is then
-//! treated as incomplete and deletes nothing — the safe side.
+//! - [`table`]: the memory layout (≤ 150 B/key) — packed slots, key arena, index — and the
+//!   odds of two keys colliding.
+//! - [`snapshots`]: stream names, snapshot generations and the delete verdict of a
+//!   snapshot-end marker.
 
-use hashbrown::HashTable;
+mod snapshots;
+mod table;
+
 use snapfeed_runtime::records::DetectorState;
-use xxhash_rust::xxh3::xxh3_128;
 
 use crate::content_hash::{hash_hex, parse_hash_hex};
+
+use snapshots::SnapshotProgress;
+pub use snapshots::{DeleteVerdict, Streams};
+use table::{key_id, KeyTable, Slot, MAX_VERSION};
 
 /// What the detector remembers about one key (a copy; the table stores it packed).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,282 +64,31 @@ pub enum Decision {
     },
 }
 
-/// What a snapshot-end marker allows.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum DeleteVerdict {
-    /// Fewer distinct keys were seen than the marker counts (restart mid-snapshot, or the
-    /// marker of another snapshot): no deletes.
-    Incomplete {
-        /// Distinct keys stamped.
-        seen: u64,
-        /// Rows the marker counts.
-        expected: u64,
-    },
-    /// These keys (of the stream, on this partition) were absent: delete them.
-    Delete(Vec<String>),
-    /// Too many would go: none are deleted.
-    GuardTripped {
-        /// Keys absent.
-        would_delete: usize,
-        /// Live keys of the stream on the partition.
-        of: usize,
-    },
-}
-
-#[derive(Debug, Default, Clone)]
-struct SnapshotProgress {
-    snapshot_id: String,
-    generation: u32,
-    distinct_seen: u64,
-}
-
-/// One key's entry, packed to 88 bytes (checked by a test).
-#[derive(Debug, Clone, Copy)]
-struct Slot {
-    /// xxh3-128 of the key text: the key's identity.
-    id: [u64; 2],
-    /// Content hash of the last version (little-endian bytes; byte array keeps alignment 8).
-    hash: [u8; 16],
-    /// Hash of the last record's tracked Avro bytes
-    /// ([`Dataset::tracked_bytes`](snapfeed_runtime::dataset::Dataset::tracked_bytes)), to
-    /// recognise an unchanged record without reading its fields; zero: not known (restored
-    /// state, or an older writer schema).
-    raw: [u8; 16],
-    /// `version << 1 | deleted`.
-    version_deleted: u64,
-    first_seen_at: i64,
-    last_changed_at: i64,
-    /// Offset of the key's length-prefixed text in the arena.
-    key_at: u64,
-    /// Interned stream id.
-    stream: u32,
-    /// Last snapshot generation of its stream that contained it.
-    seen_generation: u32,
-}
-
-impl Slot {
-    fn version(&self) -> i64 {
-        // Versions are kept in 0..2⁶²; the shift cannot lose a set bit.
-        (self.version_deleted >> 1) as i64
-    }
-
-    fn deleted(&self) -> bool {
-        self.version_deleted & 1 == 1
-    }
-
-    fn set_version(&mut self, version: i64, deleted: bool) {
-        self.version_deleted = (version.max(0) as u64) << 1 | u64::from(deleted);
-    }
-
-    fn content_hash(&self) -> u128 {
-        u128::from_le_bytes(self.hash)
-    }
-
-    fn view(&self) -> KeyState {
-        KeyState {
-            hash: self.content_hash(),
-            version: self.version(),
-            first_seen_at: self.first_seen_at,
-            last_changed_at: self.last_changed_at,
-            deleted: self.deleted(),
-        }
-    }
-}
-
-/// Largest version a slot holds (the packed word keeps one bit for the deleted flag).
-const MAX_VERSION: i64 = i64::MAX >> 1;
-
-/// Slots per chunk: growth allocates 16,384 × 88 B ≈ 1.4 MiB at a time instead of doubling.
-const CHUNK: usize = 16_384;
-
-/// A growable array of slots in fixed-size chunks.
-#[derive(Debug, Default)]
-struct Slots {
-    chunks: Vec<Vec<Slot>>,
-    len: usize,
-}
-
-impl Slots {
-    fn get(&self, index: u32) -> &Slot {
-        let index = index as usize;
-        &self.chunks[index / CHUNK][index % CHUNK]
-    }
-
-    fn get_mut(&mut self, index: u32) -> &mut Slot {
-        let index = index as usize;
-        &mut self.chunks[index / CHUNK][index % CHUNK]
-    }
-
-    fn push(&mut self, slot: Slot) -> u32 {
-        if self.len % CHUNK == 0 {
-            self.chunks.push(Vec::with_capacity(CHUNK));
-        }
-        if let Some(chunk) = self.chunks.last_mut() {
-            chunk.push(slot);
-        }
-        self.len += 1;
-        (self.len - 1) as u32
-    }
-
-    /// Removes the slot at `index` by moving the last slot into it; returns the moved slot's
-    /// old index when one moved.
-    fn swap_remove(&mut self, index: u32) -> Option<u32> {
-        let last_index = (self.len - 1) as u32;
-        let last = self.chunks.last_mut().and_then(Vec::pop)?;
-        if self.chunks.last().is_some_and(Vec::is_empty) {
-            self.chunks.pop();
-        }
-        self.len -= 1;
-        if index == last_index {
-            return None;
-        }
-        *self.get_mut(index) = last;
-        Some(last_index)
-    }
-
-    fn iter(&self) -> impl Iterator<Item = &Slot> {
-        self.chunks.iter().flatten()
-    }
-}
-
-/// Key texts, each prefixed by its length as a LEB128 varint, appended and never moved.
-#[derive(Default)]
-struct KeyArena {
-    bytes: Vec<u8>,
-}
-
-impl std::fmt::Debug for KeyArena {
-    /// Sizes only: keys (accession numbers, patient ids) are not for logs.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("KeyArena")
-            .field("bytes", &self.bytes.len())
-            .finish()
-    }
-}
-
-impl KeyArena {
-    fn push(&mut self, key: &str) -> u64 {
-        let at = self.bytes.len() as u64;
-        let mut len = key.len();
-        loop {
-            let byte = (len & 0x7f) as u8;
-            len >>= 7;
-            if len == 0 {
-                self.bytes.push(byte);
-                break;
-            }
-            self.bytes.push(byte | 0x80);
-        }
-        self.bytes.extend_from_slice(key.as_bytes());
-        at
-    }
-
-    fn get(&self, at: u64) -> &str {
-        let mut at = at as usize;
-        let (mut len, mut shift) = (0usize, 0u32);
-        while let Some(&byte) = self.bytes.get(at) {
-            at += 1;
-            len |= usize::from(byte & 0x7f) << shift;
-            shift += 7;
-            if byte & 0x80 == 0 {
-                break;
-            }
-        }
-        self.bytes
-            .get(at..at + len)
-            .and_then(|b| std::str::from_utf8(b).ok())
-            .unwrap_or("")
-    }
-}
-
 /// One partition's state.
 #[derive(Debug, Default)]
 pub struct PartitionState {
-    index: HashTable<u32>,
-    slots: Slots,
-    keys: KeyArena,
+    /// Every key's slot.
+    table: KeyTable,
     /// Per stream id (interned ids are small and dense).
     progress: Vec<SnapshotProgress>,
-}
-
-/// Interned stream names (a handful per pipeline).
-#[derive(Debug, Default)]
-pub struct Streams {
-    names: Vec<String>,
-}
-
-impl Streams {
-    /// The id of `name`, interning it.
-    pub fn id(&mut self, name: &str) -> u32 {
-        match self.names.iter().position(|n| n == name) {
-            Some(index) => index as u32,
-            None => {
-                self.names.push(name.to_string());
-                (self.names.len() - 1) as u32
-            }
-        }
-    }
-
-    /// The name of `id`.
-    pub fn name(&self, id: u32) -> &str {
-        self.names
-            .get(id as usize)
-            .map(String::as_str)
-            .unwrap_or("")
-    }
-}
-
-/// A key's identity in the table.
-fn key_id(key: &str) -> [u64; 2] {
-    let hash = xxh3_128(key.as_bytes());
-    [hash as u64, (hash >> 64) as u64]
 }
 
 impl PartitionState {
     /// Number of keys (deleted ones included).
     pub fn len(&self) -> usize {
-        self.slots.len
+        self.table.len()
     }
 
     /// True when empty.
     pub fn is_empty(&self) -> bool {
-        self.slots.len == 0
-    }
-
-    fn find(&self, id: [u64; 2]) -> Option<u32> {
-        let slots = &self.slots;
-        self.index.find(id[0], |&i| slots.get(i).id == id).copied()
-    }
-
-    fn insert(&mut self, key: &str, id: [u64; 2], mut slot: Slot) -> u32 {
-        slot.id = id;
-        slot.key_at = self.keys.push(key);
-        let index = self.slots.push(slot);
-        let slots = &self.slots;
-        self.index
-            .insert_unique(id[0], index, |&i| slots.get(i).id[0]);
-        index
-    }
-
-    fn remove(&mut self, id: [u64; 2]) {
-        let slots = &self.slots;
-        let Ok(entry) = self.index.find_entry(id[0], |&i| slots.get(i).id == id) else {
-            return;
-        };
-        let (index, _) = entry.remove();
-        if let Some(moved) = self.slots.swap_remove(index) {
-            let moved_id = self.slots.get(index).id;
-            if let Some(slot) = self.index.find_mut(moved_id[0], |&i| i == moved) {
-                *slot = index;
-            }
-        }
-        // The key's text stays in the arena: tombstones are rare (a compacted topic keeps the
-        // last value of a key), and the arena is dropped with the partition.
+        self.table.len() == 0
     }
 
     /// The state of a key.
     pub fn get(&self, key: &str) -> Option<KeyState> {
-        self.find(key_id(key)).map(|i| self.slots.get(i).view())
+        self.table
+            .find(key_id(key))
+            .map(|i| self.table.slot(i).view())
     }
 
     /// Loads one entry read from the `state` topic (`None` value: tombstone). Entries whose
@@ -359,7 +101,7 @@ impl PartitionState {
     ) -> bool {
         let id = key_id(key);
         let Some(entry) = entry else {
-            self.remove(id);
+            self.table.remove(id);
             return true;
         };
         let Some(hash) = parse_hash_hex(&entry.content_hash) else {
@@ -369,19 +111,10 @@ impl PartitionState {
             return false;
         }
         let stream = streams.id(&entry.stream);
-        let mut slot = match self.find(id) {
-            Some(index) => *self.slots.get(index),
-            None => Slot {
-                id,
-                hash: [0; 16],
-                raw: [0; 16],
-                version_deleted: 0,
-                first_seen_at: 0,
-                last_changed_at: 0,
-                key_at: 0,
-                stream,
-                seen_generation: 0,
-            },
+        let found = self.table.find(id);
+        let mut slot = match found {
+            Some(index) => *self.table.slot(index),
+            None => Slot::new(id, hash, stream, 0),
         };
         slot.hash = hash.to_le_bytes();
         slot.raw = [0; 16];
@@ -390,42 +123,13 @@ impl PartitionState {
         slot.last_changed_at = entry.last_changed_at;
         slot.stream = stream;
         slot.seen_generation = 0;
-        match self.find(id) {
-            Some(index) => *self.slots.get_mut(index) = slot,
+        match found {
+            Some(index) => *self.table.slot_mut(index) = slot,
             None => {
-                self.insert(key, id, slot);
+                self.table.insert(key, id, slot);
             }
         }
         true
-    }
-
-    /// The generation of `snapshot_id` in `stream`: a new snapshot id starts the next one.
-    fn generation(&mut self, stream: u32, snapshot_id: &str) -> u32 {
-        let index = stream as usize;
-        if self.progress.len() <= index {
-            self.progress
-                .resize_with(index + 1, SnapshotProgress::default);
-        }
-        let progress = &mut self.progress[index];
-        if progress.snapshot_id != snapshot_id {
-            progress.snapshot_id = snapshot_id.to_string();
-            progress.generation = progress.generation.wrapping_add(1).max(1);
-            progress.distinct_seen = 0;
-        }
-        progress.generation
-    }
-
-    /// Stamps the slot at `index` as seen in `generation` of `stream`, counting it once.
-    fn stamp(&mut self, index: u32, stream: u32, generation: u32) {
-        let slot = self.slots.get_mut(index);
-        let fresh = slot.seen_generation != generation || slot.stream != stream;
-        slot.seen_generation = generation;
-        slot.stream = stream;
-        if fresh {
-            if let Some(progress) = self.progress.get_mut(stream as usize) {
-                progress.distinct_seen += 1;
-            }
-        }
     }
 
     /// The hottest path: if `key`'s last record had the tracked bytes hashed as `raw` (and is
@@ -435,10 +139,10 @@ impl PartitionState {
         if raw == 0 {
             return false;
         }
-        let Some(index) = self.find(key_id(key)) else {
+        let Some(index) = self.table.find(key_id(key)) else {
             return false;
         };
-        let slot = self.slots.get(index);
+        let slot = self.table.slot(index);
         if slot.deleted() || slot.raw != raw.to_le_bytes() {
             return false;
         }
@@ -460,10 +164,10 @@ impl PartitionState {
         stream: u32,
         snapshot_id: &str,
     ) -> bool {
-        let Some(index) = self.find(key_id(key)) else {
+        let Some(index) = self.table.find(key_id(key)) else {
             return false;
         };
-        let slot = self.slots.get_mut(index);
+        let slot = self.table.slot_mut(index);
         if slot.deleted() || slot.content_hash() != hash {
             return false;
         }
@@ -475,8 +179,8 @@ impl PartitionState {
 
     /// Remembers `raw`, the tracked-bytes hash of the record just observed for `key`.
     pub fn remember_raw(&mut self, key: &str, raw: u128) {
-        if let Some(index) = self.find(key_id(key)) {
-            self.slots.get_mut(index).raw = raw.to_le_bytes();
+        if let Some(index) = self.table.find(key_id(key)) {
+            self.table.slot_mut(index).raw = raw.to_le_bytes();
         }
     }
 
@@ -492,20 +196,10 @@ impl PartitionState {
     ) -> Decision {
         let generation = self.generation(stream, snapshot_id);
         let id = key_id(key);
-        let Some(index) = self.find(id) else {
-            let mut slot = Slot {
-                id,
-                hash: hash.to_le_bytes(),
-                raw: [0; 16],
-                version_deleted: 0,
-                first_seen_at: at,
-                last_changed_at: at,
-                key_at: 0,
-                stream,
-                seen_generation: 0,
-            };
+        let Some(index) = self.table.find(id) else {
+            let mut slot = Slot::new(id, hash, stream, at);
             slot.set_version(1, false);
-            let index = self.insert(key, id, slot);
+            let index = self.table.insert(key, id, slot);
             self.stamp(index, stream, generation);
             return Decision::Create {
                 version: 1,
@@ -513,98 +207,30 @@ impl PartitionState {
             };
         };
         self.stamp(index, stream, generation);
-        let state = self.slots.get_mut(index);
-        let previous = state.content_hash();
-        if state.deleted() {
-            let version = (state.version() + 1).min(MAX_VERSION);
-            state.set_version(version, false);
-            state.hash = hash.to_le_bytes();
-            state.raw = [0; 16];
-            state.last_changed_at = at;
+        let slot = self.table.slot_mut(index);
+        let previous = slot.content_hash();
+        if slot.deleted() {
             Decision::Create {
-                version,
+                version: slot.change(hash, at),
                 previous: Some(previous),
             }
         } else if previous == hash {
             Decision::Unchanged
         } else {
-            let version = (state.version() + 1).min(MAX_VERSION);
-            state.set_version(version, false);
-            state.hash = hash.to_le_bytes();
-            state.raw = [0; 16];
-            state.last_changed_at = at;
-            Decision::Update { version, previous }
-        }
-    }
-
-    /// Applies a snapshot-end marker of `stream`: which keys it deletes, if it is complete and
-    /// the guard allows.
-    pub fn complete_snapshot(
-        &self,
-        stream: u32,
-        snapshot_id: &str,
-        rows_in_partition: u64,
-        max_share: f64,
-    ) -> DeleteVerdict {
-        let progress = self
-            .progress
-            .get(stream as usize)
-            .cloned()
-            .unwrap_or_default();
-        if progress.snapshot_id != snapshot_id || progress.distinct_seen != rows_in_partition {
-            let seen = if progress.snapshot_id == snapshot_id {
-                progress.distinct_seen
-            } else {
-                0
-            };
-            if !(rows_in_partition == 0 && seen == 0 && progress.snapshot_id != snapshot_id) {
-                return DeleteVerdict::Incomplete {
-                    seen,
-                    expected: rows_in_partition,
-                };
+            Decision::Update {
+                version: slot.change(hash, at),
+                previous,
             }
         }
-        let generation = if progress.snapshot_id == snapshot_id {
-            progress.generation
-        } else {
-            u32::MAX
-        };
-        let mut live = 0usize;
-        let mut absent = Vec::new();
-        for slot in self
-            .slots
-            .iter()
-            .filter(|slot| slot.stream == stream && !slot.deleted())
-        {
-            live += 1;
-            if slot.seen_generation != generation {
-                absent.push(slot.key_at);
-            }
-        }
-        if absent.is_empty() {
-            return DeleteVerdict::Delete(Vec::new());
-        }
-        if absent.len() as f64 > max_share * live as f64 {
-            return DeleteVerdict::GuardTripped {
-                would_delete: absent.len(),
-                of: live,
-            };
-        }
-        let mut absent: Vec<String> = absent
-            .into_iter()
-            .map(|at| self.keys.get(at).to_string())
-            .collect();
-        absent.sort();
-        DeleteVerdict::Delete(absent)
     }
 
     /// Marks `key` deleted: version + 1. Returns the new state.
     pub fn delete(&mut self, key: &str, at: i64) -> Option<KeyState> {
-        let index = self.find(key_id(key))?;
-        let state = self.slots.get_mut(index);
-        state.set_version((state.version() + 1).min(MAX_VERSION), true);
-        state.last_changed_at = at;
-        Some(state.view())
+        let index = self.table.find(key_id(key))?;
+        let slot = self.table.slot_mut(index);
+        slot.set_version((slot.version() + 1).min(MAX_VERSION), true);
+        slot.last_changed_at = at;
+        Some(slot.view())
     }
 
     /// The `state` topic value for `key`'s current state.
@@ -614,7 +240,7 @@ impl PartitionState {
         streams: &Streams,
         snapshot_id: &str,
     ) -> Option<DetectorState> {
-        let slot = self.slots.get(self.find(key_id(key))?);
+        let slot = self.table.slot(self.table.find(key_id(key))?);
         Some(DetectorState {
             content_hash: hash_hex(slot.content_hash()),
             version: slot.version(),
@@ -629,6 +255,7 @@ impl PartitionState {
 
 #[cfg(test)]
 mod tests {
+    use super::table::CHUNK;
     use super::*;
 
     #[test]
@@ -749,12 +376,6 @@ mod tests {
         );
         restored.restore_entry("k", None, &mut streams);
         assert!(restored.is_empty());
-    }
-
-    #[test]
-    fn a_slot_is_88_bytes() {
-        // The memory budget (≤ 150 B/key with the index and the key text) depends on it.
-        assert_eq!(std::mem::size_of::<Slot>(), 88);
     }
 
     #[test]

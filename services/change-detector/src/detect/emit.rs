@@ -1,0 +1,157 @@
+//! What a decision puts on the wire: the change event for `changes`, the key's new entry for
+//! `state`, and the reject of a corrupt record — encoded with the current schemas, provenance
+//! taken from the snapshot record's headers. Nothing here is sent: the batch
+//! ([`super::batch`]) does that, in the order the guarantee needs.
+//!
+//! A change event is a pure function of the [`Change`] and its provenance (no wall clock), so a
+//! batch that is repeated after a crash writes byte-identical events.
+
+use std::sync::Arc;
+
+use rdkafka::message::{BorrowedMessage, Headers};
+use rdkafka::Message;
+use snapfeed_runtime::avro::{AvroError, MessageLocation, SchemaStore};
+use snapfeed_runtime::headers;
+use snapfeed_runtime::records::{
+    now_millis, AvroRecord, ChangeEvent, DetectorState, Provenance, RejectedRow,
+};
+
+use super::decide::Change;
+use crate::content_hash::hash_hex;
+
+/// The provenance headers of a snapshot record, borrowed from the message.
+#[derive(Debug, Clone, Copy)]
+pub struct RecordMeta<'a> {
+    /// Source file name.
+    pub file_name: &'a str,
+    /// Source file content hash.
+    pub file_hash: &'a str,
+    /// Snapshot the record belongs to.
+    pub snapshot_id: &'a str,
+    /// Snapshot stream (`default` when the header is missing).
+    pub stream: &'a str,
+    /// Line in the source file.
+    pub line: Option<i64>,
+    /// Control record kind (snapshot-end marker), if it is one.
+    pub control: Option<&'a str>,
+}
+
+impl<'a> RecordMeta<'a> {
+    /// The provenance headers, borrowed from the message (no allocation per record).
+    pub fn from_message(message: &'a BorrowedMessage<'_>) -> RecordMeta<'a> {
+        let mut meta = RecordMeta {
+            file_name: "",
+            file_hash: "",
+            snapshot_id: "",
+            stream: "default",
+            line: None,
+            control: None,
+        };
+        if let Some(headers) = message.headers() {
+            for header in headers.iter() {
+                let Some(Ok(value)) = header.value.map(std::str::from_utf8) else {
+                    continue;
+                };
+                match header.key {
+                    headers::FILE_NAME => meta.file_name = value,
+                    headers::FILE_HASH => meta.file_hash = value,
+                    headers::SNAPSHOT_ID => meta.snapshot_id = value,
+                    headers::STREAM => meta.stream = value,
+                    headers::LINE => meta.line = value.parse().ok(),
+                    headers::CONTROL => meta.control = Some(value),
+                    _ => {}
+                }
+            }
+        }
+        meta
+    }
+
+    /// True for a snapshot-end marker.
+    pub fn is_snapshot_end(&self) -> bool {
+        self.control == Some(headers::CONTROL_SNAPSHOT_END)
+    }
+}
+
+/// Encodes the detector's records with the current schemas.
+#[derive(Debug)]
+pub struct Envelopes {
+    schemas: Arc<SchemaStore>,
+    /// Full name of the dataset schema, named in every change event.
+    record_schema: String,
+    /// The last change event, reused (one per change, never per record).
+    value: Vec<u8>,
+}
+
+impl Envelopes {
+    /// Envelopes for records of the dataset schema `record_schema`.
+    pub fn new(schemas: Arc<SchemaStore>, record_schema: &str) -> Envelopes {
+        Envelopes {
+            schemas,
+            record_schema: record_schema.to_string(),
+            value: Vec::with_capacity(1024),
+        }
+    }
+
+    /// The change event of `change`, with `source` as its provenance.
+    pub fn change_event(
+        &mut self,
+        change: &Change<'_>,
+        source: &RecordMeta<'_>,
+    ) -> Result<&[u8], AvroError> {
+        let event = ChangeEvent {
+            op: change.op,
+            key: change.key.to_string(),
+            version: change.version,
+            content_hash: hash_hex(change.content_hash),
+            previous_hash: change.previous_hash.map(hash_hex),
+            record: change.record.map(<[u8]>::to_vec),
+            record_schema: self.record_schema.clone(),
+            source: Provenance {
+                file_name: source.file_name.to_string(),
+                file_hash: source.file_hash.to_string(),
+                line: source.line,
+                snapshot_id: source.snapshot_id.to_string(),
+                stream: source.stream.to_string(),
+            },
+            detected_at: change.detected_at,
+        };
+        self.value.clear();
+        self.schemas
+            .current(ChangeEvent::SCHEMA)?
+            .encode_into(&event, &mut self.value)?;
+        Ok(&self.value)
+    }
+
+    /// The `state` value of a key's entry.
+    pub fn state_entry(&self, entry: &DetectorState) -> Result<Vec<u8>, AvroError> {
+        self.schemas.current(DetectorState::SCHEMA)?.encode(entry)
+    }
+
+    /// The `rejects` value of a snapshot record that does not decode: where it came from and
+    /// why, never its bytes.
+    pub fn reject(&self, meta: &RecordMeta<'_>, detail: &str) -> Result<Vec<u8>, AvroError> {
+        let row = RejectedRow {
+            file_name: meta.file_name.to_string(),
+            file_hash: meta.file_hash.to_string(),
+            snapshot_id: meta.snapshot_id.to_string(),
+            stream: meta.stream.to_string(),
+            line: meta.line.unwrap_or(0),
+            column: None,
+            reason: "corrupt_payload".into(),
+            detail: detail.to_string(),
+            raw_line: String::new(),
+            raw_truncated: false,
+            rejected_at: now_millis(),
+        };
+        self.schemas.current(RejectedRow::SCHEMA)?.encode(&row)
+    }
+}
+
+/// Where a message is, for errors and reject keys.
+pub fn location_of(message: &BorrowedMessage<'_>) -> MessageLocation {
+    MessageLocation {
+        topic: message.topic().to_string(),
+        partition: message.partition(),
+        offset: message.offset(),
+    }
+}

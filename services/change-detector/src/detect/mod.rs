@@ -1,0 +1,387 @@
+//! The filter stage: consume `snapshots`, decide per record, emit changes and state, commit
+//! each batch. This file is the thin I/O shell — a message in, the decision called, its outputs
+//! handed to the batch; the parts, in the order a record meets them:
+//!
+//! - [`decide`]: the per-record decision, pure (unseen / changed / unchanged / corrupt).
+//! - [`emit`]: a decision's records — change event, state entry, reject — encoded.
+//! - [`batch`]: the open batch and its commit through the writer — **the delivery guarantee**.
+//! - [`restore`]: partitions' state from the `state` topic; rebuild and rewind after an abort.
+//! - [`rebalance`]: the consumer context — commit before revoke, restore on assign.
+//! - [`stage`]: the detector in the runtime's consume loop; a fatal error ends the loop.
+//!
+//! Failures: a retryable one (an unacknowledged record, a commit that failed, a record that
+//! cannot be encoded) aborts the batch, rebuilds state and rewinds to the committed offsets —
+//! the batch is decided again. A fatal write error stops the stage, and the service with it.
+//!
+//! Threading: everything here runs on the stage's dedicated thread; every librdkafka call
+//! blocks that thread only, never an async worker.
+
+pub mod batch;
+pub mod decide;
+pub mod emit;
+pub mod rebalance;
+pub mod restore;
+pub mod stage;
+
+use std::collections::HashSet;
+
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::error::KafkaError;
+use rdkafka::message::BorrowedMessage;
+use rdkafka::{Message, TopicPartitionList};
+use snapfeed_runtime::avro::AvroError;
+use snapfeed_runtime::kafka::WriteError;
+use snapfeed_runtime::records::{ChangeOp, SnapshotEnd};
+
+use crate::config::{CorruptPolicy, DetectorConfig};
+use crate::metrics::DetectorMetrics;
+use crate::state::DeleteVerdict;
+use batch::Batch;
+use decide::{Change, Decider, SnapshotRecord, Verdict};
+use emit::{location_of, Envelopes, RecordMeta};
+use restore::Partitions;
+
+pub use decide::{recognise_unchanged, Recognised};
+pub use rebalance::DetectorContext;
+pub use stage::DetectorStage;
+
+/// Readiness condition: every assigned partition's state is restored.
+pub const RESTORED: &str = "restored";
+/// Readiness condition: no partition is stopped on a corrupt record.
+pub const NOT_PAUSED: &str = "no_paused_partitions";
+
+/// Why the open batch cannot go on.
+#[derive(Debug, thiserror::Error)]
+pub enum BatchError {
+    /// Writing failed: retryable (abort and redo) or fatal (stop), see [`WriteError::is_fatal`].
+    #[error(transparent)]
+    Write(#[from] WriteError),
+    /// A record could not be encoded.
+    #[error(transparent)]
+    Encode(#[from] AvroError),
+    /// A partition could not be paused at a corrupt record.
+    #[error("cannot pause partition {partition}: {source}")]
+    Pause {
+        /// The partition.
+        partition: i32,
+        /// The client error.
+        source: KafkaError,
+    },
+}
+
+/// The filter stage's state between polls.
+#[derive(Debug)]
+pub struct Detector {
+    /// What each record means: decode, content hash, compare with the key's state.
+    decider: Decider,
+    /// The assigned partitions and their state.
+    partitions: Partitions,
+    /// The open batch, and the writer that makes it durable.
+    batch: Batch,
+    /// Encodes change events, state entries and rejects.
+    envelopes: Envelopes,
+    /// `[detector]`: deletes and their guard, the corrupt-record policy.
+    config: DetectorConfig,
+    /// Snapshots whose deletes the guard refused (its metric counts a snapshot once).
+    tripped_snapshots: HashSet<String>,
+    /// Records by outcome, batches, snapshots, the delete guard.
+    metrics: DetectorMetrics,
+    /// Set by a fatal write error: nothing more is done, and the stage stops with it.
+    failed: Option<WriteError>,
+}
+
+impl Detector {
+    /// A detector with nothing assigned yet.
+    pub fn new(
+        decider: Decider,
+        partitions: Partitions,
+        batch: Batch,
+        envelopes: Envelopes,
+        config: DetectorConfig,
+        metrics: DetectorMetrics,
+    ) -> Detector {
+        Detector {
+            decider,
+            partitions,
+            batch,
+            envelopes,
+            config,
+            tripped_snapshots: HashSet::new(),
+            metrics,
+            failed: None,
+        }
+    }
+
+    /// One `snapshots` message: decided into the open batch; a failure aborts the batch.
+    pub fn on_message<C: ConsumerContext + 'static>(
+        &mut self,
+        consumer: &BaseConsumer<C>,
+        message: &BorrowedMessage<'_>,
+    ) {
+        if self.failed.is_some() {
+            return;
+        }
+        if let Err(error) = self.handle(consumer, message) {
+            tracing::warn!(message = "Record handling failed; recovering.", %error);
+            self.recover(consumer, error);
+        }
+    }
+
+    /// Decides one message: unchanged (counted), a change (sent, its state held), a
+    /// snapshot-end marker (deletes), or corrupt (the policy). The offset moves past it unless
+    /// its partition is paused at it.
+    fn handle<C: ConsumerContext>(
+        &mut self,
+        consumer: &BaseConsumer<C>,
+        message: &BorrowedMessage<'_>,
+    ) -> Result<(), BatchError> {
+        let partition = message.partition();
+        if self.partitions.processed(partition).is_none() {
+            return Ok(());
+        }
+        self.batch.start();
+        let meta = RecordMeta::from_message(message);
+        let at = message.timestamp().to_millis().unwrap_or(0);
+        let payload = message.payload().unwrap_or_default();
+        let corrupt = if meta.is_snapshot_end() {
+            match self.decider.read_marker(payload, &location_of(message)) {
+                Ok(marker) => {
+                    self.on_snapshot_end(partition, &marker, &meta, at)?;
+                    None
+                }
+                Err(detail) => Some(detail),
+            }
+        } else {
+            let record = SnapshotRecord {
+                key: message.key().and_then(|k| std::str::from_utf8(k).ok()),
+                payload,
+                stream: self.partitions.stream_id(meta.stream),
+                snapshot_id: meta.snapshot_id,
+                at,
+            };
+            let Some(state) = self.partitions.processed(partition) else {
+                return Ok(());
+            };
+            match self.decider.decide(state, &record, || location_of(message)) {
+                Verdict::Unchanged => {
+                    self.metrics.outcome.unchanged.inc();
+                    None
+                }
+                Verdict::Changed(change) => {
+                    self.emit(partition, &change, &meta)?;
+                    None
+                }
+                Verdict::Corrupt(detail) => Some(detail),
+            }
+        };
+        if let Some(detail) = corrupt {
+            if !self.on_corrupt(consumer, message, &meta, &detail)? {
+                return Ok(());
+            }
+        }
+        self.batch.consumed(partition, message.offset());
+        Ok(())
+    }
+
+    /// Counts and sends one change, and holds the key's new state entry for the commit.
+    fn emit(
+        &mut self,
+        partition: i32,
+        change: &Change<'_>,
+        source: &RecordMeta<'_>,
+    ) -> Result<(), BatchError> {
+        let outcome = &self.metrics.outcome;
+        match change.op {
+            ChangeOp::Create => outcome.created.inc(),
+            ChangeOp::Update => outcome.updated.inc(),
+            ChangeOp::Delete => outcome.deleted.inc(),
+        }
+        let event = self.envelopes.change_event(change, source)?;
+        self.batch.send_change(partition, &change.key, event)?;
+        if let Some(entry) = self
+            .partitions
+            .entry_of(partition, &change.key, source.snapshot_id)
+        {
+            let entry = self.envelopes.state_entry(&entry)?;
+            self.batch.hold_state(partition, &change.key, entry);
+        }
+        Ok(())
+    }
+
+    /// A record that does not decode: `Ok(true)` when the policy moves past it.
+    fn on_corrupt<C: ConsumerContext>(
+        &mut self,
+        consumer: &BaseConsumer<C>,
+        message: &BorrowedMessage<'_>,
+        meta: &RecordMeta<'_>,
+        error: &str,
+    ) -> Result<bool, BatchError> {
+        self.metrics.outcome.corrupt.inc();
+        let location = location_of(message);
+        match self.config.on_corrupt {
+            CorruptPolicy::Skip => {
+                tracing::warn!(message = "Skipping a snapshot record that does not decode.", %location, %error);
+                let reject = self.envelopes.reject(meta, error)?;
+                self.batch.send_reject(&location.to_string(), &reject)?;
+                Ok(true)
+            }
+            CorruptPolicy::Pause => {
+                tracing::error!(
+                    message = "Stopping the partition at a snapshot record that does not decode (on_corrupt = pause); replay past it once resolved.",
+                    %location,
+                    %error
+                );
+                let mut tpl = TopicPartitionList::new();
+                tpl.add_partition(&location.topic, location.partition);
+                consumer.pause(&tpl).map_err(|source| BatchError::Pause {
+                    partition: location.partition,
+                    source,
+                })?;
+                self.partitions.pause(location.partition);
+                Ok(false)
+            }
+        }
+    }
+
+    /// A snapshot-end marker: with deletes enabled, DELETE the keys its complete snapshot left
+    /// out — unless the guard refuses.
+    fn on_snapshot_end(
+        &mut self,
+        partition: i32,
+        marker: &SnapshotEnd,
+        meta: &RecordMeta<'_>,
+        at: i64,
+    ) -> Result<(), BatchError> {
+        if !self.config.deletes.enabled {
+            return Ok(());
+        }
+        let stream = self.partitions.stream_id(&marker.stream);
+        let max_share = self.config.deletes.max_share;
+        let Some(state) = self.partitions.processed(partition) else {
+            return Ok(());
+        };
+        let rows = marker.rows_in_partition.max(0) as u64;
+        let verdict = state.complete_snapshot(stream, &marker.snapshot_id, rows, max_share);
+        let label = match verdict {
+            DeleteVerdict::Incomplete { .. } => "incomplete",
+            _ => "complete",
+        };
+        self.metrics.snapshots.with_label_values(&[label]).inc();
+        match verdict {
+            DeleteVerdict::Incomplete { seen, expected } => tracing::info!(
+                message = "Snapshot not seen whole on this partition; no deletes for it.",
+                snapshot_id = %marker.snapshot_id,
+                stream = %marker.stream,
+                partition,
+                seen,
+                expected
+            ),
+            DeleteVerdict::GuardTripped { would_delete, of } => {
+                // One truncated file trips on every partition: count the snapshot once.
+                if self.tripped_snapshots.insert(marker.snapshot_id.clone()) {
+                    self.metrics.delete_guard_tripped.inc();
+                }
+                if self.tripped_snapshots.len() > 1_000 {
+                    self.tripped_snapshots.clear();
+                }
+                tracing::error!(
+                    message = "Delete guard tripped: the snapshot would delete too many records; none deleted.",
+                    snapshot_id = %marker.snapshot_id,
+                    file = %marker.file_name,
+                    stream = %marker.stream,
+                    partition,
+                    would_delete,
+                    of,
+                    max_share
+                );
+            }
+            DeleteVerdict::Delete(absent) => {
+                let source = RecordMeta {
+                    line: None,
+                    ..*meta
+                };
+                for change in decide::deletes(state, absent, at) {
+                    self.emit(partition, &change, &source)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Commits the open batch (changes, state, offsets). A retryable failure aborts it and
+    /// recovers; a fatal one stops the stage.
+    pub fn commit_batch<C: ConsumerContext + 'static>(&mut self, consumer: &BaseConsumer<C>) {
+        if self.failed.is_some() {
+            return;
+        }
+        if self.batch.is_empty() {
+            self.batch.clear();
+            return;
+        }
+        let age = self.batch.age();
+        match self.batch.commit(consumer) {
+            Ok(()) => {
+                self.metrics
+                    .transactions
+                    .with_label_values(&["committed"])
+                    .inc();
+                self.metrics.transaction_seconds.observe(age.as_secs_f64());
+            }
+            Err(error) => {
+                self.metrics
+                    .transactions
+                    .with_label_values(&["aborted"])
+                    .inc();
+                tracing::warn!(message = "Batch failed; aborting and rebuilding from committed state.", %error);
+                self.recover(consumer, error.into());
+            }
+        }
+        self.partitions.count_keys();
+    }
+
+    /// After a failed step: abort, rebuild every held partition from `state`, rewind to the
+    /// committed offsets — or, if the failure is fatal, stop.
+    fn recover<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>, error: BatchError) {
+        if let BatchError::Write(error) = error {
+            if error.is_fatal() {
+                return self.fail(error);
+            }
+        }
+        if let Err(error) = self.batch.abort() {
+            if error.is_fatal() {
+                return self.fail(error);
+            }
+            // The writer keeps its transaction open and the next abort tries again.
+            tracing::warn!(message = "Could not abort the batch yet.", %error);
+        }
+        let held = self.partitions.held();
+        self.partitions.restore(&held);
+        if let Err(error) = self.partitions.rewind(consumer, None) {
+            tracing::error!(message = "Cannot rewind to the committed offsets.", %error);
+        }
+    }
+
+    fn fail(&mut self, error: WriteError) {
+        tracing::error!(message = "Writing failed fatally; the detector stops.", %error);
+        self.failed = Some(error);
+    }
+
+    /// Partitions revoked: their state and offsets are dropped.
+    pub fn release(&mut self, partitions: &[i32]) {
+        self.batch.release(partitions);
+        self.partitions.release(partitions);
+    }
+
+    /// Partitions assigned: their state is restored.
+    pub fn restore(&mut self, partitions: &[i32]) {
+        if self.failed.is_none() {
+            self.partitions.restore(partitions);
+        }
+    }
+
+    /// Records the consumer lag reported in librdkafka's statistics.
+    pub fn record_lag(&self, statistics: &rdkafka::Statistics) {
+        self.partitions
+            .record_lag(statistics, self.batch.consumed_topic());
+    }
+}

@@ -1,0 +1,312 @@
+//! The assigned partitions and their state: restored from the compacted `state` topic before a
+//! partition's first record is decided, rebuilt after an aborted batch, dropped on revoke.
+//!
+//! The guarantee kept here: **a partition is processed only with its state restored in full.**
+//! Without it every key would be re-emitted as CREATE. A restore that fails (a broker
+//! restarting, all brokers down) leaves the partition unprocessed and not ready, and is retried
+//! with backoff until it succeeds or the partition is revoked — never given up on, since no
+//! rebalance need ever come to rescue a partition dropped silently. Once restored late, the
+//! partition is rewound to its committed offset, because the records that arrived meanwhile
+//! were passed over. The same rewind follows an aborted batch, so versions stay what the
+//! committed history says.
+//!
+//! A partition stopped on a corrupt record (`on_corrupt = "pause"`) is held but not processed.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::error::KafkaResult;
+use rdkafka::{Message, Offset, TopicPartitionList};
+use snapfeed_runtime::avro::{MessageLocation, SchemaStore};
+use snapfeed_runtime::health::Readiness;
+use snapfeed_runtime::kafka::TopicReader;
+use snapfeed_runtime::records::{AvroRecord, DetectorState};
+
+use super::{NOT_PAUSED, RESTORED};
+use crate::metrics::DetectorMetrics;
+use crate::state::{PartitionState, Streams};
+
+/// Wait before the first new attempt at a partition whose state could not be restored
+/// (doubling up to [`RESTORE_RETRY_MAX`]).
+const RESTORE_RETRY_INITIAL: Duration = Duration::from_millis(500);
+/// Longest wait between two attempts at restoring a partition.
+const RESTORE_RETRY_MAX: Duration = Duration::from_secs(10);
+
+/// The assigned partitions: restored, waiting to be, or paused.
+#[derive(Debug)]
+pub struct Partitions {
+    /// State of each restored partition.
+    restored: HashMap<i32, PartitionState>,
+    /// Stream names, interned once for every partition's state.
+    streams: Streams,
+    /// Assigned partitions whose state could not be restored yet: their records are passed
+    /// over until it is.
+    unrestored: BTreeSet<i32>,
+    /// When the next restore attempt of `unrestored` is due, and the wait after it.
+    retry: (Instant, Duration),
+    /// Partitions stopped on a corrupt record.
+    paused: HashSet<i32>,
+    /// Reads `state`.
+    reader: StateReader,
+    metrics: DetectorMetrics,
+    readiness: Readiness,
+}
+
+/// Reads the `state` topic back (group-less; committed data only in exactly_once).
+#[derive(Debug)]
+pub struct StateReader {
+    /// Reads the asked partitions from the beginning to their end, all at once.
+    pub reader: TopicReader,
+    /// The `state` topic.
+    pub topic: String,
+    /// To decode state entries.
+    pub schemas: Arc<SchemaStore>,
+    /// Bound of one blocking call (the rewind's committed-offsets lookup).
+    pub timeout: Duration,
+}
+
+impl Partitions {
+    /// None assigned yet.
+    pub fn new(reader: StateReader, metrics: DetectorMetrics, readiness: Readiness) -> Partitions {
+        readiness.set(RESTORED, true);
+        readiness.set(NOT_PAUSED, true);
+        Partitions {
+            restored: HashMap::new(),
+            streams: Streams::default(),
+            unrestored: BTreeSet::new(),
+            retry: (Instant::now(), RESTORE_RETRY_INITIAL),
+            paused: HashSet::new(),
+            reader,
+            metrics,
+            readiness,
+        }
+    }
+
+    /// The state of `partition`, if its records are processed now (restored, not paused).
+    pub fn processed(&mut self, partition: i32) -> Option<&mut PartitionState> {
+        if self.paused.contains(&partition) {
+            return None;
+        }
+        self.restored.get_mut(&partition)
+    }
+
+    /// The id of a stream name.
+    pub fn stream_id(&mut self, name: &str) -> u32 {
+        self.streams.id(name)
+    }
+
+    /// The `state` entry of `key` on `partition` as it stands now.
+    pub fn entry_of(&self, partition: i32, key: &str, snapshot_id: &str) -> Option<DetectorState> {
+        self.restored
+            .get(&partition)?
+            .to_record(key, &self.streams, snapshot_id)
+    }
+
+    /// Stops processing `partition` (its records are no longer decided until a replay).
+    pub fn pause(&mut self, partition: i32) {
+        self.paused.insert(partition);
+        self.metrics.paused_partitions.set(self.paused.len() as i64);
+        self.readiness.set(NOT_PAUSED, false);
+    }
+
+    /// Every assigned partition, restored or not.
+    pub fn held(&self) -> Vec<i32> {
+        self.restored
+            .keys()
+            .chain(&self.unrestored)
+            .copied()
+            .collect()
+    }
+
+    /// Drops the state of revoked partitions.
+    pub fn release(&mut self, partitions: &[i32]) {
+        for partition in partitions {
+            self.restored.remove(partition);
+            self.unrestored.remove(partition);
+            if self.paused.remove(partition) {
+                self.metrics.paused_partitions.set(self.paused.len() as i64);
+            }
+        }
+        self.readiness.set(NOT_PAUSED, self.paused.is_empty());
+        self.readiness.set(RESTORED, self.unrestored.is_empty());
+        self.count_keys();
+    }
+
+    /// Sets the held-keys gauge.
+    pub fn count_keys(&self) {
+        let keys = self.restored.values().map(|p| p.len() as i64).sum();
+        self.metrics.state_keys.set(keys);
+    }
+
+    /// Restores the state of `partitions` from the `state` topic (replacing what is held), in
+    /// one read of all of them: the fetch round trips are paid once per assignment, not once
+    /// per partition. If the read fails, none of them is restored (each is retried).
+    pub fn restore(&mut self, partitions: &[i32]) {
+        if partitions.is_empty() {
+            return;
+        }
+        self.readiness.set(RESTORED, false);
+        let started = Instant::now();
+        match self.reader.read(partitions, &mut self.streams) {
+            Ok(read) => {
+                let seconds = started.elapsed().as_secs_f64();
+                self.metrics.restore_seconds.observe(seconds);
+                for (partition, (state, entries)) in read {
+                    self.metrics.restored_entries.inc_by(entries);
+                    tracing::info!(
+                        message = "State restored.",
+                        partition,
+                        keys = state.len(),
+                        entries,
+                        seconds
+                    );
+                    self.restored.insert(partition, state);
+                    self.unrestored.remove(&partition);
+                }
+            }
+            Err(error) => {
+                // Without its state a partition would re-emit everything as CREATE: never
+                // process it. It stays unrestored (not ready) and `retry_restore` tries again.
+                tracing::warn!(message = "Cannot restore state yet; partitions not processed until it is.", partitions = ?partitions, %error);
+                for &partition in partitions {
+                    self.restored.remove(&partition);
+                    if self.unrestored.insert(partition) {
+                        self.retry = (
+                            Instant::now() + RESTORE_RETRY_INITIAL,
+                            RESTORE_RETRY_INITIAL * 2,
+                        );
+                    }
+                }
+            }
+        }
+        self.count_keys();
+        self.readiness.set(RESTORED, self.unrestored.is_empty());
+    }
+
+    /// Retries the restore of partitions whose state could not be read (with backoff); once
+    /// restored, rewinds them to their committed offsets. Called between polls.
+    pub fn retry_restore<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>) {
+        let (due, wait) = self.retry;
+        if self.unrestored.is_empty() || Instant::now() < due {
+            return;
+        }
+        let partitions: Vec<i32> = self.unrestored.iter().copied().collect();
+        tracing::info!(message = "Retrying the state restore.", partitions = ?partitions);
+        self.restore(&partitions);
+        let restored: Vec<i32> = partitions
+            .iter()
+            .copied()
+            .filter(|p| !self.unrestored.contains(p))
+            .collect();
+        if !restored.is_empty() {
+            if let Err(error) = self.rewind(consumer, Some(&restored)) {
+                // Without the rewind, records passed over while unrestored would be skipped:
+                // keep the partitions unprocessed and try again.
+                tracing::warn!(message = "Cannot rewind restored partitions; retrying.", %error, partitions = ?restored);
+                for partition in restored {
+                    self.restored.remove(&partition);
+                    self.unrestored.insert(partition);
+                }
+                self.readiness.set(RESTORED, false);
+            }
+        }
+        let next = if self.unrestored.is_empty() {
+            RESTORE_RETRY_INITIAL
+        } else {
+            (wait * 2).min(RESTORE_RETRY_MAX)
+        };
+        self.retry = (Instant::now() + wait, next);
+    }
+
+    /// Seeks the consumer back to the committed offsets of `only` (every assigned partition
+    /// when `None`), so the records since the last commit are decided again.
+    pub fn rewind<C: ConsumerContext>(
+        &self,
+        consumer: &BaseConsumer<C>,
+        only: Option<&[i32]>,
+    ) -> KafkaResult<()> {
+        let timeout = self.reader.timeout;
+        let committed = consumer.committed(timeout)?;
+        let mut rewind = TopicPartitionList::new();
+        for element in committed.elements() {
+            if only.is_some_and(|only| !only.contains(&element.partition())) {
+                continue;
+            }
+            let offset = match element.offset() {
+                Offset::Invalid => Offset::Beginning,
+                offset => offset,
+            };
+            rewind.add_partition_offset(element.topic(), element.partition(), offset)?;
+        }
+        consumer.seek_partitions(rewind, timeout).map(|_| ())
+    }
+
+    /// Sums the consumer lag librdkafka reports in its statistics over the restored
+    /// partitions of `topic`. Measured by librdkafka from its own fetch responses: asking the
+    /// broker for watermarks here would block the loop behind the long-poll fetch.
+    pub fn record_lag(&self, statistics: &rdkafka::Statistics, topic: &str) {
+        let lag: i64 = statistics
+            .topics
+            .get(topic)
+            .map(|topic| {
+                topic
+                    .partitions
+                    .iter()
+                    .filter(|(partition, _)| self.restored.contains_key(partition))
+                    .map(|(_, p)| p.consumer_lag.max(0))
+                    .sum()
+            })
+            .unwrap_or(0);
+        self.metrics.consumer_lag.set(lag);
+    }
+}
+
+impl StateReader {
+    /// Reads `partitions` of `state` from the beginning to their end: per partition, the
+    /// state and how many entries it read. Unreadable entries are skipped with a warning
+    /// (naming partition and offset): one bad entry must not keep a partition from starting.
+    fn read(
+        &self,
+        partitions: &[i32],
+        streams: &mut Streams,
+    ) -> KafkaResult<HashMap<i32, (PartitionState, u64)>> {
+        let mut read: HashMap<i32, (PartitionState, u64)> = partitions
+            .iter()
+            .map(|&partition| (partition, (PartitionState::default(), 0)))
+            .collect();
+        self.reader.read_to_end(&self.topic, partitions, |message| {
+            let Some((state, entries)) = read.get_mut(&message.partition()) else {
+                return;
+            };
+            *entries += 1;
+            let Some(Ok(key)) = message.key().map(std::str::from_utf8) else {
+                return;
+            };
+            let Some(payload) = message.payload() else {
+                state.restore_entry(key, None, streams);
+                return;
+            };
+            let location = MessageLocation {
+                topic: self.topic.clone(),
+                partition: message.partition(),
+                offset: message.offset(),
+            };
+            match self
+                .schemas
+                .decode::<DetectorState>(payload, DetectorState::SCHEMA, &location)
+            {
+                Ok(entry) => {
+                    if !state.restore_entry(key, Some(&entry), streams) {
+                        tracing::warn!(message = "Skipping a state entry with an impossible hash or version.", %location);
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(message = "Skipping an unreadable state entry.", %error)
+                }
+            }
+        })?;
+        Ok(read)
+    }
+}

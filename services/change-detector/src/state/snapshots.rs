@@ -1,0 +1,161 @@
+//! Snapshot streams, generations and delete verdicts: which keys a complete snapshot leaves
+//! out. The guarantee kept here is the safe side of deletes — a snapshot not seen whole on a
+//! partition deletes nothing, and one snapshot stream never deletes another's keys.
+//!
+//! Each (partition, stream) counts snapshot *generations*. A record of a new snapshot id starts
+//! a generation; every key seen in it is stamped with it. When that snapshot's end marker
+//! arrives and the distinct keys stamped equal the marker's row count, the snapshot is complete
+//! on this partition and keys of the stream not stamped are absent from it. A detector
+//! restarted mid-snapshot stamps fewer keys than the marker says: that snapshot is then treated
+//! as incomplete and deletes nothing — the safe side.
+
+use super::PartitionState;
+
+/// Interned stream names (a handful per pipeline).
+#[derive(Debug, Default)]
+pub struct Streams {
+    names: Vec<String>,
+}
+
+impl Streams {
+    /// The id of `name`, interning it.
+    pub fn id(&mut self, name: &str) -> u32 {
+        match self.names.iter().position(|n| n == name) {
+            Some(index) => index as u32,
+            None => {
+                self.names.push(name.to_string());
+                (self.names.len() - 1) as u32
+            }
+        }
+    }
+
+    /// The name of `id`.
+    pub fn name(&self, id: u32) -> &str {
+        self.names
+            .get(id as usize)
+            .map(String::as_str)
+            .unwrap_or("")
+    }
+}
+
+/// What a snapshot-end marker allows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeleteVerdict {
+    /// Fewer distinct keys were seen than the marker counts (restart mid-snapshot, or the
+    /// marker of another snapshot): no deletes.
+    Incomplete {
+        /// Distinct keys stamped.
+        seen: u64,
+        /// Rows the marker counts.
+        expected: u64,
+    },
+    /// These keys (of the stream, on this partition) were absent: delete them.
+    Delete(Vec<String>),
+    /// Too many would go: none are deleted.
+    GuardTripped {
+        /// Keys absent.
+        would_delete: usize,
+        /// Live keys of the stream on the partition.
+        of: usize,
+    },
+}
+
+/// The snapshot a stream is in on one partition, and how many distinct keys it has shown.
+#[derive(Debug, Default, Clone)]
+pub(super) struct SnapshotProgress {
+    snapshot_id: String,
+    generation: u32,
+    distinct_seen: u64,
+}
+
+impl PartitionState {
+    /// The generation of `snapshot_id` in `stream`: a new snapshot id starts the next one.
+    pub(super) fn generation(&mut self, stream: u32, snapshot_id: &str) -> u32 {
+        let index = stream as usize;
+        if self.progress.len() <= index {
+            self.progress
+                .resize_with(index + 1, SnapshotProgress::default);
+        }
+        let progress = &mut self.progress[index];
+        if progress.snapshot_id != snapshot_id {
+            progress.snapshot_id = snapshot_id.to_string();
+            progress.generation = progress.generation.wrapping_add(1).max(1);
+            progress.distinct_seen = 0;
+        }
+        progress.generation
+    }
+
+    /// Stamps the slot at `index` as seen in `generation` of `stream`, counting it once.
+    pub(super) fn stamp(&mut self, index: u32, stream: u32, generation: u32) {
+        let slot = self.table.slot_mut(index);
+        let fresh = slot.seen_generation != generation || slot.stream != stream;
+        slot.seen_generation = generation;
+        slot.stream = stream;
+        if fresh {
+            if let Some(progress) = self.progress.get_mut(stream as usize) {
+                progress.distinct_seen += 1;
+            }
+        }
+    }
+
+    /// Applies a snapshot-end marker of `stream`: which keys it deletes, if it is complete and
+    /// the guard allows.
+    pub fn complete_snapshot(
+        &self,
+        stream: u32,
+        snapshot_id: &str,
+        rows_in_partition: u64,
+        max_share: f64,
+    ) -> DeleteVerdict {
+        let progress = self
+            .progress
+            .get(stream as usize)
+            .cloned()
+            .unwrap_or_default();
+        if progress.snapshot_id != snapshot_id || progress.distinct_seen != rows_in_partition {
+            let seen = if progress.snapshot_id == snapshot_id {
+                progress.distinct_seen
+            } else {
+                0
+            };
+            if !(rows_in_partition == 0 && seen == 0 && progress.snapshot_id != snapshot_id) {
+                return DeleteVerdict::Incomplete {
+                    seen,
+                    expected: rows_in_partition,
+                };
+            }
+        }
+        let generation = if progress.snapshot_id == snapshot_id {
+            progress.generation
+        } else {
+            u32::MAX
+        };
+        let mut live = 0usize;
+        let mut absent = Vec::new();
+        for slot in self
+            .table
+            .slots()
+            .filter(|slot| slot.stream == stream && !slot.deleted())
+        {
+            live += 1;
+            if slot.seen_generation != generation {
+                absent.push(slot);
+            }
+        }
+        if absent.is_empty() {
+            return DeleteVerdict::Delete(Vec::new());
+        }
+        if absent.len() as f64 > max_share * live as f64 {
+            return DeleteVerdict::GuardTripped {
+                would_delete: absent.len(),
+                of: live,
+            };
+        }
+        let mut absent: Vec<String> = absent
+            .into_iter()
+            .map(|slot| self.table.key_of(slot).to_string())
+            .collect();
+        absent.sort();
+        DeleteVerdict::Delete(absent)
+    }
+}
