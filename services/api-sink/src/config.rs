@@ -16,13 +16,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use snapfeed_runtime::config::{ConfigError, ServiceConfig};
-use snapfeed_runtime::health::HttpConfig;
-use snapfeed_runtime::kafka::KafkaConfig;
-use snapfeed_runtime::service::{CommonSections, HasCommonSections, PipelineConfig};
-use snapfeed_runtime::shutdown::ShutdownConfig;
-use snapfeed_runtime::telemetry::LogConfig;
-use snapfeed_runtime::topics::TopicsConfig;
+use snapfeed_runtime::config::ConfigError;
+use snapfeed_runtime::service::StageSection;
 
 pub use auth::AuthConfig;
 pub use profile::{
@@ -31,29 +26,13 @@ pub use profile::{
 };
 pub use retry::RetryConfig;
 
-/// Everything api-sink reads from its config file and environment.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct ApiSinkConfig {
-    /// Pipeline name, guarantee, schemas.
-    #[serde(default)]
-    pub pipeline: PipelineConfig,
-    /// Cluster connection.
-    pub kafka: KafkaConfig,
-    /// Topic names and creation.
-    #[serde(default)]
-    pub topics: TopicsConfig,
-    /// Metrics/health endpoint.
-    #[serde(default)]
-    pub http: HttpConfig,
-    /// Logging.
-    #[serde(default)]
-    pub log: LogConfig,
-    /// Drain bound.
-    #[serde(default)]
-    pub shutdown: ShutdownConfig,
-    /// The stage's own settings (required: there is no sensible default API).
-    pub sink: SinkConfig,
+snapfeed_runtime::service_config! {
+    /// Everything api-sink reads from its config file and environment: the six shared
+    /// sections and `[sink]`.
+    pub struct ApiSinkConfig {
+        /// The stage's own settings (required: there is no sensible default API).
+        sink: SinkConfig,
+    }
 }
 
 /// The `[sink]` section.
@@ -238,6 +217,12 @@ impl SinkConfig {
     }
 }
 
+impl StageSection for SinkConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        SinkConfig::validate(self)
+    }
+}
+
 /// More lanes than this per partition buys nothing but memory.
 pub const MAX_LANES_PER_PARTITION: usize = 64;
 
@@ -280,26 +265,6 @@ pub(crate) fn check_header_text(key: &str, value: &str, no_colon: bool) -> Resul
             "non-empty printable ASCII"
         };
         Err(ConfigError::invalid(key, format!("{value:?}"), expected))
-    }
-}
-
-impl HasCommonSections for ApiSinkConfig {
-    fn common(&self) -> CommonSections<'_> {
-        CommonSections {
-            pipeline: &self.pipeline,
-            kafka: &self.kafka,
-            topics: &self.topics,
-            http: &self.http,
-            log: &self.log,
-            shutdown: &self.shutdown,
-        }
-    }
-}
-
-impl ServiceConfig for ApiSinkConfig {
-    fn validate(&self) -> Result<(), ConfigError> {
-        self.common().validate()?;
-        self.sink.validate()
     }
 }
 

@@ -2,18 +2,12 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
-use snapfeed_runtime::cli::{execute_common, execute_replay, CommonCommand, GlobalArgs};
+use snapfeed_runtime::cli::{
+    execute_common, execute_replay, CommonCommand, ReplayArgs, ServiceCli,
+};
 
-/// Sink stage: deliver every change to the case API, in order per key; the consumer offset is the retry state.
-#[derive(Debug, Parser)]
-#[command(name = "api-sink", version)]
-struct Cli {
-    #[command(flatten)]
-    global: GlobalArgs,
-    #[command(subcommand)]
-    command: Option<Command>,
-}
+/// What `--help` says the binary is.
+const ABOUT: &str = "Sink stage: deliver every change to the case API, in order per key; the consumer offset is the retry state.";
 
 #[derive(Debug, clap::Subcommand)]
 enum Command {
@@ -21,11 +15,7 @@ enum Command {
     Common(CommonCommand),
     /// Reset the group's offsets on `changes` (refused while instances run), so the chosen
     /// range of changes is delivered again (with the same Idempotency-Keys).
-    Replay {
-        /// `earliest`, an RFC 3339 time, or `partition:offset,…`.
-        #[arg(long)]
-        to: String,
-    },
+    Replay(ReplayArgs),
     /// Re-publish dead letters to `changes` once their cause is fixed (skipping any whose key
     /// has had a newer version delivered since).
     Redrive {
@@ -42,7 +32,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = ServiceCli::<Command>::parse_as(api_sink::SERVICE, ABOUT);
     let config = cli.global.config.as_deref();
     match cli.command.unwrap_or(Command::Common(CommonCommand::Run)) {
         Command::Common(command) => {
@@ -53,7 +43,7 @@ fn main() -> ExitCode {
             status,
             reason,
         } => redrive(config, since, status, reason),
-        Command::Replay { to } => {
+        Command::Replay(ReplayArgs { to }) => {
             execute_replay::<api_sink::ApiSinkConfig>(api_sink::SERVICE, config, &to, |t| {
                 t.changes.clone()
             })

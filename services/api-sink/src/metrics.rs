@@ -1,9 +1,10 @@
 //! api-sink metrics (`snapfeed_api_sink_…`). Labels come from small fixed sets — never keys,
 //! URLs or error strings.
 
-use prometheus::{
-    Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-};
+use prometheus::{Gauge, Histogram, IntCounter, IntCounterVec, IntGauge, Registry};
+use snapfeed_runtime::metrics::MetricsBuilder;
+
+use crate::retry::{Classification, Decision};
 
 /// The metrics of one api-sink instance.
 #[derive(Debug, Clone)]
@@ -29,79 +30,102 @@ pub struct SinkMetrics {
     pub global_backoff: IntCounter,
     /// Changes consumed and not yet committed.
     pub in_flight: IntGauge,
+    /// Outcomes that could not be encoded, by `outcome`: `receipt`, `dead_letter`. Each one
+    /// stalls its lane and holds its partition's committed offset (see `deliver::outcome`).
+    pub unrecordable_outcomes: IntCounterVec,
+    /// Lanes stopped at an outcome they could not record.
+    pub stalled_lanes: IntGauge,
 }
 
 impl SinkMetrics {
     /// Creates and registers the metrics.
     pub fn register(registry: &Registry) -> prometheus::Result<SinkMetrics> {
-        let requests = IntCounterVec::new(
-            Opts::new(
-                "snapfeed_api_sink_requests_total",
-                "HTTP requests, by outcome.",
-            ),
-            &["outcome"],
+        let metrics = MetricsBuilder::new(registry, crate::SERVICE);
+        let requests = metrics.counters(
+            "requests_total",
+            "HTTP requests, by outcome.",
+            "outcome",
+            &["delivered", "transient", "permanent"],
         )?;
-        let m = SinkMetrics {
+        Ok(SinkMetrics {
             requests_delivered: requests.get_metric_with_label_values(&["delivered"])?,
             requests,
-            request_duration: Histogram::with_opts(
-                HistogramOpts::new(
-                    "snapfeed_api_sink_request_duration_seconds",
-                    "HTTP request latency.",
-                )
-                .buckets(vec![
+            request_duration: metrics.histogram(
+                "request_duration_seconds",
+                "HTTP request latency.",
+                &[
                     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
-                ]),
+                ],
             )?,
-            retries: IntCounterVec::new(
-                Opts::new("snapfeed_api_sink_retries_total", "Retries, by reason."),
-                &["reason"],
+            retries: metrics.counters(
+                "retries_total",
+                "Retries, by reason.",
+                "reason",
+                &[
+                    "connect_error",
+                    "timeout",
+                    "transport_error",
+                    "rate_limited",
+                    "server_error",
+                    "http_status",
+                    "unauthorized",
+                ],
             )?,
-            dead_letters: IntCounterVec::new(
-                Opts::new(
-                    "snapfeed_api_sink_dead_letters_total",
-                    "Changes dead-lettered, by reason.",
-                ),
-                &["reason"],
+            dead_letters: metrics.counters(
+                "dead_letters_total",
+                "Changes dead-lettered, by reason.",
+                "reason",
+                &[
+                    "http_4xx",
+                    "retry_budget_exhausted",
+                    "undecodable",
+                    "request_build_failed",
+                ],
             )?,
-            delivered: IntCounter::new("snapfeed_api_sink_deliveries_total", "Changes delivered.")?,
-            paused_partitions: IntGauge::new(
-                "snapfeed_api_sink_paused_partitions",
-                "Partitions (lanes) waiting to retry.",
-            )?,
-            last_delivery: Gauge::new(
-                "snapfeed_api_sink_last_delivery_timestamp_seconds",
+            delivered: metrics.counter("deliveries_total", "Changes delivered.")?,
+            paused_partitions: metrics
+                .gauge("paused_partitions", "Partitions (lanes) waiting to retry.")?,
+            last_delivery: metrics.float_gauge(
+                "last_delivery_timestamp_seconds",
                 "Unix time of the last delivery.",
             )?,
-            global_backoff: IntCounter::new(
-                "snapfeed_api_sink_global_backoff_total",
+            global_backoff: metrics.counter(
+                "global_backoff_total",
                 "Times every lane backed off together because most requests failed.",
             )?,
-            in_flight: IntGauge::new(
-                "snapfeed_api_sink_in_flight",
-                "Changes consumed and not yet committed.",
+            in_flight: metrics.gauge("in_flight", "Changes consumed and not yet committed.")?,
+            unrecordable_outcomes: metrics.counters(
+                "unrecordable_outcomes_total",
+                "Receipts and dead letters that could not be encoded (each stalls its lane), \
+                 by outcome.",
+                "outcome",
+                &["receipt", "dead_letter"],
             )?,
-        };
-        registry.register(Box::new(m.requests.clone()))?;
-        registry.register(Box::new(m.request_duration.clone()))?;
-        registry.register(Box::new(m.retries.clone()))?;
-        registry.register(Box::new(m.dead_letters.clone()))?;
-        registry.register(Box::new(m.delivered.clone()))?;
-        registry.register(Box::new(m.paused_partitions.clone()))?;
-        registry.register(Box::new(m.last_delivery.clone()))?;
-        registry.register(Box::new(m.global_backoff.clone()))?;
-        registry.register(Box::new(m.in_flight.clone()))?;
-        for outcome in ["delivered", "transient", "permanent"] {
-            m.requests.with_label_values(&[outcome]);
+            stalled_lanes: metrics.gauge(
+                "stalled_lanes",
+                "Lanes stopped at a change whose outcome could not be recorded.",
+            )?,
+        })
+    }
+
+    /// Counts one attempt's request (by outcome) and, for a failure that is retried or ends
+    /// in a spent budget, its retry reason. The 401 that renews the credentials is not
+    /// counted: the request is sent again at once, as if it had not happened.
+    pub fn count_attempt(&self, classification: &Classification, decision: &Decision) {
+        match (classification, decision) {
+            (_, Decision::Reauthenticate) => {}
+            (Classification::Delivered { .. }, _) => self.requests_delivered.inc(),
+            (Classification::Transient { reason, .. }, _) => self.count_retry(reason),
+            // Credentials refused: no change is at fault, so it is retried, never a dead letter.
+            (Classification::Unauthorized { .. }, _) => self.count_retry("unauthorized"),
+            (Classification::Permanent { .. }, _) => {
+                self.requests.with_label_values(&["permanent"]).inc()
+            }
         }
-        for reason in [
-            "http_4xx",
-            "retry_budget_exhausted",
-            "undecodable",
-            "request_build_failed",
-        ] {
-            m.dead_letters.with_label_values(&[reason]);
-        }
-        Ok(m)
+    }
+
+    fn count_retry(&self, reason: &str) {
+        self.requests.with_label_values(&["transient"]).inc();
+        self.retries.with_label_values(&[reason]).inc();
     }
 }

@@ -1,23 +1,27 @@
 //! Redrive: dead letters back onto `changes`, once their cause is fixed.
 //!
-//! Reads `dead-letters` from the beginning to partition EOF, picks the letters matching the
+//! Reads `dead-letters` from the beginning to its end, picks the letters matching the
 //! filters (dead-lettered at or after `--since`, with `--status`), and re-publishes each
 //! letter's original change to `changes` (same key, so the same partition and lane) with the
 //! redrive count in a header. A letter is skipped when a newer version of its key has been
 //! delivered since (read from `deliveries`): sending an older version after a newer one would
 //! overwrite the case with stale data. Prints what it redrove and skipped.
+//!
+//! Guarantee: at least once. The changes are written through a
+//! [`GuaranteedWriter`] and the redrive reports success only once every one is acknowledged;
+//! a failed or interrupted redrive can be run again — a letter redriven twice reaches the API
+//! with the same Idempotency-Key (and one whose key has moved on since is skipped).
 
 use std::collections::HashMap;
-use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
-use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
-use rdkafka::{Message, Offset, TopicPartitionList};
+use rdkafka::message::{BorrowedMessage, Header, OwnedHeaders};
+use rdkafka::Message;
 use snapfeed_runtime::avro::{MessageLocation, SchemaStore};
-use snapfeed_runtime::kafka::{KafkaConfig, ProcessingGuarantee};
+use snapfeed_runtime::kafka::{
+    GuaranteedWriter, KafkaConfig, OutgoingRecord, ProcessingGuarantee, TopicReader, WriteError,
+};
 use snapfeed_runtime::records::{AvroRecord, ChangeEvent, DeadLetter, DeliveryReceipt};
 use snapfeed_runtime::topics::TopicNames;
 
@@ -59,60 +63,23 @@ impl std::fmt::Display for RedriveReport {
 
 /// Why a redrive failed.
 #[derive(Debug, thiserror::Error)]
-#[error("kafka {context}: {source}")]
-pub struct RedriveError {
-    context: &'static str,
-    source: KafkaError,
+pub enum RedriveError {
+    /// Reading `deliveries`, `dead-letters` or `changes` failed.
+    #[error("kafka {context}: {source}")]
+    Read {
+        /// What we were doing.
+        context: &'static str,
+        /// The client error.
+        source: KafkaError,
+    },
+    /// The redriven changes could not be written (or acknowledged): run it again — a change
+    /// redriven twice is delivered with the same Idempotency-Key.
+    #[error(transparent)]
+    Write(#[from] WriteError),
 }
 
 fn failed(context: &'static str) -> impl FnOnce(KafkaError) -> RedriveError {
-    move |source| RedriveError { context, source }
-}
-
-fn read_all(
-    consumer: &BaseConsumer,
-    topic: &str,
-    timeout: Duration,
-    mut each: impl FnMut(&rdkafka::message::BorrowedMessage<'_>),
-) -> Result<(), RedriveError> {
-    let metadata = consumer
-        .fetch_metadata(Some(topic), timeout)
-        .map_err(failed("metadata"))?;
-    let partitions = metadata
-        .topics()
-        .first()
-        .map(|t| t.partitions().len())
-        .unwrap_or(0);
-    let mut tpl = TopicPartitionList::new();
-    for partition in 0..partitions as i32 {
-        tpl.add_partition_offset(topic, partition, Offset::Beginning)
-            .map_err(failed("assign"))?;
-    }
-    consumer.assign(&tpl).map_err(failed("assign"))?;
-    let mut at_eof = vec![false; partitions];
-    let mut idle_since = std::time::Instant::now();
-    while at_eof.iter().any(|eof| !eof) {
-        match consumer.poll(Duration::from_millis(100)) {
-            Some(Ok(message)) => {
-                idle_since = std::time::Instant::now();
-                each(&message);
-            }
-            Some(Err(KafkaError::PartitionEOF(partition))) => {
-                if let Some(eof) = at_eof.get_mut(partition as usize) {
-                    *eof = true;
-                }
-            }
-            Some(Err(error)) => return Err(failed("read")(error)),
-            None if idle_since.elapsed() > timeout => {
-                return Err(failed("read")(KafkaError::MetadataFetch(
-                    rdkafka::types::RDKafkaErrorCode::OperationTimedOut,
-                )))
-            }
-            None => {}
-        }
-    }
-    consumer.unassign().map_err(failed("unassign"))?;
-    Ok(())
+    move |source| RedriveError::Read { context, source }
 }
 
 /// Redrives the matching dead letters (blocking).
@@ -123,18 +90,21 @@ pub fn redrive(
     schemas: &SchemaStore,
     filter: &RedriveFilter,
 ) -> Result<RedriveReport, RedriveError> {
-    let timeout = kafka.request_timeout();
-    let reader: BaseConsumer = kafka
-        .reader_config("api-sink-redrive", guarantee)
-        .create()
-        .map_err(failed("reader"))?;
+    let reader =
+        TopicReader::new(kafka, "api-sink-redrive", guarantee).map_err(failed("reader"))?;
+    let read_all = |topic: &str, each: &mut dyn FnMut(&BorrowedMessage<'_>)| {
+        reader
+            .read_all(topic, each)
+            .map(|_| ())
+            .map_err(failed("read"))
+    };
     let location = |topic: &str, m: &rdkafka::message::BorrowedMessage<'_>| MessageLocation {
         topic: topic.to_string(),
         partition: m.partition(),
         offset: m.offset(),
     };
     let mut delivered: HashMap<String, i64> = HashMap::new();
-    read_all(&reader, &topics.deliveries, timeout, |m| {
+    read_all(&topics.deliveries, &mut |m| {
         if let Some(Ok(receipt)) = m.payload().map(|p| {
             schemas.decode::<DeliveryReceipt>(
                 p,
@@ -147,7 +117,7 @@ pub fn redrive(
         }
     })?;
     let mut letters = Vec::new();
-    read_all(&reader, &topics.dead_letters, timeout, |m| {
+    read_all(&topics.dead_letters, &mut |m| {
         if let Some(Ok(letter)) = m.payload().map(|p| {
             schemas.decode::<DeadLetter>(p, DeadLetter::SCHEMA, &location(&topics.dead_letters, m))
         }) {
@@ -160,7 +130,7 @@ pub fn redrive(
     let wanted: std::collections::HashSet<&str> =
         letters.iter().filter_map(|l| l.key.as_deref()).collect();
     let mut pending: HashMap<String, i64> = HashMap::new();
-    read_all(&reader, &topics.changes, timeout, |m| {
+    read_all(&topics.changes, &mut |m| {
         let Some(Ok(key)) = m.key().map(std::str::from_utf8) else {
             return;
         };
@@ -175,10 +145,13 @@ pub fn redrive(
         }
     })?;
 
-    let producer: BaseProducer = kafka
-        .producer_config("api-sink-redrive", ProcessingGuarantee::AtLeastOnce, None)
-        .create()
-        .map_err(failed("producer"))?;
+    // at_least_once: a redrive is not part of a transaction; acknowledged before it reports.
+    let writer = GuaranteedWriter::connect(
+        kafka,
+        "api-sink-redrive",
+        ProcessingGuarantee::AtLeastOnce,
+        "api-sink-redrive",
+    )?;
     let mut report = RedriveReport::default();
     for letter in letters {
         let matches = filter
@@ -210,17 +183,12 @@ pub fn redrive(
             key: REDRIVE_COUNT_HEADER,
             value: Some(count.as_bytes()),
         });
-        producer
-            .send(
-                BaseRecord::to(&topics.changes)
-                    .key(key.as_bytes())
-                    .payload(letter.change.as_slice())
-                    .headers(headers),
-            )
-            .map_err(|(error, _)| failed("send")(error))?;
+        writer.send(
+            OutgoingRecord::new(&topics.changes, key.as_bytes(), &letter.change).headers(headers),
+        )?;
         report.redriven += 1;
     }
-    producer.flush(timeout * 3).map_err(failed("flush"))?;
+    writer.acknowledge()?;
     tracing::info!(
         message = "Redrive done.",
         redriven = report.redriven,

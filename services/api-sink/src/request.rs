@@ -4,13 +4,10 @@
 //! template, see [`template`]). Pure: no I/O after start, so a request can be rebuilt or
 //! resent any number of times with the same bytes.
 //!
-//! **Idempotency-Key.** Every request carries `Idempotency-Key` = lower-case hex of
-//! SHA-256 over `"snapfeed-idempotency-v1"`, then the pipeline name and the record key, each as
-//! its UTF-8 length (u64, big-endian) followed by its bytes, then the version (i64,
-//! big-endian). Length prefixes make the encoding unambiguous (no separator a key could
-//! contain). A change re-sent after a crash or replay carries the same key, so the API can
-//! de-duplicate it. A request carrying several changes (a CommCare batch) uses the hash of
-//! its members' keys, see [`batch_idempotency_key`]; a batch of one uses its member's key.
+//! - `batch`: how a run of changes is grouped into requests (CommCare bulk).
+//! - [`idempotency`]: the `Idempotency-Key` every request carries, so a re-sent change can be
+//!   de-duplicated by the API.
+//! - [`commcare`], [`template`], `envelope`: the profiles' bodies.
 //!
 //! **The envelope** (the `json` body and the `template` context): `op`, `key`, `version`,
 //! `content_hash`, `previous_hash`, `detected_at` (RFC 3339, UTC, milliseconds),
@@ -22,8 +19,10 @@
 //! record) is a [`BuildError`]: the caller dead-letters it as [`REASON_REQUEST_BUILD_FAILED`].
 //! Error texts name fields, template lines and problems, never record values.
 
+mod batch;
 pub mod commcare;
 mod envelope;
+pub mod idempotency;
 pub mod template;
 
 use std::fmt;
@@ -33,7 +32,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_TYPE};
 use reqwest::{Method, Url};
-use sha2::{Digest, Sha256};
 use snapfeed_runtime::config::ConfigError;
 use snapfeed_runtime::dataset::{Dataset, DatasetRecord};
 use snapfeed_runtime::records::ChangeEvent;
@@ -41,6 +39,7 @@ use snapfeed_runtime::records::ChangeEvent;
 use crate::config::{Profile, SinkConfig};
 use commcare::CommCareProfile;
 pub use envelope::{envelope, envelope_json, record_json, value_text};
+pub use idempotency::{batch_idempotency_key, idempotency_key};
 use template::TemplateProfile;
 
 /// Dead-letter reason for a change no request could be built from.
@@ -282,116 +281,6 @@ impl RequestBuilder {
             ProfileBuilder::Template(template) => template.render(change, key),
         }
     }
-
-    /// Requests for a run of changes (in partition order), as few as the profile allows.
-    ///
-    /// Only `commcare_case_v2` groups: consecutive changes share a request until it holds
-    /// `batch_max_cases`, or until a key comes again — two versions of one case in one
-    /// request would leave their order to the server, so the later one starts the next
-    /// request. Requests must be sent in the order returned. Other profiles give one request
-    /// per change.
-    pub fn build_batch(
-        &self,
-        changes: &[DecodedChange<'_>],
-    ) -> Result<Vec<PreparedBatch>, BatchBuildError> {
-        let ProfileBuilder::CommCare(commcare) = &self.profile else {
-            return changes
-                .iter()
-                .enumerate()
-                .map(|(index, change)| {
-                    let request = self
-                        .build(*change)
-                        .map_err(|source| BatchBuildError { index, source })?;
-                    Ok(PreparedBatch {
-                        member_keys: vec![request.idempotency_key.clone()],
-                        request,
-                        members: index..index + 1,
-                    })
-                })
-                .collect();
-        };
-        let mut batches = Vec::new();
-        for members in plan_batches(changes, commcare.batch_max()) {
-            let mut cases = Vec::with_capacity(members.len());
-            let mut member_keys = Vec::with_capacity(members.len());
-            for index in members.clone() {
-                let change = changes[index];
-                cases.push(
-                    commcare
-                        .case(change)
-                        .map_err(|source| BatchBuildError { index, source })?,
-                );
-                member_keys.push(idempotency_key(
-                    &self.pipeline,
-                    &change.event.key,
-                    change.event.version,
-                ));
-            }
-            let body = serde_json::to_vec(&cases).map_err(|_| BatchBuildError {
-                index: members.start,
-                source: field_error("record", "cannot be serialized as JSON"),
-            })?;
-            let key = batch_idempotency_key(&member_keys);
-            batches.push(PreparedBatch {
-                request: json_request(Method::POST, commcare.url().clone(), body, key),
-                members,
-                member_keys,
-            });
-        }
-        Ok(batches)
-    }
-}
-
-/// Contiguous runs of at most `max` changes with no key twice in a run.
-fn plan_batches(changes: &[DecodedChange<'_>], max: usize) -> Vec<Range<usize>> {
-    let mut runs = Vec::new();
-    let mut start = 0;
-    let mut keys = std::collections::HashSet::new();
-    for (index, change) in changes.iter().enumerate() {
-        if index - start >= max.max(1) || keys.contains(change.event.key.as_str()) {
-            runs.push(start..index);
-            start = index;
-            keys.clear();
-        }
-        keys.insert(change.event.key.as_str());
-    }
-    if start < changes.len() {
-        runs.push(start..changes.len());
-    }
-    runs
-}
-
-/// The Idempotency-Key of one change (see the module docs for the encoding).
-pub fn idempotency_key(pipeline: &str, key: &str, version: i64) -> String {
-    let mut hash = Sha256::new();
-    hash.update(b"snapfeed-idempotency-v1");
-    for part in [pipeline, key] {
-        hash.update((part.len() as u64).to_be_bytes());
-        hash.update(part.as_bytes());
-    }
-    hash.update(version.to_be_bytes());
-    snapfeed_runtime::avro::hex(&hash.finalize())
-}
-
-/// The Idempotency-Key of a request carrying several changes: SHA-256 over
-/// `"snapfeed-batch-v1"`, the member count (u64, big-endian), then each member's own key,
-/// sorted, length-prefixed like [`idempotency_key`]. Members' keys already cover pipeline,
-/// key and version, so the same set of changes always gets the same batch key. One member:
-/// its own key, so a batch bisected down to one change is that change's request.
-pub fn batch_idempotency_key(member_keys: &[String]) -> String {
-    if let [only] = member_keys {
-        return only.clone();
-    }
-    let mut sorted: Vec<&str> = member_keys.iter().map(String::as_str).collect();
-    sorted.sort_unstable();
-    let mut hash = Sha256::new();
-    hash.update(b"snapfeed-batch-v1");
-    hash.update((sorted.len() as u64).to_be_bytes());
-    for key in sorted {
-        hash.update((key.len() as u64).to_be_bytes());
-        hash.update(key.as_bytes());
-    }
-    snapfeed_runtime::avro::hex(&hash.finalize())
 }
 
 fn json_request(
@@ -522,57 +411,6 @@ pub(crate) mod tests {
     }
 
     const JSON: &str = "profile = \"json\"\n[sink.json]\npath = \"/snapfeed/changes\"\n";
-
-    #[test]
-    fn the_idempotency_key_is_stable_and_distinct() {
-        let key = idempotency_key("lab-results", "K1", 3);
-        assert_eq!(key, idempotency_key("lab-results", "K1", 3));
-        assert_eq!(key.len(), 64);
-        assert!(key
-            .bytes()
-            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
-        let others = [
-            idempotency_key("lab-results", "K1", 4),
-            idempotency_key("lab-results", "K2", 3),
-            idempotency_key("other", "K1", 3),
-            // Length prefixes: moving a boundary between pipeline and key changes the key.
-            idempotency_key("lab-resultsK", "1", 3),
-            idempotency_key("lab-results", "K1", -3),
-        ];
-        for other in &others {
-            assert_ne!(&key, other);
-        }
-        // Pinned: the encoding is a contract with APIs that stored earlier keys.
-        assert_eq!(
-            key,
-            idempotency_key("lab-results", "K1", 3),
-            "deterministic across calls"
-        );
-        let mut sha = Sha256::new();
-        sha.update(b"snapfeed-idempotency-v1");
-        sha.update(11u64.to_be_bytes());
-        sha.update(b"lab-results");
-        sha.update(2u64.to_be_bytes());
-        sha.update(b"K1");
-        sha.update(3i64.to_be_bytes());
-        assert_eq!(key, snapfeed_runtime::avro::hex(&sha.finalize()));
-    }
-
-    #[test]
-    fn a_batch_key_ignores_member_order() {
-        let a = idempotency_key("p", "A", 1);
-        let b = idempotency_key("p", "B", 1);
-        let ab = batch_idempotency_key(&[a.clone(), b.clone()]);
-        assert_eq!(ab, batch_idempotency_key(&[b.clone(), a.clone()]));
-        assert_ne!(ab, a);
-        assert_eq!(batch_idempotency_key(std::slice::from_ref(&a)), a);
-        let b2 = idempotency_key("p", "B", 2);
-        assert_ne!(
-            ab,
-            batch_idempotency_key(&[a, b2]),
-            "a new version is a new batch"
-        );
-    }
 
     #[test]
     fn the_json_profile_posts_the_envelope() {

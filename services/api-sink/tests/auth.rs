@@ -8,10 +8,11 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
+use snapfeed_harness::service_process::LogOnPanic;
 use snapfeed_harness::stub_api::{Reply, Rule, TOKEN_PATH};
 use tokio::task::block_in_place;
 
-use common::{key, key_version, Fixture, LogOnPanic, SinkOptions, TestChange, BINARY};
+use common::{key, key_version, Fixture, SinkOptions, TestChange, BINARY};
 
 const LIMIT: Duration = Duration::from_secs(90);
 

@@ -11,11 +11,13 @@ use std::time::Duration;
 
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
+use snapfeed_harness::metrics::metric;
 use snapfeed_harness::stub_api::{Reply, Rule};
+use snapfeed_harness::wait;
 
 use common::{
-    ends, external_ids, key, key_version, receipt_ids, wait_until, Fixture, ProfileChoice,
-    SinkOptions, TestChange,
+    ends, external_ids, key, key_version, receipt_ids, Fixture, ProfileChoice, SinkOptions,
+    TestChange,
 };
 
 const LIMIT: Duration = Duration::from_secs(90);
@@ -103,7 +105,7 @@ async fn each_keys_versions_reach_the_api_in_order_under_concurrency() {
     );
     assert!(f.dead_letters().is_empty());
     assert_eq!(
-        common::metric(&metrics, "snapfeed_api_sink_deliveries_total"),
+        metric(&metrics, "snapfeed_api_sink_deliveries_total"),
         Some(total as f64)
     );
 }
@@ -173,7 +175,7 @@ async fn a_change_answered_503_n_times_is_delivered_once_and_committed_only_afte
     );
     assert!(receipt.response_id.is_some(), "the stub returns an id");
     assert_eq!(
-        common::metric(
+        metric(
             &metrics,
             "snapfeed_api_sink_retries_total{reason=\"server_error\"}"
         ),
@@ -206,7 +208,7 @@ async fn a_429_with_retry_after_is_retried_no_sooner_than_asked() {
         .all(|r| r.idempotency_key() == Some(change.idempotency_key.as_str())));
     assert_eq!(receipts[0].attempts, 2);
     assert_eq!(
-        common::metric(
+        metric(
             &metrics,
             "snapfeed_api_sink_retries_total{reason=\"rate_limited\"}"
         ),
@@ -236,7 +238,7 @@ async fn while_the_api_refuses_connections_nothing_is_lost_and_every_lane_backs_
     sink.wait_metric_at_least("snapfeed_api_sink_global_backoff_total", 1.0, LIMIT)
         .await;
     assert!(
-        wait_until(LIMIT, || sink.get("/readyz").is_some_and(|(s, _)| s != 200)).await,
+        wait::within(LIMIT, || sink.get("/readyz").is_some_and(|(s, _)| s != 200)).await,
         "/readyz stays ready while the API is unreachable"
     );
     // Nothing moved past an undelivered change.
@@ -255,7 +257,7 @@ async fn while_the_api_refuses_connections_nothing_is_lost_and_every_lane_backs_
     );
     f.wait_committed(&ends(&produced), LIMIT).await;
     assert!(
-        wait_until(LIMIT, || sink.get("/readyz").is_some_and(|(s, _)| s == 200)).await,
+        wait::within(LIMIT, || sink.get("/readyz").is_some_and(|(s, _)| s == 200)).await,
         "/readyz not ready again after the API came back"
     );
     let metrics = sink.metrics();
@@ -275,7 +277,7 @@ async fn while_the_api_refuses_connections_nothing_is_lost_and_every_lane_backs_
         "snapfeed_api_sink_retries_total{reason=\"connect_error\"}",
         "snapfeed_api_sink_global_backoff_total",
     ] {
-        let value = common::metric(&metrics, series).unwrap_or(0.0);
+        let value = metric(&metrics, series).unwrap_or(0.0);
         assert!(value > 0.0, "{series} = {value}");
     }
 }
@@ -352,7 +354,7 @@ async fn a_400_dead_letters_that_change_with_a_body_excerpt_and_the_next_ones_fl
         [0, 2, 3, 4].into_iter().map(|k| (key(k), 1)).collect()
     );
     assert_eq!(
-        common::metric(
+        metric(
             &metrics,
             "snapfeed_api_sink_dead_letters_total{reason=\"http_4xx\"}"
         ),

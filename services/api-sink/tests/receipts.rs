@@ -8,9 +8,10 @@ mod common;
 use std::time::Duration;
 
 use rdkafka::types::RDKafkaRespErr;
+use snapfeed_harness::endpoint::free_addr;
 use snapfeed_harness::stub_api::Reply;
 
-use common::{ends, free_addr, key, receipt_ids, Fixture, SinkOptions, SinkRun, TestChange};
+use common::{ends, key, receipt_ids, run_sink, Fixture, SinkOptions, TestChange};
 
 const LIMIT: Duration = Duration::from_secs(90);
 
@@ -27,7 +28,7 @@ async fn a_receipt_the_broker_refuses_holds_the_offset_until_it_is_recorded() {
         .replacen("[kafka]\n", "[kafka]\nmessage_timeout_ms = 1500\n", 1);
     std::fs::write(&path, text).unwrap();
     let config = snapfeed_runtime::config::load(Some(&path), Vec::new()).unwrap();
-    let sink = SinkRun::start(config, http);
+    let sink = run_sink(config, http);
     sink.wait_ready(LIMIT).await;
     // One change through first: commits happen at all.
     let first = f.produce(&[TestChange::new(key(0), 1)]).await;

@@ -12,12 +12,13 @@ use std::time::{Duration, Instant};
 use api_sink::redrive::{RedriveFilter, RedriveReport};
 use rdkafka::Message;
 use snapfeed_harness::broker::{repo_root, BrokerKind};
+use snapfeed_harness::service_process::LogOnPanic;
 use snapfeed_harness::stub_api::{Reply, Rule};
+use snapfeed_harness::wait;
 use tokio::task::block_in_place;
 
 use common::{
-    ends, key, key_version, receipt_ids, redrive_count, Fixture, LogOnPanic, SinkOptions,
-    TestChange, BINARY,
+    ends, key, key_version, receipt_ids, redrive_count, Fixture, SinkOptions, TestChange, BINARY,
 };
 
 const LIMIT: Duration = Duration::from_secs(90);
@@ -254,7 +255,7 @@ async fn redrive_brings_dead_letters_back_except_superseded_ones() {
 
     let a_key = &produced[0].idempotency_key;
     assert!(
-        common::wait_until(LIMIT, || f
+        wait::within(LIMIT, || f
             .stub
             .effects_by_idempotency_key()
             .contains_key(a_key))

@@ -10,10 +10,9 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use snapfeed_harness::stub_api::{RecordedRequest, Reply, Rule};
+use snapfeed_harness::wait;
 
-use common::{
-    ends, key_version, keys_one_per_partition, wait_until, Fixture, SinkOptions, TestChange,
-};
+use common::{ends, key_version, keys_one_per_partition, Fixture, SinkOptions, TestChange};
 
 const LIMIT: Duration = Duration::from_secs(90);
 
@@ -54,7 +53,7 @@ async fn an_old_version_never_overtakes_a_newer_one_across_a_rebalance() {
         .collect();
     let produced = f.produce(&changes).await;
     assert!(
-        wait_until(LIMIT, || from(&f.stub.requests(), "/a").len() >= keys.len()).await,
+        wait::within(LIMIT, || from(&f.stub.requests(), "/a").len() >= keys.len()).await,
         "A did not try every key's v1"
     );
 
@@ -70,7 +69,7 @@ async fn an_old_version_never_overtakes_a_newer_one_across_a_rebalance() {
         )
         .await;
     assert!(
-        wait_until(LIMIT, || !from(&f.stub.requests(), "/b").is_empty()).await,
+        wait::within(LIMIT, || !from(&f.stub.requests(), "/b").is_empty()).await,
         "B never got a partition"
     );
     let b_first = from(&f.stub.requests(), "/b")[0].at;
@@ -83,7 +82,7 @@ async fn an_old_version_never_overtakes_a_newer_one_across_a_rebalance() {
     f.stub.clear_rules();
     let v2: Vec<&common::Produced> = produced.iter().filter(|p| p.version == 2).collect();
     assert!(
-        wait_until(LIMIT, || {
+        wait::within(LIMIT, || {
             let effects = f.stub.effects_by_idempotency_key();
             v2.iter().all(|p| effects.contains_key(&p.idempotency_key))
         })
@@ -93,7 +92,7 @@ async fn an_old_version_never_overtakes_a_newer_one_across_a_rebalance() {
     f.wait_committed(&ends(&produced), LIMIT).await;
     // Give a lane that still retries a revoked v1 (every ≤ 3 s) the time to show itself.
     let v1: Vec<&common::Produced> = produced.iter().filter(|p| p.version == 1).collect();
-    wait_until(Duration::from_secs(5), || {
+    wait::within(Duration::from_secs(5), || {
         let effects = f.stub.effects_by_idempotency_key();
         v1.iter().all(|p| {
             effects

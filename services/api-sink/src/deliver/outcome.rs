@@ -3,265 +3,251 @@
 //! change's offset done ([`crate::offsets`]), so the committed offset never passes a change
 //! whose outcome is not durable.
 //!
-//! Pipelined: the lane hands the record to the producer and goes on with its next change; a
-//! task per record waits for the acknowledgement (re-sending the record after a failure, with
-//! backoff) and then marks the offset done. Waiting in the lane cost a lane the producer's
-//! linger and a broker round trip per change (~7 ms against a 0.3 ms request). What the wait
-//! protected is kept: the offset still moves only past acknowledged records, as a contiguous
-//! prefix, and a record never acknowledged (shutdown first) leaves its offset undone, so the
-//! change is delivered again after a restart — with the same Idempotency-Key. Records still
-//! waiting count as `busy`, so a revoke and the shutdown drain wait for them before their
-//! final commit, and in the backlog the consumer bounds.
+//! Written (see `write`) through the runtime's
+//! [`GuaranteedWriter`](snapfeed_runtime::kafka::GuaranteedWriter) — at_least_once: an HTTP
+//! call cannot join a Kafka transaction — which waits while the producer's queue is full and
+//! replaces a producer librdkafka declares fatal. Pipelined: the lane hands the record to the
+//! writer and goes on with its next change; a task per record waits for its acknowledgement
+//! (re-sending the record after a failure, with backoff) and then marks the offset done.
+//! Waiting in the lane cost a lane the producer's linger and a broker round trip per change
+//! (~7 ms against a 0.3 ms request). What the wait protected is kept: the offset still moves
+//! only past acknowledged records, as a contiguous prefix, and a record never acknowledged
+//! (shutdown first) leaves its offset undone, so the change is delivered again after a
+//! restart — with the same Idempotency-Key. Records still waiting count as `busy`, so a revoke
+//! and the shutdown drain wait for them before their final commit, and in the backlog the
+//! consumer bounds. A write error the writer calls fatal (the cluster will never take the
+//! record, or no producer can be set up) is not retried: the offset stays undone and the
+//! stage stops with the error.
+//!
+//! **An outcome that cannot be encoded** — a receipt or dead letter that does not fit the
+//! deployed schema: a bug or a botched deploy, never the change's fault, and not cured by
+//! waiting — is never written empty, skipped, or marked done. The change stays undelivered on
+//! record: its offset stays in flight, so the partition's committed offset cannot pass it. The
+//! lane stops there ([`Halt::Stalled`]): it sends nothing more to the API (whose outcomes it
+//! could not record either) and waits until its partition is revoked or the sink stops; the
+//! changes queued behind it count toward the backlog bound, so the consumer takes no more once
+//! that is reached. And it is loud: an error log naming partition and offset (never contents),
+//! `snapfeed_api_sink_unrecordable_outcomes_total{outcome}`, `snapfeed_api_sink_stalled_lanes`,
+//! and `/readyz` not ready ([`OUTCOMES_RECORDED`](super::OUTCOMES_RECORDED)). Once the cause is
+//! fixed, a restart delivers the change again from the committed offset, with the same
+//! Idempotency-Key.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
 
-use rdkafka::error::KafkaError;
-use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{DeliveryFuture, FutureRecord};
-use rdkafka::types::RDKafkaErrorCode;
+use serde::Serialize;
+use snapfeed_runtime::avro::AvroError;
 use snapfeed_runtime::records::{now_millis, AvroRecord, ChangeEvent, DeadLetter, DeliveryReceipt};
 
-use super::{lock, Attempts, Incoming, Outcome, Sink, REDRIVE_COUNT_HEADER};
-
-/// First wait before re-sending a record whose acknowledgement failed (doubles up to 5 s).
-const RESEND_INITIAL_DELAY: Duration = Duration::from_millis(100);
-/// Wait while the producer's queue is full.
-const QUEUE_FULL_DELAY: Duration = Duration::from_millis(5);
+use super::attempt::Attempts;
+use super::{Halt, Incoming, Outcome, Sink, OUTCOMES_RECORDED, REASON_UNDECODABLE};
 
 /// Which topic an outcome record goes to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum OutcomeTopic {
+pub(super) enum OutcomeTopic {
     Deliveries,
     DeadLetters,
 }
 
+/// A receipt or dead letter that could not be encoded.
+#[derive(Debug)]
+struct Unencodable {
+    /// `receipt` or `dead_letter` (the metric label).
+    outcome: &'static str,
+    error: AvroError,
+}
+
 /// An outcome record, owned, so it can be sent again after a failed acknowledgement.
 #[derive(Debug)]
-struct OutcomeRecord {
-    topic: OutcomeTopic,
-    key: String,
-    payload: Vec<u8>,
+pub(super) struct OutcomeRecord {
+    /// `deliveries` or `dead-letters`.
+    pub(super) topic: OutcomeTopic,
+    /// The record key (or `partition@offset` for an undecodable change).
+    pub(super) key: String,
+    /// The encoded receipt or dead letter.
+    pub(super) payload: Vec<u8>,
     /// Dead letters carry the redrive count as a header.
-    redrive_count: Option<i32>,
-    /// The change it records.
-    partition: i32,
-    offset: i64,
+    pub(super) redrive_count: Option<i32>,
+    /// The change it records: the offset marked done once it is acknowledged.
+    pub(super) partition: i32,
+    pub(super) offset: i64,
 }
 
 impl Sink {
+    /// Records how a decoded change ended; its offset is marked done once the record is
+    /// acknowledged. Returns as soon as the writer has taken the record.
     pub(super) async fn finish(
         self: &Arc<Self>,
         incoming: &Incoming,
-        event: Option<&ChangeEvent>,
-        outcome: Outcome,
-        attempts: &Attempts,
-    ) {
-        self.finish_with_key(incoming, event, outcome, attempts, None)
-            .await;
-    }
-
-    /// Records the outcome (receipt or dead letter); its offset is marked done once the
-    /// record is acknowledged. Returns as soon as the producer has taken the record.
-    pub(super) async fn finish_with_key(
-        self: &Arc<Self>,
-        incoming: &Incoming,
-        event: Option<&ChangeEvent>,
+        event: &ChangeEvent,
         outcome: Outcome,
         attempts: &Attempts,
         idempotency_key: Option<String>,
-    ) {
+    ) -> Result<(), Halt> {
         let record = match outcome {
-            Outcome::Abandoned => return,
             Outcome::Delivered {
                 status,
                 response_id,
-            } => {
-                let Some(event) = event else { return };
-                let receipt = DeliveryReceipt {
-                    key: event.key.clone(),
-                    version: event.version,
-                    op: event.op.as_str().to_string(),
-                    status: i32::from(status),
-                    attempts: attempts.history.len() as i32,
-                    latency_ms: attempts
-                        .first
-                        .map_or(0, |first| first.elapsed().as_millis() as i64),
-                    response_id,
-                    idempotency_key: idempotency_key.unwrap_or_else(|| {
-                        crate::request::idempotency_key(&self.pipeline, &event.key, event.version)
-                    }),
-                    source_partition: incoming.partition,
-                    source_offset: incoming.offset,
-                    delivered_at: now_millis(),
-                };
-                let payload = match self
-                    .schemas
-                    .current(DeliveryReceipt::SCHEMA)
-                    .and_then(|s| s.encode(&receipt))
-                {
-                    Ok(payload) => payload,
-                    Err(error) => {
-                        tracing::error!(message = "Cannot encode a receipt.", %error);
-                        Vec::new()
-                    }
-                };
-                self.metrics.delivered.inc();
-                self.metrics
-                    .last_delivery
-                    .set(receipt.delivered_at as f64 / 1000.0);
-                OutcomeRecord {
-                    topic: OutcomeTopic::Deliveries,
-                    key: receipt.key,
-                    payload,
-                    redrive_count: None,
-                    partition: incoming.partition,
-                    offset: incoming.offset,
-                }
-            }
+            } => self.receipt(
+                incoming,
+                event,
+                status,
+                response_id,
+                attempts,
+                idempotency_key,
+            ),
             Outcome::DeadLetter {
                 reason,
                 status,
                 excerpt,
-            } => {
-                let letter = DeadLetter {
-                    change: incoming.payload.clone(),
-                    key: event.map(|e| e.key.clone()),
-                    version: event.map(|e| e.version),
-                    reason: reason.to_string(),
-                    status: status.map(i32::from),
-                    response_excerpt: excerpt,
-                    attempts: attempts.history.len() as i32,
-                    first_attempt_at: attempts.first_at,
-                    last_attempt_at: attempts.last_at,
-                    attempt_history: attempts.history.clone(),
-                    source_topic: self.topics.changes.clone(),
-                    source_partition: incoming.partition,
-                    source_offset: incoming.offset,
-                    dead_lettered_at: now_millis(),
-                    redrive_count: incoming.redrive_count,
-                };
-                let payload = match self
-                    .schemas
-                    .current(DeadLetter::SCHEMA)
-                    .and_then(|s| s.encode(&letter))
-                {
-                    Ok(payload) => payload,
-                    Err(error) => {
-                        tracing::error!(message = "Cannot encode a dead letter.", %error);
-                        Vec::new()
-                    }
-                };
-                self.metrics.dead_letters.with_label_values(&[reason]).inc();
-                tracing::warn!(
-                    message = "Change dead-lettered.",
-                    reason,
-                    status = status.map(i32::from),
-                    partition = incoming.partition,
-                    offset = incoming.offset,
-                    version = event.map(|e| e.version)
-                );
-                OutcomeRecord {
-                    topic: OutcomeTopic::DeadLetters,
-                    key: letter
-                        .key
-                        .unwrap_or_else(|| format!("{}@{}", incoming.partition, incoming.offset)),
-                    payload,
-                    redrive_count: Some(incoming.redrive_count),
-                    partition: incoming.partition,
-                    offset: incoming.offset,
-                }
-            }
+            } => self.dead_letter(incoming, Some(event), reason, status, excerpt, attempts),
         };
-        // Busy until acknowledged: a revoke or the shutdown drain waits for it.
-        self.busy.fetch_add(1, Ordering::Relaxed);
-        self.pending_records.fetch_add(1, Ordering::Relaxed);
-        let Some(ack) = self.enqueue(&record).await else {
-            self.record_settled();
-            return;
-        };
-        let sink = self.clone();
-        self.runtime.spawn(async move {
-            sink.await_ack(record, ack).await;
-            sink.record_settled();
-        });
+        let record = record.map_err(|unencodable| self.stall(incoming, unencodable))?;
+        self.record(record).await;
+        Ok(())
     }
 
-    fn record_settled(&self) {
-        self.pending_records.fetch_sub(1, Ordering::Relaxed);
-        self.busy.fetch_sub(1, Ordering::Relaxed);
+    /// Dead-letters a change that does not decode.
+    pub(super) async fn finish_undecodable(
+        self: &Arc<Self>,
+        incoming: &Incoming,
+    ) -> Result<(), Halt> {
+        let record = self.dead_letter(
+            incoming,
+            None,
+            REASON_UNDECODABLE,
+            None,
+            None,
+            &Attempts::default(),
+        );
+        let record = record.map_err(|unencodable| self.stall(incoming, unencodable))?;
+        self.record(record).await;
+        Ok(())
     }
 
-    /// Hands the record to the producer, waiting while its queue is full (back-pressure on
-    /// the lane). `None` when the sink stops first: the offset stays undone.
-    async fn enqueue(&self, record: &OutcomeRecord) -> Option<DeliveryFuture> {
-        let topic = match record.topic {
-            OutcomeTopic::Deliveries => &self.topics.deliveries,
-            OutcomeTopic::DeadLetters => &self.topics.dead_letters,
+    /// The lane stops at a change whose outcome cannot be encoded: its offset is not marked
+    /// done, and the operator is told (see the module documentation).
+    fn stall(&self, incoming: &Incoming, unencodable: Unencodable) -> Halt {
+        let stalled = self.progress.stalled.fetch_add(1, Ordering::Relaxed) + 1;
+        self.metrics.stalled_lanes.set(stalled as i64);
+        self.metrics
+            .unrecordable_outcomes
+            .with_label_values(&[unencodable.outcome])
+            .inc();
+        self.readiness.set(OUTCOMES_RECORDED, false);
+        tracing::error!(
+            message = "Cannot encode the outcome of a change; its lane stops there and the \
+                       partition's committed offset stays at it until the cause is fixed and \
+                       the sink restarted.",
+            outcome = unencodable.outcome,
+            partition = incoming.partition,
+            offset = incoming.offset,
+            error = %unencodable.error
+        );
+        Halt::Stalled
+    }
+
+    fn receipt(
+        &self,
+        incoming: &Incoming,
+        event: &ChangeEvent,
+        status: u16,
+        response_id: Option<String>,
+        attempts: &Attempts,
+        idempotency_key: Option<String>,
+    ) -> Result<OutcomeRecord, Unencodable> {
+        let outcomes = &self.outcomes;
+        let receipt = DeliveryReceipt {
+            key: event.key.clone(),
+            version: event.version,
+            op: event.op.as_str().to_string(),
+            status: i32::from(status),
+            attempts: attempts.history.len() as i32,
+            latency_ms: attempts
+                .first
+                .map_or(0, |first| first.elapsed().as_millis() as i64),
+            response_id,
+            idempotency_key: idempotency_key.unwrap_or_else(|| {
+                crate::request::idempotency_key(&outcomes.pipeline, &event.key, event.version)
+            }),
+            source_partition: incoming.partition,
+            source_offset: incoming.offset,
+            delivered_at: now_millis(),
         };
-        let mut delay = RESEND_INITIAL_DELAY;
-        loop {
-            let mut message = FutureRecord::to(topic)
-                .key(&record.key)
-                .payload(&record.payload);
-            if let Some(count) = record.redrive_count {
-                message = message.headers(OwnedHeaders::new().insert(Header {
-                    key: REDRIVE_COUNT_HEADER,
-                    value: Some(count.to_string().as_bytes()),
-                }));
-            }
-            match self.producer.send_result(message) {
-                Ok(ack) => return Some(ack),
-                Err((error, _)) => {
-                    if self.stopping() {
-                        return None;
-                    }
-                    if matches!(
-                        error,
-                        KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull)
-                    ) {
-                        tokio::time::sleep(QUEUE_FULL_DELAY).await;
-                    } else {
-                        tracing::warn!(message = "Cannot record the outcome yet; retrying.", %error, topic = %topic);
-                        tokio::time::sleep(delay).await;
-                        delay = (delay * 2).min(Duration::from_secs(5));
-                    }
-                }
-            }
-        }
+        let payload = self.encode(&receipt, "receipt")?;
+        self.metrics.delivered.inc();
+        self.metrics
+            .last_delivery
+            .set(receipt.delivered_at as f64 / 1000.0);
+        Ok(OutcomeRecord {
+            topic: OutcomeTopic::Deliveries,
+            key: receipt.key,
+            payload,
+            redrive_count: None,
+            partition: incoming.partition,
+            offset: incoming.offset,
+        })
     }
 
-    /// Waits for the record's acknowledgement — re-sending it after a failure — and then
-    /// marks its offset done. Gives up (offset left undone) only when the sink stops.
-    async fn await_ack(&self, record: OutcomeRecord, mut ack: DeliveryFuture) {
-        let mut delay = RESEND_INITIAL_DELAY;
-        loop {
-            let error = match ack.await {
-                Ok(Ok(_)) => break,
-                Ok(Err((error, _))) => error.to_string(),
-                Err(_) => "the producer dropped the record".to_string(),
-            };
-            if self.stopping() {
-                // Not recorded: leave the offset; the change is delivered again later.
-                return;
-            }
-            tracing::warn!(
-                message = "Cannot record the outcome yet; retrying.",
-                %error,
-                topic = ?record.topic,
-                partition = record.partition,
-                offset = record.offset
-            );
-            tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(Duration::from_secs(5));
-            match self.enqueue(&record).await {
-                Some(next) => ack = next,
-                None => return,
-            }
-        }
-        let mut tracker = lock(&self.tracker);
-        tracker.done(record.partition, record.offset);
-        self.metrics.in_flight.set(tracker.in_flight() as i64);
+    fn dead_letter(
+        &self,
+        incoming: &Incoming,
+        event: Option<&ChangeEvent>,
+        reason: &'static str,
+        status: Option<u16>,
+        excerpt: Option<String>,
+        attempts: &Attempts,
+    ) -> Result<OutcomeRecord, Unencodable> {
+        let outcomes = &self.outcomes;
+        let letter = DeadLetter {
+            change: incoming.payload.clone(),
+            key: event.map(|e| e.key.clone()),
+            version: event.map(|e| e.version),
+            reason: reason.to_string(),
+            status: status.map(i32::from),
+            response_excerpt: excerpt,
+            attempts: attempts.history.len() as i32,
+            first_attempt_at: attempts.first_at,
+            last_attempt_at: attempts.last_at,
+            attempt_history: attempts.history.clone(),
+            source_topic: outcomes.topics.changes.clone(),
+            source_partition: incoming.partition,
+            source_offset: incoming.offset,
+            dead_lettered_at: now_millis(),
+            redrive_count: incoming.redrive_count,
+        };
+        let payload = self.encode(&letter, "dead_letter")?;
+        self.metrics.dead_letters.with_label_values(&[reason]).inc();
+        tracing::warn!(
+            message = "Change dead-lettered.",
+            reason,
+            status = status.map(i32::from),
+            partition = incoming.partition,
+            offset = incoming.offset,
+            version = event.map(|e| e.version)
+        );
+        Ok(OutcomeRecord {
+            topic: OutcomeTopic::DeadLetters,
+            key: letter
+                .key
+                .unwrap_or_else(|| format!("{}@{}", incoming.partition, incoming.offset)),
+            payload,
+            redrive_count: Some(incoming.redrive_count),
+            partition: incoming.partition,
+            offset: incoming.offset,
+        })
+    }
+
+    /// The single-object encoding of a receipt or dead letter with its current schema.
+    fn encode<T: AvroRecord + Serialize>(
+        &self,
+        value: &T,
+        outcome: &'static str,
+    ) -> Result<Vec<u8>, Unencodable> {
+        self.outcomes
+            .schemas
+            .current(T::SCHEMA)
+            .and_then(|schema| schema.encode(value))
+            .map_err(|error| Unencodable { outcome, error })
     }
 }

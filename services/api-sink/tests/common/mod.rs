@@ -7,46 +7,31 @@
 #![allow(dead_code)] // each test binary uses its own subset
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use api_sink::ApiSinkConfig;
-use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Headers, OwnedMessage};
+use rdkafka::message::OwnedMessage;
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::{Message, Offset, TopicPartitionList};
 use snapfeed_harness::broker::{repo_root, TestBroker, TestPipeline};
-use snapfeed_harness::service_process::{http_get, service_env, ServiceProcess};
+use snapfeed_harness::endpoint::free_addr;
+use snapfeed_harness::in_process::InProcessService;
+use snapfeed_harness::messages::{decode, header};
+use snapfeed_harness::offsets::GroupOffsets;
+use snapfeed_harness::service_process::{guarantee_name, service_env, ServiceProcess};
 use snapfeed_harness::stub_api::{RecordedRequest, StubApi};
-use snapfeed_runtime::avro::{MessageLocation, SchemaStore};
+use snapfeed_harness::wait;
+use snapfeed_runtime::avro::SchemaStore;
 use snapfeed_runtime::dataset::{Dataset, DatasetMapping, FieldKind, FieldValue};
 use snapfeed_runtime::kafka::ProcessingGuarantee;
 use snapfeed_runtime::records::{
     now_millis, AvroRecord, ChangeEvent, ChangeOp, DeadLetter, DeliveryReceipt, Provenance,
 };
-use snapfeed_runtime::shutdown::{self, ShutdownTrigger};
-use tokio::task::{block_in_place, JoinHandle};
+use tokio::task::block_in_place;
 
 /// The api-sink binary.
 pub const BINARY: &str = env!("CARGO_BIN_EXE_api-sink");
-
-/// `"exactly_once"` / `"at_least_once"`, as the config spells it.
-pub fn guarantee_name(guarantee: ProcessingGuarantee) -> &'static str {
-    match guarantee {
-        ProcessingGuarantee::ExactlyOnce => "exactly_once",
-        ProcessingGuarantee::AtLeastOnce => "at_least_once",
-    }
-}
-
-/// A free loopback address (bound, then released) for a sink's `/metrics` endpoint, so the
-/// test knows where to GET it.
-pub fn free_addr() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-}
 
 /// A record key of fixed width, so no key is a substring of another (stub rules match on
 /// body text).
@@ -157,7 +142,6 @@ pub struct Fixture {
 impl Fixture {
     /// A fixture on the broker the environment selects, with `partitions` per topic.
     pub async fn new(label: &str, partitions: i32) -> Fixture {
-        init_logging();
         let broker = TestBroker::from_env();
         let pipeline = broker.pipeline(label, partitions).await;
         let stub = StubApi::start().await;
@@ -267,7 +251,7 @@ impl Fixture {
     /// Starts the sink in-process and waits until it is ready.
     pub async fn start_sink(&self, options: &SinkOptions) -> SinkRun {
         let http = free_addr();
-        let run = SinkRun::start(self.sink_config(options, http), http);
+        let run = run_sink(self.sink_config(options, http), http);
         run.wait_ready(Duration::from_secs(60)).await;
         run
     }
@@ -386,7 +370,7 @@ impl Fixture {
     pub fn receipts(&self) -> Vec<DeliveryReceipt> {
         self.read(&self.pipeline.topics.deliveries)
             .iter()
-            .map(|m| self.decode(m, DeliveryReceipt::SCHEMA))
+            .map(|m| decode(&self.store, m, DeliveryReceipt::SCHEMA))
             .collect()
     }
 
@@ -394,7 +378,7 @@ impl Fixture {
     pub fn dead_letters(&self) -> Vec<DeadLetter> {
         self.read(&self.pipeline.topics.dead_letters)
             .iter()
-            .map(|m| self.decode(m, DeadLetter::SCHEMA))
+            .map(|m| decode(&self.store, m, DeadLetter::SCHEMA))
             .collect()
     }
 
@@ -403,76 +387,42 @@ impl Fixture {
         block_in_place(|| self.broker.read_to_end(topic, true))
     }
 
-    fn decode<T: serde::de::DeserializeOwned>(&self, message: &OwnedMessage, schema: &str) -> T {
-        let location = MessageLocation {
-            topic: message.topic().to_string(),
-            partition: message.partition(),
-            offset: message.offset(),
-        };
-        self.store
-            .decode(message.payload().unwrap_or_default(), schema, &location)
-            .unwrap_or_else(|e| panic!("{location}: {e}"))
-    }
-
     /// Waits until `deliveries` holds at least `count` receipts; returns them.
     pub async fn wait_receipts(&self, count: usize, limit: Duration) -> Vec<DeliveryReceipt> {
-        let deadline = Instant::now() + limit;
-        loop {
+        wait::poll(limit, Duration::from_millis(200), || {
             let receipts = self.receipts();
             if receipts.len() >= count {
-                return receipts;
+                return Ok(receipts);
             }
-            assert!(
-                Instant::now() < deadline,
+            Err(format!(
                 "{} of {count} receipts after {limit:?}",
                 receipts.len()
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+            ))
+        })
+        .await
     }
 
     /// Waits until `dead-letters` holds at least `count` letters; returns them.
     pub async fn wait_dead_letters(&self, count: usize, limit: Duration) -> Vec<DeadLetter> {
-        let deadline = Instant::now() + limit;
-        loop {
+        wait::poll(limit, Duration::from_millis(200), || {
             let letters = self.dead_letters();
             if letters.len() >= count {
-                return letters;
+                return Ok(letters);
             }
-            assert!(
-                Instant::now() < deadline,
+            Err(format!(
                 "{} of {count} dead letters after {limit:?}",
                 letters.len()
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+            ))
+        })
+        .await
     }
 
     /// The sink group's committed offsets on `changes` (partitions without one omitted).
     pub fn committed(&self) -> BTreeMap<i32, i64> {
         block_in_place(|| {
-            // Same group id, never subscribed: it only reads the group's committed offsets.
-            let consumer: BaseConsumer = ClientConfig::new()
-                .set("bootstrap.servers", self.broker.bootstrap())
-                .set("group.id", self.group())
-                .set("enable.auto.commit", "false")
-                .create()
-                .expect("offsets reader");
-            let mut tpl = TopicPartitionList::new();
-            for partition in 0..self.partitions {
-                tpl.add_partition(&self.pipeline.topics.changes, partition);
-            }
-            let committed = consumer
-                .committed_offsets(tpl, Duration::from_secs(10))
-                .expect("committed offsets");
-            committed
-                .elements()
-                .iter()
-                .filter_map(|e| match e.offset() {
-                    Offset::Offset(offset) => Some((e.partition(), offset)),
-                    _ => None,
-                })
-                .collect()
+            GroupOffsets::new(self.broker.bootstrap(), &self.group())
+                .committed(&self.pipeline.topics.changes, self.partitions)
+                .expect("committed offsets")
         })
     }
 
@@ -483,21 +433,19 @@ impl Fixture {
         targets: &BTreeMap<i32, i64>,
         limit: Duration,
     ) -> BTreeMap<i32, i64> {
-        let deadline = Instant::now() + limit;
-        loop {
+        wait::poll(limit, Duration::from_millis(200), || {
             let committed = self.committed();
             if targets
                 .iter()
                 .all(|(p, target)| committed.get(p).is_some_and(|c| c >= target))
             {
-                return committed;
+                return Ok(committed);
             }
-            assert!(
-                Instant::now() < deadline,
+            Err(format!(
                 "committed {committed:?}, want {targets:?}, after {limit:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+            ))
+        })
+        .await
     }
 
     /// Starts the binary with `config` (environment overrides point it at this broker and
@@ -580,161 +528,17 @@ pub fn receipt_ids(receipts: &[DeliveryReceipt]) -> BTreeSet<(String, i64)> {
         .collect()
 }
 
-/// The value of one series (`name{labels}` exactly as exposed) in Prometheus text.
-pub fn metric(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .filter(|line| !line.starts_with('#'))
-        .find_map(|line| {
-            let (name, value) = line.rsplit_once(' ')?;
-            (name == series).then(|| value.parse().ok()).flatten()
-        })
-}
-
 /// The redrive count header of a message, if any.
 pub fn redrive_count(message: &OwnedMessage) -> Option<String> {
-    message.headers().and_then(|headers| {
-        headers
-            .iter()
-            .find(|h| h.key == api_sink::deliver::REDRIVE_COUNT_HEADER)
-            .and_then(|h| h.value)
-            .map(|v| String::from_utf8_lossy(v).into_owned())
+    header(message, api_sink::deliver::REDRIVE_COUNT_HEADER)
+}
+
+/// api-sink run in-process (`api_sink::run`) until [`InProcessService::stop`].
+pub type SinkRun = InProcessService<api_sink::ApiSinkError>;
+
+/// Spawns `api_sink::run(config)`; `http` must be the config's `[http] listen`.
+pub fn run_sink(config: ApiSinkConfig, http: SocketAddr) -> SinkRun {
+    InProcessService::spawn("api-sink", http, Duration::from_secs(30), |shutdown| {
+        api_sink::run(config, shutdown)
     })
-}
-
-/// Logs of in-process services go to stderr only when `SNAPFEED_TEST_LOG` is set (they are
-/// not captured by the test harness).
-pub fn init_logging() {
-    if let Ok(level) = std::env::var("SNAPFEED_TEST_LOG") {
-        snapfeed_runtime::telemetry::init(&snapfeed_runtime::telemetry::LogConfig {
-            format: snapfeed_runtime::telemetry::LogFormat::Human,
-            level,
-        });
-    }
-}
-
-/// api-sink run in-process (`api_sink::run`) until [`SinkRun::stop`].
-pub struct SinkRun {
-    trigger: ShutdownTrigger,
-    task: Option<JoinHandle<Result<(), api_sink::ApiSinkError>>>,
-    /// Its `/metrics`, `/healthz`, `/readyz` endpoint.
-    pub http: SocketAddr,
-}
-
-impl SinkRun {
-    /// Spawns `run(config)`; `http` must be the config's `[http] listen`.
-    pub fn start(config: ApiSinkConfig, http: SocketAddr) -> SinkRun {
-        let (trigger, shutdown) = shutdown::channel();
-        let task = tokio::spawn(api_sink::run(config, shutdown));
-        SinkRun {
-            trigger,
-            task: Some(task),
-            http,
-        }
-    }
-
-    /// GET `path` on its endpoint.
-    pub fn get(&self, path: &str) -> Option<(u16, String)> {
-        block_in_place(|| http_get(self.http, path))
-    }
-
-    /// True while `run` has not returned.
-    pub fn is_running(&self) -> bool {
-        self.task.as_ref().is_some_and(|t| !t.is_finished())
-    }
-
-    /// Waits until `/readyz` answers 200 (panics if `run` returns first).
-    pub async fn wait_ready(&self, limit: Duration) {
-        let deadline = Instant::now() + limit;
-        loop {
-            assert!(self.is_running(), "api-sink stopped before it was ready");
-            if matches!(self.get("/readyz"), Some((200, _))) {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "api-sink not ready after {limit:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    /// Its `/metrics` text.
-    pub fn metrics(&self) -> String {
-        match self.get("/metrics") {
-            Some((200, body)) => body,
-            other => panic!("/metrics answered {other:?}"),
-        }
-    }
-
-    /// One series of its metrics (0 when absent).
-    pub fn metric(&self, series: &str) -> f64 {
-        metric(&self.metrics(), series).unwrap_or(0.0)
-    }
-
-    /// Waits until `series` reads at least `value`; returns the reading.
-    pub async fn wait_metric_at_least(&self, series: &str, value: f64, limit: Duration) -> f64 {
-        let deadline = Instant::now() + limit;
-        loop {
-            let now = self.metric(series);
-            if now >= value {
-                return now;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{series} is {now}, not >= {value}, after {limit:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    /// Triggers shutdown and waits (bounded) for `run` to return `Ok`.
-    pub async fn stop(mut self) {
-        self.trigger.trigger();
-        let task = self.task.take().expect("running");
-        let result = tokio::time::timeout(Duration::from_secs(30), task)
-            .await
-            .expect("api-sink stopped within 30 s of shutdown")
-            .expect("api-sink task did not panic");
-        if let Err(error) = result {
-            panic!("api-sink returned an error: {error}");
-        }
-    }
-}
-
-impl Drop for SinkRun {
-    fn drop(&mut self) {
-        self.trigger.trigger();
-    }
-}
-
-/// Prints a service log if the test panics while it is alive (for diagnosing a failed run).
-#[derive(Debug)]
-pub struct LogOnPanic(pub PathBuf);
-
-impl Drop for LogOnPanic {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            let text = std::fs::read_to_string(&self.0).unwrap_or_default();
-            let tail: Vec<&str> = text.lines().rev().take(80).collect();
-            eprintln!(
-                "--- last lines of {} ---\n{}",
-                self.0.display(),
-                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-            );
-        }
-    }
-}
-
-/// Waits until `done` holds (polling every 20 ms); false if `limit` passed first.
-pub async fn wait_until(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + limit;
-    loop {
-        if done() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }

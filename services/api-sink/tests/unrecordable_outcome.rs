@@ -1,0 +1,126 @@
+//! An outcome that cannot be recorded is never passed over. When a change's receipt or dead
+//! letter cannot be encoded (here: schemas deployed that no longer fit what the sink writes),
+//! nothing is written in its place, the partition's committed offset stays at the change, and
+//! the sink says so where an operator looks: `/readyz` turns not ready and a metric counts it.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
+
+mod common;
+
+use std::time::Duration;
+
+use snapfeed_harness::stub_api::{Reply, Rule};
+
+use common::{keys_one_per_partition, Fixture, SinkOptions, TestChange};
+use snapfeed_harness::metrics::metric;
+use snapfeed_harness::wait;
+
+const LIMIT: Duration = Duration::from_secs(90);
+
+/// A copy of the repository's schemas where `source_partition` of the receipt and the dead
+/// letter is a boolean: the sink's `i32` does not fit, so encoding either fails.
+fn schemas_that_do_not_fit(repo_schemas: &std::path::Path) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("history")).unwrap();
+    for sub in ["", "history"] {
+        for entry in std::fs::read_dir(repo_schemas.join(sub)).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "avsc") {
+                let name = path.file_name().unwrap();
+                std::fs::copy(&path, dir.path().join(sub).join(name)).unwrap();
+            }
+        }
+    }
+    for file in ["delivery_receipt.avsc", "dead_letter.avsc"] {
+        let path = dir.path().join(file);
+        let mut schema: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let field = schema["fields"]
+            .as_array_mut()
+            .unwrap()
+            .iter_mut()
+            .find(|f| f["name"] == "source_partition")
+            .unwrap();
+        field["type"] = "boolean".into();
+        std::fs::write(&path, schema.to_string()).unwrap();
+    }
+    dir
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outcome_that_cannot_be_encoded_holds_the_offset_and_is_reported() {
+    let mut f = Fixture::new("unrecordable", 2).await;
+    let schemas = schemas_that_do_not_fit(&f.schemas_dir);
+    f.schemas_dir = schemas.path().to_path_buf();
+    // One change per partition: the first is delivered (its receipt cannot be encoded), the
+    // second refused with a 400 (its dead letter cannot be encoded).
+    let keys = keys_one_per_partition(2, 2);
+    f.stub.add_rule(Rule::body_contains(
+        keys[1].clone(),
+        Reply::status(400).with_body(r#"{"error":"invalid case"}"#),
+    ));
+    let sink = f.start_sink(&SinkOptions::default()).await;
+    let produced = f
+        .produce(&[
+            TestChange::new(keys[0].clone(), 1),
+            TestChange::new(keys[1].clone(), 1),
+        ])
+        .await;
+    assert!(f.stub.wait_for_requests(2, LIMIT).await);
+
+    let passed_over = || {
+        let committed = f.committed();
+        produced
+            .iter()
+            .any(|p| committed.get(&p.partition).is_some_and(|c| *c > p.offset))
+    };
+    let reported = || sink.get("/readyz").is_some_and(|(status, _)| status != 200);
+    wait::until(
+        "the stall is reported (or an offset passes it)",
+        LIMIT,
+        || reported() || passed_over(),
+    )
+    .await;
+    // Several commit intervals: an offset that were to move would have moved by now.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    for topic in [
+        &f.pipeline.topics.deliveries,
+        &f.pipeline.topics.dead_letters,
+    ] {
+        let written = f.read(topic);
+        assert!(
+            written.is_empty(),
+            "{} record(s) on {topic} in place of the outcomes that could not be encoded",
+            written.len()
+        );
+    }
+    assert!(
+        !passed_over(),
+        "committed {:?} past a change whose outcome was not recorded (changes at {:?})",
+        f.committed(),
+        produced
+            .iter()
+            .map(|p| (p.partition, p.offset))
+            .collect::<Vec<_>>()
+    );
+    assert!(
+        reported(),
+        "/readyz stays ready while outcomes cannot be recorded"
+    );
+    let metrics = sink.metrics();
+    for outcome in ["receipt", "dead_letter"] {
+        let series =
+            format!("snapfeed_api_sink_unrecordable_outcomes_total{{outcome=\"{outcome}\"}}");
+        assert_eq!(metric(&metrics, &series), Some(1.0), "{series}");
+    }
+    assert_eq!(
+        metric(&metrics, "snapfeed_api_sink_stalled_lanes"),
+        Some(2.0)
+    );
+    assert_eq!(
+        f.stub.requests().len(),
+        2,
+        "a stalled lane sends nothing more to the API"
+    );
+    sink.stop().await;
+}
