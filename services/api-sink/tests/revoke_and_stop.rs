@@ -186,3 +186,40 @@ async fn no_request_leaves_after_shutdown_even_during_global_backoff() {
         late.len()
     );
 }
+
+/// A change the API answers while the sink drains is recorded and committed: its receipt is
+/// written and the committed offset passes it, so the next start does not send it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_delivered_during_shutdown_gets_its_receipt_and_commit() {
+    const ANSWER_AFTER: Duration = Duration::from_millis(1500);
+    let f = Fixture::new("stop-in-flight", 1).await;
+    f.stub
+        .set_default_reply(Reply::ok().with_delay(ANSWER_AFTER));
+    let sink = f.start_sink(&SinkOptions::default()).await;
+    let produced = f.produce(&[TestChange::new(common::key(0), 1)]).await;
+    // The request has reached the API (recorded before the delay): stop while it is in flight.
+    wait::poll(LIMIT, Duration::from_millis(20), || {
+        (!f.stub.requests().is_empty())
+            .then_some(())
+            .ok_or_else(|| "the change never reached the API".to_string())
+    })
+    .await;
+    sink.stop().await;
+
+    assert_eq!(
+        f.stub.requests().len(),
+        1,
+        "sent once, answered during the drain"
+    );
+    let receipts = f.receipts();
+    assert_eq!(
+        receipts.len(),
+        1,
+        "the change answered during the drain has no receipt: it would be sent again"
+    );
+    assert_eq!(
+        f.committed(),
+        ends(&produced),
+        "the committed offset does not pass the change answered during the drain"
+    );
+}

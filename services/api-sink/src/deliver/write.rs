@@ -99,13 +99,15 @@ impl Sink {
 
     /// Hands the record to the writer, which waits while the producer's queue is full
     /// (back-pressure on the lane); re-sends after a failure, with backoff. `None` when the sink
-    /// stops first (the offset stays undone) or the error is fatal.
+    /// stops while the queue is full or before a re-send (the offset stays undone), or the
+    /// error is fatal.
     async fn enqueue(&self, record: &OutcomeRecord) -> Option<Acknowledgement> {
         let mut delay = RESEND_INITIAL_DELAY;
         loop {
-            if self.lanes.stopping() {
-                return None;
-            }
+            // No stop check before the first send: a change delivered while the sink drains
+            // still gets its receipt (and its offset committed), or it would be sent again
+            // after the restart. The stop is watched only while the queue is full, and before
+            // a re-send (`retry_after`).
             let outgoing = record.outgoing(&self.outcomes.topics);
             // `biased`: the writer takes the record at once unless its queue is full; only then
             // is the stop watched (see `admission` on why not always).
