@@ -121,8 +121,9 @@ struct Progress {
     busy: AtomicUsize,
     /// Receipts and dead letters sent and not yet acknowledged (part of the backlog).
     pending_records: AtomicUsize,
-    /// Lanes stopped at an outcome they could not record.
-    stalled: AtomicUsize,
+    /// Lanes stopped at an outcome they could not record. A mutex, not an atomic: the count
+    /// and what it is reported as (metric, readiness) change together.
+    stalled: Mutex<usize>,
 }
 
 /// Everything the lanes share.
@@ -269,5 +270,21 @@ impl Sink {
         let mut tracker = lock(&self.progress.tracker);
         tracker.done(partition, offset);
         self.metrics.in_flight.set(tracker.in_flight() as i64);
+    }
+}
+
+impl Sink {
+    /// A lane stalls (`+1`) or its stall ends (`-1`); the count is reported as
+    /// `stalled_lanes` and `/readyz` `outcomes_recorded` under the same lock, so a concurrent
+    /// stall and release never leave readiness at the wrong value.
+    fn change_stalled(&self, stalled: bool) {
+        let mut count = lock(&self.progress.stalled);
+        if stalled {
+            *count += 1;
+        } else {
+            *count = count.saturating_sub(1);
+        }
+        self.metrics.stalled_lanes.set(*count as i64);
+        self.readiness.set(OUTCOMES_RECORDED, *count == 0);
     }
 }

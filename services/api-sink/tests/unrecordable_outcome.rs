@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use snapfeed_harness::stub_api::{Reply, Rule};
 
-use common::{keys_one_per_partition, Fixture, SinkOptions, TestChange};
+use common::{key_version, keys_one_per_partition, Fixture, SinkOptions, TestChange};
 use snapfeed_harness::metrics::metric;
 use snapfeed_harness::wait;
 
@@ -48,12 +48,13 @@ fn schemas_that_do_not_fit(repo_schemas: &std::path::Path) -> tempfile::TempDir 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_outcome_that_cannot_be_encoded_holds_the_offset_and_is_reported() {
-    let mut f = Fixture::new("unrecordable", 2).await;
+    let mut f = Fixture::new("unrecordable", 3).await;
     let schemas = schemas_that_do_not_fit(&f.schemas_dir);
     f.schemas_dir = schemas.path().to_path_buf();
     // One change per partition: the first is delivered (its receipt cannot be encoded), the
-    // second refused with a 400 (its dead letter cannot be encoded).
-    let keys = keys_one_per_partition(2, 2);
+    // second refused with a 400 (its dead letter cannot be encoded). The third partition
+    // carries a later control change.
+    let keys = keys_one_per_partition(3, 3);
     f.stub.add_rule(Rule::body_contains(
         keys[1].clone(),
         Reply::status(400).with_body(r#"{"error":"invalid case"}"#),
@@ -80,8 +81,14 @@ async fn an_outcome_that_cannot_be_encoded_holds_the_offset_and_is_reported() {
         || reported() || passed_over(),
     )
     .await;
-    // Several commit intervals: an offset that were to move would have moved by now.
-    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    // A newer version behind the stalled change, then a control change on the third
+    // partition. Once the control has reached the API (and stalled its own lane), the sink has
+    // fetched the newer version too and had commit rounds since the stall.
+    f.produce(&[TestChange::new(keys[0].clone(), 2)]).await;
+    f.produce(&[TestChange::new(keys[2].clone(), 1)]).await;
+    sink.wait_metric("snapfeed_api_sink_stalled_lanes", 3.0, LIMIT)
+        .await;
 
     for topic in [
         &f.pipeline.topics.deliveries,
@@ -108,19 +115,31 @@ async fn an_outcome_that_cannot_be_encoded_holds_the_offset_and_is_reported() {
         "/readyz stays ready while outcomes cannot be recorded"
     );
     let metrics = sink.metrics();
-    for outcome in ["receipt", "dead_letter"] {
-        let series =
-            format!("snapfeed_api_sink_unrecordable_outcomes_total{{outcome=\"{outcome}\"}}");
-        assert_eq!(metric(&metrics, &series), Some(1.0), "{series}");
-    }
     assert_eq!(
-        metric(&metrics, "snapfeed_api_sink_stalled_lanes"),
-        Some(2.0)
+        metric(
+            &metrics,
+            "snapfeed_api_sink_unrecordable_outcomes_total{outcome=\"receipt\"}"
+        ),
+        Some(2.0),
+        "the first change's receipt and the control's"
     );
     assert_eq!(
-        f.stub.requests().len(),
-        2,
-        "a stalled lane sends nothing more to the API"
+        metric(
+            &metrics,
+            "snapfeed_api_sink_unrecordable_outcomes_total{outcome=\"dead_letter\"}"
+        ),
+        Some(1.0)
+    );
+    let sent: Vec<(String, i64)> = f.stub.requests().iter().map(key_version).collect();
+    assert_eq!(
+        sent.len(),
+        3,
+        "a stalled lane sends nothing more to the API (the newer version of {} must wait): {sent:?}",
+        keys[0]
+    );
+    assert!(
+        sent.contains(&(keys[2].clone(), 1)),
+        "the control change was sent: {sent:?}"
     );
     sink.stop().await;
 }

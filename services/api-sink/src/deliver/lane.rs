@@ -24,7 +24,7 @@ use tokio::sync::{mpsc, Notify};
 
 use super::attempt::Attempts;
 use super::batch::{deliver_changes, RunTarget};
-use super::{lock, Halt, Incoming, Outcome, Sink, OUTCOMES_RECORDED};
+use super::{lock, Halt, Incoming, Outcome, Sink};
 use crate::request::{BatchBuildError, BuildError, DecodedChange, PreparedBatch};
 
 /// Which assignment of which partition a run of changes belongs to: when the partition is
@@ -265,12 +265,7 @@ impl Sink {
             backlog.fetch_sub(count, Ordering::Relaxed);
             if delivered == Err(Halt::Stalled) {
                 self.lanes.until_cancelled(lane).await;
-                if self.progress.stalled.fetch_sub(1, Ordering::Relaxed) == 1 {
-                    self.readiness.set(OUTCOMES_RECORDED, true);
-                }
-                self.metrics
-                    .stalled_lanes
-                    .set(self.progress.stalled.load(Ordering::Relaxed) as i64);
+                self.change_stalled(false);
                 return;
             }
         }

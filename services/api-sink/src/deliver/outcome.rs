@@ -32,7 +32,6 @@
 //! fixed, a restart delivers the change again from the committed offset, with the same
 //! Idempotency-Key.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use serde::Serialize;
@@ -40,7 +39,7 @@ use snapfeed_runtime::avro::AvroError;
 use snapfeed_runtime::records::{now_millis, AvroRecord, ChangeEvent, DeadLetter, DeliveryReceipt};
 
 use super::attempt::Attempts;
-use super::{Halt, Incoming, Outcome, Sink, OUTCOMES_RECORDED, REASON_UNDECODABLE};
+use super::{Halt, Incoming, Outcome, Sink, REASON_UNDECODABLE};
 
 /// Which topic an outcome record goes to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -128,13 +127,11 @@ impl Sink {
     /// The lane stops at a change whose outcome cannot be encoded: its offset is not marked
     /// done, and the operator is told (see the module documentation).
     fn stall(&self, incoming: &Incoming, unencodable: Unencodable) -> Halt {
-        let stalled = self.progress.stalled.fetch_add(1, Ordering::Relaxed) + 1;
-        self.metrics.stalled_lanes.set(stalled as i64);
+        self.change_stalled(true);
         self.metrics
             .unrecordable_outcomes
             .with_label_values(&[unencodable.outcome])
             .inc();
-        self.readiness.set(OUTCOMES_RECORDED, false);
         tracing::error!(
             message = "Cannot encode the outcome of a change; its lane stops there and the \
                        partition's committed offset stays at it until the cause is fixed and \
