@@ -10,7 +10,8 @@
 //!
 //! [`run`] starts the service frame (the runtime's [`ServiceRuntime`]), verifies
 //! co-partitioning, and runs the stage on its own thread until shutdown; then it commits the
-//! open batch, leaves the group and closes the writer, all within the drain bound. A fatal
+//! open batch (one commit, bounded by the writer's Kafka timeouts), leaves the group and
+//! closes the writer within the drain bound. A fatal
 //! write error (fenced by another instance) ends the stage and the service with it. Replay
 //! (`replay` subcommand) resets the group's offsets; with state intact a replay re-emits
 //! nothing, because every record is compared with the state its first pass left behind —

@@ -357,7 +357,11 @@ impl Detector {
         let held = self.partitions.held();
         self.partitions.restore(&held);
         if let Err(error) = self.partitions.rewind(consumer, None) {
-            tracing::error!(message = "Cannot rewind to the committed offsets.", %error);
+            // Deciding on from where the consumer stands would skip the aborted records (the
+            // next commit would pass them): hold every partition until restore and rewind
+            // succeed again.
+            tracing::error!(message = "Cannot rewind to the committed offsets; holding the partitions until a retry succeeds.", %error);
+            self.partitions.unrestore(&held);
         }
     }
 

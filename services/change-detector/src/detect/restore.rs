@@ -153,14 +153,19 @@ impl Partitions {
             Ok(read) => {
                 let seconds = started.elapsed().as_secs_f64();
                 self.metrics.restore_seconds.observe(seconds);
+                // The partitions are read together: the time is the assignment's, logged once.
+                tracing::info!(
+                    message = "State restored.",
+                    partitions = read.len(),
+                    seconds
+                );
                 for (partition, (state, entries)) in read {
                     self.metrics.restored_entries.inc_by(entries);
                     tracing::info!(
-                        message = "State restored.",
+                        message = "Partition state restored.",
                         partition,
                         keys = state.len(),
-                        entries,
-                        seconds
+                        entries
                     );
                     self.restored.insert(partition, state);
                     self.unrestored.remove(&partition);
@@ -205,11 +210,7 @@ impl Partitions {
                 // Without the rewind, records passed over while unrestored would be skipped:
                 // keep the partitions unprocessed and try again.
                 tracing::warn!(message = "Cannot rewind restored partitions; retrying.", %error, partitions = ?restored);
-                for partition in restored {
-                    self.restored.remove(&partition);
-                    self.unrestored.insert(partition);
-                }
-                self.readiness.set(RESTORED, false);
+                self.unrestore(&restored);
             }
         }
         let next = if self.unrestored.is_empty() {
@@ -220,8 +221,21 @@ impl Partitions {
         self.retry = (Instant::now() + wait, next);
     }
 
+    /// Takes `partitions` back to unrestored: nothing of theirs is decided until a later
+    /// [`retry_restore`](Self::retry_restore) has restored their state and rewound them.
+    pub fn unrestore(&mut self, partitions: &[i32]) {
+        for partition in partitions {
+            self.restored.remove(partition);
+            self.unrestored.insert(*partition);
+        }
+        if !partitions.is_empty() {
+            self.readiness.set(RESTORED, false);
+        }
+    }
+
     /// Seeks the consumer back to the committed offsets of `only` (every assigned partition
-    /// when `None`), so the records since the last commit are decided again.
+    /// when `None`), so the records since the last commit are decided again. An error for any
+    /// one partition is an error: a partition left where it was would skip records.
     pub fn rewind<C: ConsumerContext>(
         &self,
         consumer: &BaseConsumer<C>,
@@ -240,7 +254,11 @@ impl Partitions {
             };
             rewind.add_partition_offset(element.topic(), element.partition(), offset)?;
         }
-        consumer.seek_partitions(rewind, timeout).map(|_| ())
+        let sought = consumer.seek_partitions(rewind, timeout)?;
+        for element in sought.elements() {
+            element.error()?;
+        }
+        Ok(())
     }
 
     /// Sums the consumer lag librdkafka reports in its statistics over the restored
