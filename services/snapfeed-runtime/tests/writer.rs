@@ -1,6 +1,6 @@
 //! The one writer of the delivery guarantee (`kafka::GuaranteedWriter`): what it commits is
 //! written once and readable, a commit carries the consumed offsets, unacknowledged records are
-//! reported rather than passed over, per-record acknowledgements resolve, a fatal producer is
+//! reported rather than passed over (and no consumed offset is committed past them), per-record acknowledgements resolve, a fatal producer is
 //! replaced and writing goes on, and a fenced one is never replaced. The broker is the harness's
 //! (the mock by default, Nisshi at_least_once and Tansu exactly_once in CI); the failures are
 //! staged on the mock, which can inject produce errors.
@@ -154,6 +154,77 @@ fn unacknowledged_records_are_reported_not_passed_over() {
     // Abandoning the step forgets its failures; nothing else is pending.
     writer.abort().unwrap();
     writer.acknowledge().unwrap();
+}
+
+/// The committed offset of partition 0 of `topic` for the group `consumer` belongs to.
+fn committed_offset(consumer: &BaseConsumer, topic: &str) -> Offset {
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition(topic, 0);
+    let committed = consumer
+        .committed_offsets(tpl, Duration::from_secs(10))
+        .unwrap();
+    committed.find_partition(topic, 0).unwrap().offset()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_least_once_commits_no_offsets_past_an_unacknowledged_record() {
+    let broker = TestBroker::from_env();
+    let pipeline = broker.pipeline("writer-unacked-offsets", 1).await;
+    let input = pipeline.topics.snapshots.clone();
+    let group = unique("writer-unacked-group");
+    block_in_place(|| {
+        let consumer: BaseConsumer = broker
+            .kafka_config()
+            .consumer_config("writer-test", &group, ProcessingGuarantee::AtLeastOnce)
+            .create()
+            .unwrap();
+        let mut offsets = TopicPartitionList::new();
+        offsets
+            .add_partition_offset(&input, 0, Offset::Offset(5))
+            .unwrap();
+        // The output record is never acknowledged (no broker behind this writer).
+        let nowhere = GuaranteedWriter::connect(
+            &unreachable_kafka(),
+            "writer-test",
+            ProcessingGuarantee::AtLeastOnce,
+            "unused",
+        )
+        .unwrap();
+        nowhere
+            .send(OutgoingRecord::new("lost", b"k", b"v"))
+            .unwrap();
+        match nowhere.commit(Some(Consumed {
+            consumer: &consumer,
+            offsets: &offsets,
+        })) {
+            Err(WriteError::Unacknowledged { failed: 1 }) => {}
+            other => panic!("expected the unacknowledged record to fail the commit, got {other:?}"),
+        }
+        assert_eq!(
+            committed_offset(&consumer, &input),
+            Offset::Invalid,
+            "the consumed offsets were committed although their output was not acknowledged"
+        );
+        if broker.kind() == BrokerKind::Mock {
+            // Control: the same offsets do commit once the output is acknowledged. Only on the
+            // mock, which takes offset commits from a consumer that never joined the group.
+            let writer = connect(
+                &broker,
+                ProcessingGuarantee::AtLeastOnce,
+                &unique("unacked"),
+            );
+            writer
+                .send(OutgoingRecord::new(&pipeline.topics.changes, b"k", b"v"))
+                .unwrap();
+            writer
+                .commit(Some(Consumed {
+                    consumer: &consumer,
+                    offsets: &offsets,
+                }))
+                .unwrap();
+            assert_eq!(committed_offset(&consumer, &input), Offset::Offset(5));
+        }
+    });
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

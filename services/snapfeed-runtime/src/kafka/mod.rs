@@ -72,15 +72,3 @@ pub fn close_consumer<C: ConsumerContext>(consumer: BaseConsumer<C>, deadline: D
     drop(consumer);
     true
 }
-
-/// Runs a blocking librdkafka call (flush, transaction calls, metadata, committed offsets) on
-/// tokio's blocking pool, never on an async worker.
-pub async fn run_blocking<T, F>(call: F) -> rdkafka::error::KafkaResult<T>
-where
-    F: FnOnce() -> rdkafka::error::KafkaResult<T> + Send + 'static,
-    T: Send + 'static,
-{
-    tokio::task::spawn_blocking(call)
-        .await
-        .unwrap_or(Err(rdkafka::error::KafkaError::Canceled))
-}
