@@ -583,7 +583,7 @@ fn common_toml(broker: &TestBroker, listen: SocketAddr) -> String {
     // consumers, data becomes readable at each commit, so on the mock every stage would idle up
     // to half a second per commit. The bench shortens the wait on the mock only.
     let mock_fetch_wait = if broker.kind() == BrokerKind::Mock {
-        "[kafka.librdkafka_options]\n\"fetch.wait.max.ms\" = \"10\"\n"
+        "[kafka.consumer_options]\n\"fetch.wait.max.ms\" = \"10\"\n"
     } else {
         ""
     };

@@ -177,12 +177,13 @@ impl Pipeline {
 /// The shared config sections. `fetch.wait.max.ms` is shortened for the in-process mock
 /// broker, which answers an empty fetch only after the full wait (500 ms by default) even when
 /// records become readable meanwhile; Apache Kafka answers as soon as data arrives, so real
-/// deployments keep librdkafka's default.
+/// deployments keep librdkafka's default. It is a consumer property: set for consumers only,
+/// so producers do not warn that they ignore it.
 fn common_toml(name: &str, bootstrap: &str, listen: SocketAddr) -> String {
     format!(
         "[pipeline]\nname = {name:?}\nprocessing_guarantee = \"exactly_once\"\nschemas_dir = {schemas:?}\n\
          [kafka]\nbootstrap_servers = {bootstrap:?}\nrequest_timeout_ms = 10000\n\
-         [kafka.librdkafka_options]\n\"fetch.wait.max.ms\" = \"10\"\n\
+         [kafka.consumer_options]\n\"fetch.wait.max.ms\" = \"10\"\n\
          [http]\nlisten = \"{listen}\"\n[log]\nlevel = \"warn\"\n[shutdown]\ndrain_timeout_ms = 5000\n",
         schemas = repo_root().join("schemas").display().to_string(),
     )

@@ -16,6 +16,10 @@ fn the_one_command_run_reconciles_rows_changes_and_deliveries() {
         "exit {:?}\n{stdout}\n{stderr}",
         output.status
     );
+    // First contact: no client configuration warnings, and no colour codes in a pipe.
+    for noise in ["CONFWARN", "will be ignored by this", "\x1b["] {
+        assert!(!stderr.contains(noise), "{noise:?} in the demo's stderr:\n{stderr}");
+    }
     for label in ["1 initial", "2 changed", "3 re-sent + bad rows"] {
         let line = stdout
             .lines()

@@ -39,12 +39,19 @@ pub(super) fn apply_env_overrides(
     Ok(applied)
 }
 
-/// `SNAPFEED_KAFKA__LIBRDKAFKA_OPTIONS__SASL_MECHANISM` → `["kafka", "librdkafka_options", "sasl.mechanism"]`.
+/// Tables of librdkafka properties, whose names have `.` where the variable has `_`.
+const PASS_THROUGH_TABLES: [&str; 3] = ["librdkafka_options", "consumer_options", "producer_options"];
+
+/// `SNAPFEED_KAFKA__LIBRDKAFKA_OPTIONS__SASL_MECHANISM` → `["kafka", "librdkafka_options", "sasl.mechanism"]`
+/// (the same in `consumer_options` and `producer_options`).
 fn env_key_path(name: &str) -> Vec<String> {
     let mut segments: Vec<String> = Vec::new();
     for raw in name[ENV_PREFIX.len()..].split("__") {
         let lower = raw.to_ascii_lowercase();
-        let segment = if segments.last().is_some_and(|s| s == "librdkafka_options") {
+        let segment = if segments
+            .last()
+            .is_some_and(|s| PASS_THROUGH_TABLES.contains(&s.as_str()))
+        {
             lower.replace('_', ".")
         } else {
             lower
@@ -121,6 +128,22 @@ mod tests {
         assert_eq!(
             config.kafka.librdkafka_options["sasl.mechanism"],
             "SCRAM-SHA-512"
+        );
+    }
+
+    #[test]
+    fn per_kind_option_tables_take_librdkafka_names_from_the_environment() {
+        assert_eq!(
+            super::env_key_path("SNAPFEED_KAFKA__CONSUMER_OPTIONS__FETCH_WAIT_MAX_MS"),
+            ["kafka", "consumer_options", "fetch.wait.max.ms"]
+        );
+        assert_eq!(
+            super::env_key_path("SNAPFEED_KAFKA__PRODUCER_OPTIONS__BATCH_SIZE"),
+            ["kafka", "producer_options", "batch.size"]
+        );
+        assert_eq!(
+            super::env_key_path("SNAPFEED_KAFKA__REQUEST_TIMEOUT_MS"),
+            ["kafka", "request_timeout_ms"]
         );
     }
 

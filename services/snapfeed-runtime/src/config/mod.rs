@@ -6,7 +6,8 @@
 //! `SNAPFEED_KAFKA__BOOTSTRAP_SERVERS=broker:9092` sets `kafka.bootstrap_servers`. Every key
 //! lives in a section, so a variable without `__` (`SNAPFEED_CONFIG`, the config file path, or
 //! the test harness's `SNAPFEED_TEST_BROKER`) is not a config key and is left alone. Inside a
-//! `librdkafka_options` table a single `_` stands for the `.` of librdkafka property names:
+//! `librdkafka_options` table (or `consumer_options`, `producer_options`) a single `_` stands
+//! for the `.` of librdkafka property names:
 //! `SNAPFEED_KAFKA__LIBRDKAFKA_OPTIONS__SASL_MECHANISM=SCRAM-SHA-512` sets
 //! `kafka.librdkafka_options."sasl.mechanism"`. Values are read as TOML literals when they parse
 //! as one (`5000`, `true`, `["a", "b"]`) and as strings otherwise; quote a value (`'"123"'`) to

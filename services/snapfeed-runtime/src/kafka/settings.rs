@@ -7,7 +7,10 @@
 //! - Producers are idempotent in both modes; in `exactly_once` they are also transactional.
 //! - Consumers never auto-commit and never auto-store offsets: every stage commits only what it
 //!   has made durable downstream.
-//! - Anything else (security.protocol, sasl.*, ssl.*) passes through `librdkafka_options`.
+//! - Anything else (security.protocol, sasl.*, ssl.*) passes through `librdkafka_options`, to
+//!   every client; a property of one client kind only (a consumer's `fetch.wait.max.ms`, a
+//!   producer's `batch.size`) goes in `consumer_options` or `producer_options`, so the other
+//!   kind does not warn that it ignores it (librdkafka's `CONFWARN`).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -44,6 +47,14 @@ pub struct KafkaConfig {
     /// Properties that snapfeed sets itself to keep its guarantees are refused here.
     #[serde(default)]
     pub librdkafka_options: BTreeMap<String, String>,
+    /// librdkafka properties for consumers only (group consumers and topic readers), refused
+    /// like `librdkafka_options` when snapfeed owns them.
+    #[serde(default)]
+    pub consumer_options: BTreeMap<String, String>,
+    /// librdkafka properties for producers only, refused like `librdkafka_options` when
+    /// snapfeed owns them.
+    #[serde(default)]
+    pub producer_options: BTreeMap<String, String>,
 }
 
 fn default_message_timeout_ms() -> u64 {
@@ -102,13 +113,15 @@ impl KafkaConfig {
                 "a comma-separated list of host:port",
             ));
         }
-        for (property, why) in OWNED_PROPERTIES {
-            if self.librdkafka_options.contains_key(*property) {
-                return Err(ConfigError::invalid(
-                    format!("kafka.librdkafka_options.\"{property}\""),
-                    format!("{:?}", self.librdkafka_options[*property]),
-                    format!("not set here: {why}"),
-                ));
+        for (table, options) in self.option_tables() {
+            for (property, why) in OWNED_PROPERTIES {
+                if let Some(value) = options.get(*property) {
+                    return Err(ConfigError::invalid(
+                        format!("kafka.{table}.\"{property}\""),
+                        format!("{value:?}"),
+                        format!("not set here: {why}"),
+                    ));
+                }
             }
         }
         if self.message_timeout_ms > self.transaction_timeout_ms {
@@ -131,6 +144,15 @@ impl KafkaConfig {
         Ok(())
     }
 
+    /// The pass-through tables by their key names.
+    fn option_tables(&self) -> [(&'static str, &BTreeMap<String, String>); 3] {
+        [
+            ("librdkafka_options", &self.librdkafka_options),
+            ("consumer_options", &self.consumer_options),
+            ("producer_options", &self.producer_options),
+        ]
+    }
+
     /// Bound for one blocking call to the cluster.
     pub fn request_timeout(&self) -> Duration {
         Duration::from_millis(self.request_timeout_ms)
@@ -146,9 +168,7 @@ impl KafkaConfig {
         config.set("client.id", client_id);
         // librdkafka formats only what the `tracing` filter keeps (see `client_log`).
         config.set_log_level(crate::client_log::log_level());
-        for (key, value) in &self.librdkafka_options {
-            config.set(key, value);
-        }
+        set_all(&mut config, &self.librdkafka_options);
         config
     }
 
@@ -176,6 +196,7 @@ impl KafkaConfig {
                 );
             }
         }
+        set_all(&mut config, &self.producer_options);
         config
     }
 
@@ -203,6 +224,7 @@ impl KafkaConfig {
                     "read_uncommitted"
                 },
             );
+        set_all(&mut config, &self.consumer_options);
         config
     }
 
@@ -225,12 +247,20 @@ impl KafkaConfig {
                     "read_uncommitted"
                 },
             );
+        set_all(&mut config, &self.consumer_options);
         config
     }
 
     /// An admin client config (topic creation and checks).
     pub fn admin_config(&self, service: &str) -> ClientConfig {
         self.base(service)
+    }
+}
+
+/// Sets every pass-through property of one table.
+fn set_all(config: &mut ClientConfig, options: &BTreeMap<String, String>) {
+    for (key, value) in options {
+        config.set(key, value);
     }
 }
 
@@ -285,6 +315,50 @@ mod tests {
             error.contains("kafka.librdkafka_options.\"enable.auto.commit\""),
             "{error}"
         );
+    }
+
+    #[test]
+    fn owned_properties_are_refused_in_the_per_kind_tables_too() {
+        for table in ["consumer_options", "producer_options"] {
+            let kafka: KafkaConfig = toml::from_str(&format!(
+                "bootstrap_servers = \"k:9092\"\n[{table}]\n\"isolation.level\" = \"read_uncommitted\"\n"
+            ))
+            .unwrap();
+            let error = kafka.validate().unwrap_err().to_string();
+            assert!(
+                error.contains(&format!("kafka.{table}.\"isolation.level\"")),
+                "{error}"
+            );
+        }
+    }
+
+    #[test]
+    fn per_kind_options_reach_only_their_kind_of_client() {
+        let kafka: KafkaConfig = toml::from_str(
+            "bootstrap_servers = \"k:9092\"\n\
+             [librdkafka_options]\n\"security.protocol\" = \"SSL\"\n\
+             [consumer_options]\n\"fetch.wait.max.ms\" = \"10\"\n\
+             [producer_options]\n\"batch.size\" = \"65536\"\n",
+        )
+        .unwrap();
+        kafka.validate().unwrap();
+        let guarantee = ProcessingGuarantee::ExactlyOnce;
+        let producer = kafka.producer_config("s", guarantee, Some("tx"));
+        let consumer = kafka.consumer_config("s", "g", guarantee);
+        let reader = kafka.reader_config("s", guarantee);
+        let admin = kafka.admin_config("s");
+        for client in [&producer, &consumer, &reader, &admin] {
+            assert_eq!(client.get("security.protocol"), Some("SSL"));
+        }
+        assert_eq!(consumer.get("fetch.wait.max.ms"), Some("10"));
+        assert_eq!(reader.get("fetch.wait.max.ms"), Some("10"));
+        assert_eq!(producer.get("batch.size"), Some("65536"));
+        for client in [&producer, &admin] {
+            assert_eq!(client.get("fetch.wait.max.ms"), None);
+        }
+        for client in [&consumer, &reader, &admin] {
+            assert_eq!(client.get("batch.size"), None);
+        }
     }
 
     #[test]
