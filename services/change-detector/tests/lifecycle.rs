@@ -120,6 +120,11 @@ fn init_topics_creates_missing_topics_with_their_policies_and_verifies_them() {
         assert!(line.contains(policy), "{line}");
         assert!(line.ends_with("created"), "{line}");
     }
+    // It tells a first-time operator what to do next.
+    assert!(
+        stdout.contains(snapfeed_runtime::cli::NEXT_AFTER_INIT_TOPICS),
+        "no next steps after the report:\n{stdout}"
+    );
     // A second run finds them all and still verifies co-partitioning.
     let second = run();
     let stdout = String::from_utf8_lossy(&second.stdout);

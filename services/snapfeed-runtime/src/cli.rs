@@ -121,7 +121,7 @@ where
             runtime.block_on(async {
                 match init_topics(service, config.common()).await {
                     Ok(report) => {
-                        println!("{report}");
+                        println!("{report}\n\n{NEXT_AFTER_INIT_TOPICS}");
                         ExitCode::SUCCESS
                     }
                     Err(error) => {
@@ -207,6 +207,16 @@ where
         }
     }
 }
+
+/// What `init-topics` tells the operator to do once the topics are there.
+pub const NEXT_AFTER_INIT_TOPICS: &str = "\
+Next: start the three services, each with its own config (any order; each waits to be assigned):
+  file-source --config file-source.toml
+  change-detector --config change-detector.toml
+  api-sink --config api-sink.toml
+`<service> --config <file> check-config` prints what a service will use (secrets redacted);
+/readyz on each one's [http] listen address says when it is ready. Then drop a snapshot file
+into file-source's inbox (source.inbox).";
 
 /// Creates missing topics and verifies all of them; returns a printable report.
 pub async fn init_topics(

@@ -1,4 +1,5 @@
 //! Logging through `tracing`, human-readable or JSON (one object per line, for log shippers).
+//! Human lines are coloured only when stderr is a terminal.
 //!
 //! What may be logged: keys (or their hashes), file names, topics/partitions/offsets, counts and
 //! error classes. What may never be logged: record contents — names, dates of birth, phone
@@ -59,9 +60,17 @@ pub fn init(config: &LogConfig) {
         .unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour_wanted())
         .with_writer(std::io::stderr);
     let _ = match config.format {
         LogFormat::Human => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
     };
+}
+
+/// Colour only for a person at a terminal: log files, `docker logs` and pipes get plain text,
+/// and `NO_COLOR` (no-color.org) turns it off everywhere.
+fn colour_wanted() -> bool {
+    use std::io::IsTerminal;
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }

@@ -2,7 +2,8 @@
 //! (`deploy/config/<service>.toml`) from the repository root:
 //!
 //! - [`assert_binary_lifecycle`]: against the test broker it reports ready, serves its
-//!   metrics, and exits 0 within the drain bound on SIGTERM;
+//!   metrics, exits 0 within the drain bound on SIGTERM, and logs without colour codes to a
+//!   file;
 //! - [`assert_check_config_redacts_secrets`]: `check-config` prints the effective config with
 //!   secrets redacted;
 //! - [`assert_wrong_config_value_is_named`]: a value of the wrong type stops it at start (exit
@@ -29,14 +30,14 @@ pub async fn assert_binary_lifecycle(binary: &Path, service: &str, extra_env: &[
     env.extend_from_slice(extra_env);
     let binary = binary.to_path_buf();
     let log = logs.path().join(format!("{service}.log"));
-    let (status, took, metrics) = tokio::task::spawn_blocking(move || {
+    let (status, took, metrics, log_text) = tokio::task::spawn_blocking(move || {
         let mut process = ServiceProcess::start(&binary, &config, &root, &env, &log);
         process.wait_ready(Duration::from_secs(60));
         let (code, metrics) = process.get("/metrics").expect("metrics answer");
         assert_eq!(code, 200);
         assert_eq!(process.get("/healthz").map(|r| r.0), Some(200));
         let (status, took) = process.terminate(Duration::from_secs(15));
-        (status, took, metrics)
+        (status, took, metrics, process.log_text())
     })
     .await
     .expect("lifecycle");
@@ -46,6 +47,11 @@ pub async fn assert_binary_lifecycle(binary: &Path, service: &str, extra_env: &[
         "{prefix} missing from /metrics:\n{metrics}"
     );
     assert!(status.success(), "exit status {status} after SIGTERM");
+    // Its log went to a file, not a terminal: plain text, no colour codes.
+    assert!(
+        !log_text.contains('\u{1b}'),
+        "ANSI escape codes in a log written to a file:\n{log_text}"
+    );
     // The drain bound is 5 s; closing must stay within it (plus a margin for a loaded machine).
     assert!(
         took < Duration::from_secs(10),
