@@ -18,7 +18,10 @@ fn the_one_command_run_reconciles_rows_changes_and_deliveries() {
     );
     // First contact: no client configuration warnings, and no colour codes in a pipe.
     for noise in ["CONFWARN", "will be ignored by this", "\x1b["] {
-        assert!(!stderr.contains(noise), "{noise:?} in the demo's stderr:\n{stderr}");
+        assert!(
+            !stderr.contains(noise),
+            "{noise:?} in the demo's stderr:\n{stderr}"
+        );
     }
     for label in ["1 initial", "2 changed", "3 re-sent + bad rows"] {
         let line = stdout

@@ -40,7 +40,8 @@ pub(super) fn apply_env_overrides(
 }
 
 /// Tables of librdkafka properties, whose names have `.` where the variable has `_`.
-const PASS_THROUGH_TABLES: [&str; 3] = ["librdkafka_options", "consumer_options", "producer_options"];
+const PASS_THROUGH_TABLES: [&str; 3] =
+    ["librdkafka_options", "consumer_options", "producer_options"];
 
 /// `SNAPFEED_KAFKA__LIBRDKAFKA_OPTIONS__SASL_MECHANISM` → `["kafka", "librdkafka_options", "sasl.mechanism"]`
 /// (the same in `consumer_options` and `producer_options`).
