@@ -11,6 +11,7 @@
 mod auth;
 mod profile;
 mod retry;
+mod throttle;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -25,6 +26,7 @@ pub use profile::{
     COMMCARE_MAX_CASES_PER_REQUEST,
 };
 pub use retry::RetryConfig;
+pub use throttle::ThrottleConfig;
 
 snapfeed_runtime::service_config! {
     /// Everything api-sink reads from its config file and environment: the six shared
@@ -66,12 +68,18 @@ pub struct SinkConfig {
     /// Requests started per second across the service; unlimited when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit_per_second: Option<f64>,
+    /// Requests that may start at once after a quiet spell, under `rate_limit_per_second`.
+    #[serde(default = "default_rate_limit_burst")]
+    pub rate_limit_burst: u32,
     /// Key-affinity lanes per partition: more parallelism, per-key order kept.
     #[serde(default = "default_lanes_per_partition")]
     pub lanes_per_partition: usize,
     /// `[sink.retry]`: backoff, retry budget, transient statuses, global backoff.
     #[serde(default)]
     pub retry: RetryConfig,
+    /// `[sink.throttle]`: how the in-flight limit adapts to back-pressure.
+    #[serde(default)]
+    pub throttle: ThrottleConfig,
     /// Response body kept in a dead letter, at most this many bytes (cut at a char boundary).
     #[serde(default = "default_response_excerpt_bytes")]
     pub response_excerpt_bytes: usize,
@@ -86,6 +94,9 @@ fn default_request_timeout_ms() -> u64 {
 }
 fn default_max_in_flight() -> usize {
     16
+}
+fn default_rate_limit_burst() -> u32 {
+    1
 }
 fn default_lanes_per_partition() -> usize {
     1
@@ -144,6 +155,13 @@ impl SinkConfig {
                 ));
             }
         }
+        if self.rate_limit_burst == 0 {
+            return Err(ConfigError::invalid(
+                "sink.rate_limit_burst",
+                0,
+                "at least 1",
+            ));
+        }
         if !(1..=MAX_LANES_PER_PARTITION).contains(&self.lanes_per_partition) {
             return Err(ConfigError::invalid(
                 "sink.lanes_per_partition",
@@ -158,7 +176,8 @@ impl SinkConfig {
                 "at least 1",
             ));
         }
-        self.retry.validate()
+        self.retry.validate()?;
+        self.throttle.validate()
     }
 
     fn validate_profile(&self) -> Result<(), ConfigError> {
@@ -372,6 +391,7 @@ pub(crate) mod tests {
                 "sink.request_timeout_ms",
             ),
             (json_with("max_in_flight = 0"), "sink.max_in_flight"),
+            (json_with("rate_limit_burst = 0"), "sink.rate_limit_burst"),
             (
                 json_with("lanes_per_partition = 65"),
                 "sink.lanes_per_partition",

@@ -12,8 +12,8 @@
 //!   a batch refused with a 400 is bisected, a change that cannot become a request is
 //!   dead-lettered;
 //! - `attempt`: one request, attempted until [`crate::retry::decide`] says delivered or
-//!   dead letter — each attempt first passing `admission`: the global breaker, the rate limit
-//!   and `max_in_flight`;
+//!   dead letter — each attempt first passing `admission`: the host's pause after a 429/503,
+//!   the global breaker, the rate limit and the adaptive in-flight limit;
 //! - `outcome`: the receipt or dead letter; one that cannot even be encoded stalls its lane
 //!   instead of being passed over;
 //! - `write`: the record written through the runtime's writer; only once the broker
@@ -188,11 +188,16 @@ impl Sink {
         let config = parts.config;
         parts.readiness.set(API_REACHABLE, true);
         parts.readiness.set(OUTCOMES_RECORDED, true);
+        let api = Api::new(&config, parts.auth)?;
+        parts
+            .metrics
+            .concurrency_limit
+            .set(api.admission.concurrency_limit() as i64);
         Ok(Sink {
             lanes: Lanes::new(config.lanes_per_partition),
             decoder: Decoder::new(parts.dataset, parts.schemas.clone(), &parts.topics),
             builder: parts.builder,
-            api: Api::new(&config, parts.auth)?,
+            api,
             outcomes: OutcomeWriter::new(parts.writer, parts.schemas, parts.topics, parts.pipeline),
             progress: Progress::default(),
             metrics: parts.metrics,

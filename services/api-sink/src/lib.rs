@@ -9,6 +9,8 @@
 //! - [`auth`]: API key, bearer, basic, OAuth2 client credentials (cached, refreshed).
 //! - [`retry`]: classification, the retry decision, backoff with full jitter, retry budget,
 //!   global breaker.
+//! - [`throttle`]: the API host's rate controller, shared by every lane — the pause after a
+//!   429/503 (`Retry-After`), the adaptive in-flight limit (AIMD), the token bucket.
 //! - [`offsets`]: the committable contiguous prefix per partition.
 //! - [`redrive`]: dead letters back onto `changes`.
 //! - [`metrics`]: the `snapfeed_api_sink_…` metrics.
@@ -26,6 +28,7 @@ pub mod offsets;
 pub mod redrive;
 pub mod request;
 pub mod retry;
+pub mod throttle;
 
 use std::sync::Arc;
 

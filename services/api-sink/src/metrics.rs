@@ -1,7 +1,7 @@
 //! api-sink metrics (`snapfeed_api_sink_…`). Labels come from small fixed sets — never keys,
 //! URLs or error strings.
 
-use prometheus::{Gauge, Histogram, IntCounter, IntCounterVec, IntGauge, Registry};
+use prometheus::{Counter, Gauge, Histogram, IntCounter, IntCounterVec, IntGauge, Registry};
 use snapfeed_runtime::metrics::MetricsBuilder;
 
 use crate::retry::{Classification, Decision};
@@ -28,6 +28,13 @@ pub struct SinkMetrics {
     pub last_delivery: Gauge,
     /// Times the global backoff opened because most requests failed.
     pub global_backoff: IntCounter,
+    /// Times the API's answer paused every lane, by `cause`: `retry_after` (the answer's
+    /// header), `backoff` (a 429/503 without it).
+    pub throttles: IntCounterVec,
+    /// Time every lane was held by such a pause.
+    pub throttled_seconds: Counter,
+    /// The adaptive in-flight limit now (at most `max_in_flight`).
+    pub concurrency_limit: IntGauge,
     /// Changes consumed and not yet committed.
     pub in_flight: IntGauge,
     /// Outcomes that could not be encoded, by `outcome`: `receipt`, `dead_letter`. Each one
@@ -92,6 +99,20 @@ impl SinkMetrics {
             global_backoff: metrics.counter(
                 "global_backoff_total",
                 "Times every lane backed off together because most requests failed.",
+            )?,
+            throttles: metrics.counters(
+                "throttles_total",
+                "Times an answer (429, 503 or Retry-After) paused every lane, by cause.",
+                "cause",
+                &["retry_after", "backoff"],
+            )?,
+            throttled_seconds: metrics.float_counter(
+                "throttled_seconds_total",
+                "Time every lane was paused because the API asked to slow down.",
+            )?,
+            concurrency_limit: metrics.gauge(
+                "concurrency_limit",
+                "Requests allowed in flight now (adaptive, at most max_in_flight).",
             )?,
             in_flight: metrics.gauge("in_flight", "Changes consumed and not yet committed.")?,
             unrecordable_outcomes: metrics.counters(

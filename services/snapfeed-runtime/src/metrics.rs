@@ -5,7 +5,7 @@
 //! here — never keys, file names or error strings.
 
 use prometheus::{
-    Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    Counter, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
 };
 
 /// Creates metrics named `snapfeed_<service>_<name>` and registers them.
@@ -32,6 +32,11 @@ impl<'r> MetricsBuilder<'r> {
     /// A counter (`name` ends in `_total`).
     pub fn counter(&self, name: &str, help: &str) -> prometheus::Result<IntCounter> {
         self.register(IntCounter::new(self.name(name), help)?)
+    }
+
+    /// A floating-point counter (`name` ends in `_seconds_total`: time spent in a state).
+    pub fn float_counter(&self, name: &str, help: &str) -> prometheus::Result<Counter> {
+        self.register(Counter::new(self.name(name), help)?)
     }
 
     /// A counter with one label, every value of which exists from the start.

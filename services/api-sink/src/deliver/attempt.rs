@@ -1,8 +1,8 @@
 //! One request, attempted until it is delivered or dead-lettered ([`Sink::send_with_retries`]):
 //! a thin I/O loop around the retry decision ([`crate::retry::decide`]). Each attempt waits its
-//! turn (`admission`: the global breaker, the rate limit, `max_in_flight`), takes the
-//! `Authorization` header, sends, classifies the result, and does what the decision says:
-//! record the outcome, renew the credentials, or wait and send again.
+//! turn (`admission`: the host's pause, the global breaker, the rate limit, the in-flight
+//! limit), takes the `Authorization` header, sends, classifies the result, and does what the
+//! decision says: record the outcome, renew the credentials, or wait and send again.
 //!
 //! Guarantee: a request is only ever given up in two ways — an outcome the caller records
 //! before the offset moves, or [`Halt::Abandoned`] when the lane is cancelled (revoke,
@@ -203,6 +203,9 @@ impl Sink {
                         // sends it.
                         return Err(Halt::Abandoned);
                     }
+                    // A 429 read by another lane while this one waited for its slot or its
+                    // credentials holds this request too.
+                    self.until_host_open(lane).await?;
                     (
                         Some(self.attempt(batch, authorization.clone()).await),
                         authorization,
@@ -269,7 +272,8 @@ impl Sink {
         }
     }
 
-    /// Sends the request once and classifies the result; feeds the breaker and reachability.
+    /// Sends the request once and classifies the result; feeds reachability and the shared
+    /// limits (`admission`).
     async fn attempt(
         &self,
         batch: &PreparedBatch,
@@ -286,14 +290,7 @@ impl Sink {
             .request_duration
             .observe(started.elapsed().as_secs_f64());
         self.api.reachability.record(classification.is_answer());
-        let breaker = &self.api.admission.breaker;
-        if let Some(until) = breaker.record(classification.is_api_failure(), Instant::now()) {
-            self.metrics.global_backoff.inc();
-            tracing::warn!(
-                message = "Most requests fail; every lane backs off.",
-                pause_ms = until.saturating_duration_since(Instant::now()).as_millis() as u64
-            );
-        }
+        self.learn(&classification, started);
         classification
     }
 
