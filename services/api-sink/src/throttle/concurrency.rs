@@ -5,7 +5,7 @@
 //! The limit starts at `max_in_flight` (an API that never pushes back gets the configured
 //! concurrency from the first request) and stays between 1 and `max_in_flight`:
 //! - **back-pressure** — a 429, a 5xx, a timeout, or a delivered answer slower than
-//!   `latency_threshold` × the usual latency — multiplies it by `decrease_factor`, at most
+//!   `latency_threshold` × the usual latency (and by more than scheduler noise) — multiplies it by `decrease_factor`, at most
 //!   once per round trip: only a request sent after the last decrease can lower it again, so
 //!   sixteen lanes refused at once are one decrease, not sixteen;
 //! - a **success** while the limit is in full use adds `1/limit` (one more slot per limit's
@@ -30,6 +30,9 @@ use crate::retry::Classification;
 const LATENCY_WARM_UP: u32 = 20;
 /// Weight of one answer in the usual latency (a slow average: ~1/α answers).
 const LATENCY_WEIGHT: f64 = 0.05;
+/// A slow answer must also be this much slower than usual: on a fast API a few milliseconds
+/// are the scheduler's noise (a busy 2-core host), not the server's load.
+const LATENCY_NOISE: Duration = Duration::from_millis(25);
 
 /// What one answer says about the host's load.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -193,6 +196,7 @@ impl AdaptiveConcurrency {
         let slow = match self.settings.latency_threshold {
             Some(threshold) if state.samples >= LATENCY_WARM_UP => {
                 seconds > threshold * state.usual_latency
+                    && seconds - state.usual_latency > LATENCY_NOISE.as_secs_f64()
             }
             _ => false,
         };
@@ -226,6 +230,16 @@ mod tests {
             decrease_factor: 0.5,
             latency_threshold: Some(3.0),
         })
+    }
+
+    /// A limiter past the latency warm-up, its usual latency `usual_ms`.
+    fn limiter_with_usual(max: usize, usual_ms: u64) -> AdaptiveConcurrency {
+        let limiter = limiter(max);
+        let t0 = Instant::now();
+        for _ in 0..LATENCY_WARM_UP {
+            limiter.feedback(ok(usual_ms), t0, t0);
+        }
+        limiter
     }
 
     fn ok(ms: u64) -> Feedback {
@@ -294,6 +308,11 @@ mod tests {
         // Twice the usual: fine. Far beyond three times: back-pressure.
         assert_eq!(limiter.feedback(ok(60), t0, t0), None);
         assert_eq!(limiter.feedback(ok(2_000), t0, t0), Some(4));
+
+        // On a fast API, a few milliseconds more are noise, even at ten times the usual.
+        let fast = limiter_with_usual(8, 1);
+        assert_eq!(fast.feedback(ok(10), t0, t0), None);
+        assert_eq!(fast.limit(), 8);
 
         let fixed = AdaptiveConcurrency::new(ConcurrencySettings {
             latency_threshold: None,
