@@ -68,9 +68,11 @@ pub struct StateReader {
 }
 
 impl Partitions {
-    /// None assigned yet.
+    /// None assigned yet — and not ready until the first assignment is restored: a detector
+    /// that has not joined its group yet has no state to decide with (an empty assignment
+    /// counts as restored: there is nothing to restore).
     pub fn new(reader: StateReader, metrics: DetectorMetrics, readiness: Readiness) -> Partitions {
-        readiness.set(RESTORED, true);
+        readiness.set(RESTORED, false);
         readiness.set(NOT_PAUSED, true);
         Partitions {
             restored: HashMap::new(),
@@ -145,6 +147,7 @@ impl Partitions {
     /// per partition. If the read fails, none of them is restored (each is retried).
     pub fn restore(&mut self, partitions: &[i32]) {
         if partitions.is_empty() {
+            self.readiness.set(RESTORED, self.unrestored.is_empty());
             return;
         }
         self.readiness.set(RESTORED, false);
