@@ -76,6 +76,9 @@ fn default_request_timeout_ms() -> u64 {
     10_000
 }
 
+/// `fetch.wait.max.ms` of a [`super::TopicReader`] (librdkafka's default: 500).
+const READER_FETCH_WAIT_MS: &str = "10";
+
 /// Properties snapfeed owns: setting them by pass-through would silently break a guarantee.
 const OWNED_PROPERTIES: &[(&str, &str)] = &[
     ("bootstrap.servers", "set kafka.bootstrap_servers instead"),
@@ -239,6 +242,10 @@ impl KafkaConfig {
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
             .set("enable.partition.eof", "true")
+            // The read ends at each partition's EOF, which only a fetch past the last record
+            // reports: a broker holding that fetch open for the default 500 ms would make every
+            // restore pay it (and a rebalance stall for it), whatever the data size.
+            .set("fetch.wait.max.ms", READER_FETCH_WAIT_MS)
             .set(
                 "isolation.level",
                 if guarantee.is_transactional() {
@@ -359,6 +366,17 @@ mod tests {
         for client in [&consumer, &reader, &admin] {
             assert_eq!(client.get("batch.size"), None);
         }
+    }
+
+    #[test]
+    fn a_reader_does_not_wait_out_the_fetch_that_reports_the_end() {
+        let kafka = config();
+        let guarantee = ProcessingGuarantee::AtLeastOnce;
+        let reader = kafka.reader_config("s", guarantee);
+        assert_eq!(reader.get("fetch.wait.max.ms"), Some(READER_FETCH_WAIT_MS));
+        // The stage's own consumer keeps librdkafka's long poll: it waits for new records.
+        let consumer = kafka.consumer_config("s", "g", guarantee);
+        assert_eq!(consumer.get("fetch.wait.max.ms"), None);
     }
 
     #[test]
