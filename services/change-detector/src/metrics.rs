@@ -6,7 +6,8 @@ use snapfeed_runtime::metrics::MetricsBuilder;
 /// The metrics of one change-detector instance.
 #[derive(Debug, Clone)]
 pub struct DetectorMetrics {
-    /// Snapshot records by outcome: `unchanged`, `created`, `updated`, `deleted`, `corrupt`.
+    /// Snapshot records by outcome: `unchanged`, `created`, `updated`, `deleted`, `corrupt`,
+    /// `stale` (of a snapshot older than the newest applied for its stream: passed over).
     pub records: IntCounterVec,
     /// Keys held in memory over the assigned partitions.
     pub state_keys: IntGauge,
@@ -20,7 +21,8 @@ pub struct DetectorMetrics {
     pub transactions: IntCounterVec,
     /// Snapshots whose deletes were refused by the guard.
     pub delete_guard_tripped: IntCounter,
-    /// Snapshot-end markers by verdict: `complete`, `incomplete`.
+    /// Snapshot-end markers by verdict: `complete`, `incomplete`, `stale` (older than the
+    /// newest snapshot applied for its stream: deletes nothing).
     pub snapshots: IntCounterVec,
     /// Records not yet processed on the assigned partitions (sum).
     pub consumer_lag: IntGauge,
@@ -44,6 +46,8 @@ pub struct RecordOutcomes {
     pub deleted: IntCounter,
     /// Did not decode.
     pub corrupt: IntCounter,
+    /// Of a snapshot older than the newest applied: passed over.
+    pub stale: IntCounter,
 }
 
 impl DetectorMetrics {
@@ -54,7 +58,14 @@ impl DetectorMetrics {
             "records_total",
             "Snapshot records, by outcome.",
             "outcome",
-            &["unchanged", "created", "updated", "deleted", "corrupt"],
+            &[
+                "unchanged",
+                "created",
+                "updated",
+                "deleted",
+                "corrupt",
+                "stale",
+            ],
         )?;
         let counter = |outcome: &str| records.with_label_values(&[outcome]);
         let outcome = RecordOutcomes {
@@ -63,6 +74,7 @@ impl DetectorMetrics {
             updated: counter("updated"),
             deleted: counter("deleted"),
             corrupt: counter("corrupt"),
+            stale: counter("stale"),
         };
         Ok(DetectorMetrics {
             state_keys: metrics
@@ -93,7 +105,7 @@ impl DetectorMetrics {
                 "snapshots_total",
                 "Snapshot-end markers, by verdict.",
                 "verdict",
-                &["complete", "incomplete"],
+                &["complete", "incomplete", "stale"],
             )?,
             consumer_lag: metrics.gauge(
                 "consumer_lag",

@@ -8,6 +8,8 @@ use serde::{Deserialize, Serialize};
 use snapfeed_runtime::config::ConfigError;
 use snapfeed_runtime::service::StageSection;
 
+use crate::snapshot_time::SnapshotTimeConfig;
+
 snapfeed_runtime::service_config! {
     /// Everything file-source reads from its config file and environment.
     pub struct FileSourceConfig {
@@ -81,6 +83,10 @@ pub struct SourceConfig {
     /// Snapshot id of a file: its content hash (default) or its file name.
     #[serde(default)]
     pub snapshot_id: SnapshotIdSource,
+    /// `[source.snapshot_time]`: when a file's snapshot was taken (file name, mtime), so an
+    /// older snapshot arriving late changes nothing downstream.
+    #[serde(default)]
+    pub snapshot_time: SnapshotTimeConfig,
     /// Interval of progress log lines on long files.
     #[serde(default = "default_progress_interval_ms")]
     pub progress_interval_ms: u64,
@@ -225,6 +231,7 @@ impl StageSection for SourceConfig {
                 "at least one file-name pattern",
             ));
         }
+        self.snapshot_time.validate()?;
         if self.instance_count == 0 {
             return Err(ConfigError::invalid(
                 "source.instance_count",

@@ -9,6 +9,7 @@
 //! - [`service`]: start-up, and one file processed and moved where its outcome says.
 //! - [`ledger`]: the compacted `files` topic — skip re-delivered files, resume interrupted ones.
 //! - [`reader`]: file identity (SHA-256), decompression, text decoding, CSV records.
+//! - [`snapshot_time`]: when a file's snapshot was taken (file name or mtime).
 //! - [`convert`]: a CSV row → dataset record, or a reject naming column and reason.
 //! - [`ingest`]: decide every row, then send the file in chunks through the runtime's
 //!   guaranteed writer (the guarantee).
@@ -27,6 +28,7 @@ pub mod ledger;
 pub mod metrics;
 pub mod reader;
 pub mod service;
+pub mod snapshot_time;
 mod watch;
 
 use std::path::PathBuf;

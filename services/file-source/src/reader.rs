@@ -23,6 +23,8 @@ pub struct SnapshotFile {
     pub hash: String,
     /// Size in bytes.
     pub bytes: u64,
+    /// Modification time (ms since the Unix epoch), if the file system keeps one.
+    pub modified_ms: Option<i64>,
 }
 
 impl SnapshotFile {
@@ -45,11 +47,18 @@ impl SnapshotFile {
             .and_then(|n| n.to_str())
             .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "file name is not UTF-8"))?
             .to_string();
+        let modified_ms = file
+            .metadata()
+            .and_then(|metadata| metadata.modified())
+            .ok()
+            .and_then(|at| at.duration_since(std::time::UNIX_EPOCH).ok())
+            .map(|since| since.as_millis() as i64);
         Ok(SnapshotFile {
             path: path.to_path_buf(),
             name,
             hash: snapfeed_runtime::avro::hex(&hasher.finalize()),
             bytes,
+            modified_ms,
         })
     }
 }

@@ -150,6 +150,15 @@ fn assert_same<T: PartialEq + std::fmt::Debug>(what: &str, ingested: &[T], publi
     );
 }
 
+/// The file's modification time, as file-source reads it.
+fn modified_ms(path: &Path) -> i64 {
+    let modified = std::fs::metadata(path).unwrap().modified().unwrap();
+    modified
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
 /// file-source ingests each `(snapshot, options)` file with `config` into the fixture's
 /// pipeline, the publisher (with the dataset of `schemas` and `mapping`) publishes each into a
 /// second pipeline; both must agree, report and records.
@@ -172,6 +181,11 @@ async fn assert_publisher_writes_what_file_source_writes(
     );
     for (snapshot, options) in files {
         let written = fx.write_incoming(snapshot, &options.file_name, &options.write);
+        // file-source's default (`auto`): a date-time in the name, else the file's mtime.
+        let options = &match options.snapshot_time {
+            Some(_) => options.clone(),
+            None => options.clone().taken_at(modified_ms(&written.path)),
+        };
         let ingested = single_report(
             &ingest(config.clone(), vec![written.path.clone()])
                 .await

@@ -12,6 +12,8 @@ use common::*;
 use file_source::ingest::FileOutcome;
 use file_source::FileSourceError;
 use snapfeed_harness::generator::{Dirt, Snapshot, WriteOptions};
+use snapfeed_harness::messages::header;
+use snapfeed_runtime::headers;
 use snapfeed_runtime::records::FileStatus;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -223,5 +225,87 @@ async fn ingest_stops_its_endpoint_when_its_files_are_done() {
     assert!(
         health.is_none(),
         "the endpoint still answers after ingest_paths returned (after {took:?}): {health:?}"
+    );
+}
+
+/// `snapfeed-snapshot-time` of every record (data and markers) of the file named `name`.
+fn snapshot_times(fx: &Fixture, name: &str) -> BTreeSet<Option<String>> {
+    fx.read(&fx.pipeline.topics.snapshots, false)
+        .iter()
+        .filter(|m| header(*m, headers::FILE_NAME).as_deref() == Some(name))
+        .map(|m| header(m, headers::SNAPSHOT_TIME))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_record_carries_the_snapshot_time_of_its_file() {
+    let fx = Fixture::new("fs-snaptime", 3).await;
+    let dated = fx.write_incoming(
+        &Snapshot::initial(60, 19),
+        "elr_20261203_103000.csv",
+        &WriteOptions::default(),
+    );
+    let plain = fx.write_incoming(
+        &Snapshot::initial(40, 20),
+        "plain.csv",
+        &WriteOptions::default(),
+    );
+    let mtime = std::fs::metadata(&plain.path)
+        .unwrap()
+        .modified()
+        .unwrap()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis();
+    ingest(fx.config(""), vec![dated.path, plain.path])
+        .await
+        .unwrap();
+
+    // `auto`: the date-time in the name (UTC), else the file's modification time.
+    assert_eq!(
+        snapshot_times(&fx, "elr_20261203_103000.csv"),
+        BTreeSet::from([Some("1796293800000".to_string())])
+    );
+    assert_eq!(
+        snapshot_times(&fx, "plain.csv"),
+        BTreeSet::from([Some(mtime.to_string())])
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_name_without_the_configured_date_time_fails_with_nothing_sent() {
+    let fx = Fixture::new("fs-snaptime-pattern", 3).await;
+    let config = r#"snapshot_time = { from = "file_name", pattern = "elr_%Y%m%d_%H%M%S" }"#;
+    let written = fx.write_incoming(
+        &Snapshot::initial(30, 21),
+        "elr_latest.csv",
+        &WriteOptions::default(),
+    );
+    let result = ingest(fx.config(config), vec![written.path]).await;
+    assert!(
+        matches!(result, Err(FileSourceError::FilesFailed(1))),
+        "{result:?}"
+    );
+    assert!(fx.read(&fx.pipeline.topics.snapshots, false).is_empty());
+    let report: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fx.failed().join("elr_latest.csv.error.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(report["stage"], "snapshot_time");
+    let error = report["error"].as_str().unwrap();
+    assert!(
+        error.contains("elr_latest.csv") && error.contains("elr_%Y%m%d_%H%M%S"),
+        "{error}"
+    );
+
+    let dated = fx.write_incoming(
+        &Snapshot::initial(30, 22),
+        "elr_20261203_103000.csv",
+        &WriteOptions::default(),
+    );
+    ingest(fx.config(config), vec![dated.path]).await.unwrap();
+    assert_eq!(
+        snapshot_times(&fx, "elr_20261203_103000.csv"),
+        BTreeSet::from([Some("1796293800000".to_string())])
     );
 }

@@ -16,3 +16,7 @@ pub const STREAM: &str = "snapfeed-stream";
 pub const CONTROL: &str = "snapfeed-control";
 /// [`CONTROL`] value of the marker closing a snapshot on a partition.
 pub const CONTROL_SNAPSHOT_END: &str = "snapshot-end";
+/// When the snapshot was taken: milliseconds since the Unix epoch, decimal — from the file
+/// name, its modification time, … (`source.snapshot_time`). The detector applies nothing of a
+/// snapshot older than the newest it has applied for the stream.
+pub const SNAPSHOT_TIME: &str = "snapfeed-snapshot-time";

@@ -112,6 +112,33 @@ impl AvroRecord for DetectorState {
     const SCHEMA: &'static str = "snapfeed.DetectorState";
 }
 
+/// The newest snapshot the detector has applied for one stream on one partition: a control
+/// entry of `<p>.state` under [`stream_progress_key`]. An older snapshot changes nothing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamProgress {
+    /// Snapshot stream.
+    pub stream: String,
+    /// The newest snapshot applied.
+    pub snapshot_id: String,
+    /// When it was taken.
+    pub snapshot_time: TimestampMillis,
+    /// The file it came from.
+    pub file_name: String,
+}
+
+impl AvroRecord for StreamProgress {
+    const SCHEMA: &'static str = "snapfeed.StreamProgress";
+}
+
+/// The first bytes of a [`StreamProgress`] key on `<p>.state`. No record key starts with NUL
+/// (the detector refuses one as corrupt), so these never collide with a record's entry.
+pub const STREAM_PROGRESS_KEY_PREFIX: &str = "\u{0}stream-progress\u{0}";
+
+/// The `<p>.state` key of `stream`'s progress.
+pub fn stream_progress_key(stream: &str) -> String {
+    format!("{STREAM_PROGRESS_KEY_PREFIX}{stream}")
+}
+
 /// Ingestion status of a file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]

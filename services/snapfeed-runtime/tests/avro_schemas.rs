@@ -51,6 +51,7 @@ fn every_schema_parses_and_every_record_kind_is_present() {
     for name in [
         ChangeEvent::SCHEMA,
         DetectorState::SCHEMA,
+        StreamProgress::SCHEMA,
         FileLedgerEntry::SCHEMA,
         RejectedRow::SCHEMA,
         SnapshotEnd::SCHEMA,
@@ -393,4 +394,32 @@ fn fingerprints_match_the_java_implementation() {
         snapfeed_runtime::avro::hex(&change.fingerprint),
         "3cc1afa528055009"
     );
+}
+
+#[test]
+fn a_stream_progress_entry_round_trips_under_its_reserved_key() {
+    let store = store();
+    let progress = StreamProgress {
+        stream: "lab-a".into(),
+        snapshot_id: "cd".repeat(32),
+        snapshot_time: 1_796_293_800_000,
+        file_name: "elr_20261203_103000.csv".into(),
+    };
+    let bytes = store
+        .current(StreamProgress::SCHEMA)
+        .unwrap()
+        .encode(&progress)
+        .unwrap();
+    let location = snapfeed_runtime::avro::MessageLocation {
+        topic: "p.state".into(),
+        partition: 0,
+        offset: 0,
+    };
+    let back: StreamProgress = store
+        .decode(&bytes, StreamProgress::SCHEMA, &location)
+        .unwrap();
+    assert_eq!(back, progress);
+    let key = stream_progress_key("lab-a");
+    assert!(key.starts_with('\0'), "no record key starts with NUL");
+    assert_eq!(key.strip_prefix(STREAM_PROGRESS_KEY_PREFIX), Some("lab-a"));
 }

@@ -2,7 +2,7 @@
 //! real broker, with the stub case API, fed generated snapshots; every scenario ends with the
 //! ledger of truth (`snapfeed_fault::ledger`) and prints one `FAULT …` line of figures.
 //!
-//! Nisshi (SQLite storage, services `at_least_once`) runs all eleven; Tansu (services
+//! Nisshi (SQLite storage, services `at_least_once`) runs all twelve; Tansu (services
 //! `exactly_once`) runs 1, 2, 3, 4 and 8. The in-process mock broker skips them all (printed).
 //!
 //! Weakened for a broker gap, and named so in the test names:
@@ -105,7 +105,7 @@ fn decided(proc: &Proc) -> f64 {
     let Some((200, text)) = block_in_place(|| proc.process.get("/metrics")) else {
         return 0.0;
     };
-    ["unchanged", "created", "updated"]
+    ["unchanged", "created", "updated", "stale"]
         .iter()
         .filter_map(|outcome| {
             let series = format!("snapfeed_change_detector_records_total{{outcome=\"{outcome}\"}}");
@@ -840,4 +840,86 @@ async fn s11_no_name_dob_phone_or_result_in_any_service_log_even_at_debug_level(
         rig.health.len()
     );
     assert!(bytes > 0);
+}
+
+// ── 12 ───────────────────────────────────────────────────────────────────────────────────────
+
+/// Files out of order: the 10:30 export arrives after the 11:00 one (the names carry the time,
+/// `source.snapshot_time` is `auto`). The late file is ingested, and its every row passed over by
+/// the detector: no change rolls a case back to 10:30 content; the 11:30 export then emits only
+/// its real changes against 11:00.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s12_an_older_export_arriving_late_changes_nothing_at_the_api() {
+    let Some(mut rig) = Rig::new("s12-out-of-order", 4, NISSHI_ONLY).await else {
+        return;
+    };
+    let plain = WriteOptions::default();
+    let mut expected = Expectation::default();
+    let procs = rig.start_pipeline();
+    let s1 = Snapshot::initial(2000, 1201);
+    let (s2, _) = s1.next(some_changes(), 1202);
+    let (s3, _) = s2.next(some_changes(), 1203);
+    let (s4, _) = s3.next(some_changes(), 1204);
+    ingest(
+        &mut rig,
+        &mut expected,
+        &s1,
+        "elr_20261203_100000.csv",
+        &plain,
+    )
+    .await;
+    ingest(
+        &mut rig,
+        &mut expected,
+        &s3,
+        "elr_20261203_110000.csv",
+        &plain,
+    )
+    .await;
+    // Not added to `expected`: it must change nothing.
+    rig.drop_snapshot(&s2, "elr_20261203_103000.csv", &plain);
+    assert_eq!(
+        rig.wait_file_done("elr_20261203_103000.csv", FILE_LIMIT)
+            .await,
+        FileFate::Processed
+    );
+    ingest(
+        &mut rig,
+        &mut expected,
+        &s4,
+        "elr_20261203_113000.csv",
+        &plain,
+    )
+    .await;
+    let rows = (s1.rows().len() + s2.rows().len() + s3.rows().len() + s4.rows().len()) as f64;
+    let deadline = Instant::now() + DELIVERY_LIMIT;
+    while decided(&procs[0]) < rows {
+        assert!(
+            Instant::now() < deadline,
+            "the detector decided {} of {rows} rows",
+            decided(&procs[0])
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let stale = metric_of(
+        &procs[0],
+        "snapfeed_change_detector_records_total{outcome=\"stale\"}",
+    );
+    assert_eq!(
+        stale,
+        s2.rows().len() as f64,
+        "the late file's rows passed over"
+    );
+    finish(&rig, &expected, 0, procs).await;
+}
+
+/// One series of a process's `/metrics` (0 when absent).
+fn metric_of(proc: &Proc, series: &str) -> f64 {
+    let Some((200, text)) = block_in_place(|| proc.process.get("/metrics")) else {
+        return 0.0;
+    };
+    text.lines()
+        .find_map(|line| line.strip_prefix(series))
+        .and_then(|value| value.trim().parse::<f64>().ok())
+        .unwrap_or(0.0)
 }

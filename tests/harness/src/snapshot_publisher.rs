@@ -66,6 +66,9 @@ pub struct PublishOptions {
     pub write: WriteOptions,
     /// Data records per transaction (`source.rows_per_transaction`; its default is 50,000).
     pub rows_per_transaction: usize,
+    /// When the snapshot was taken (header `snapfeed-snapshot-time`): what file-source's
+    /// `[source.snapshot_time]` gives the file; none by default.
+    pub snapshot_time: Option<i64>,
 }
 
 impl PublishOptions {
@@ -77,7 +80,14 @@ impl PublishOptions {
             snapshot_id: SnapshotIdFrom::FileHash,
             write: WriteOptions::default(),
             rows_per_transaction: 50_000,
+            snapshot_time: None,
         }
+    }
+
+    /// Taken at `ms` (ms since the Unix epoch).
+    pub fn taken_at(mut self, ms: i64) -> PublishOptions {
+        self.snapshot_time = Some(ms);
+        self
     }
 
     /// In snapshot stream `stream`.
@@ -177,6 +187,7 @@ impl<'b> SnapshotPublisher<'b> {
             file_hash: &file.file_hash,
             snapshot_id: &snapshot_id,
             stream: &options.stream,
+            snapshot_time: options.snapshot_time.map(|ms| ms.to_string()),
         };
         let partitions = self.partitions.max(1);
         let mut rows_in_partition = vec![0i64; partitions as usize];
@@ -280,6 +291,7 @@ struct Provenance<'a> {
     file_hash: &'a str,
     snapshot_id: &'a str,
     stream: &'a str,
+    snapshot_time: Option<String>,
 }
 
 impl Provenance<'_> {
@@ -302,6 +314,12 @@ impl Provenance<'_> {
                 key: headers::STREAM,
                 value: Some(self.stream.as_bytes()),
             });
+        if let Some(time) = &self.snapshot_time {
+            headers = headers.insert(Header {
+                key: headers::SNAPSHOT_TIME,
+                value: Some(time.as_bytes()),
+            });
+        }
         if let Some(line) = line {
             headers = headers.insert(Header {
                 key: headers::LINE,

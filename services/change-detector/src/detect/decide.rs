@@ -175,6 +175,10 @@ impl Decider {
                 Err(error) => return Verdict::Corrupt(format!("no record key: {error}")),
             },
         };
+        if key.starts_with('\0') {
+            // Reserved for the stream-progress entries on `state`: such a key would overwrite one.
+            return Verdict::Corrupt("the record key starts with NUL (reserved)".into());
+        }
         let hash = self.hasher.record(&decoded);
         let decision = state.observe(&key, hash, record.stream, record.snapshot_id, record.at);
         if raw != 0 {

@@ -13,7 +13,7 @@ use rdkafka::Message;
 use snapfeed_runtime::avro::{AvroError, MessageLocation, SchemaStore};
 use snapfeed_runtime::headers;
 use snapfeed_runtime::records::{
-    now_millis, AvroRecord, ChangeEvent, DetectorState, Provenance, RejectedRow,
+    now_millis, AvroRecord, ChangeEvent, DetectorState, Provenance, RejectedRow, StreamProgress,
 };
 
 use super::decide::Change;
@@ -32,6 +32,8 @@ pub struct RecordMeta<'a> {
     pub stream: &'a str,
     /// Line in the source file.
     pub line: Option<i64>,
+    /// When the snapshot was taken (ms), if file-source knew.
+    pub snapshot_time: Option<i64>,
     /// Control record kind (snapshot-end marker), if it is one.
     pub control: Option<&'a str>,
 }
@@ -45,6 +47,7 @@ impl<'a> RecordMeta<'a> {
             snapshot_id: "",
             stream: "default",
             line: None,
+            snapshot_time: None,
             control: None,
         };
         if let Some(headers) = message.headers() {
@@ -58,6 +61,7 @@ impl<'a> RecordMeta<'a> {
                     headers::SNAPSHOT_ID => meta.snapshot_id = value,
                     headers::STREAM => meta.stream = value,
                     headers::LINE => meta.line = value.parse().ok(),
+                    headers::SNAPSHOT_TIME => meta.snapshot_time = value.parse().ok(),
                     headers::CONTROL => meta.control = Some(value),
                     _ => {}
                 }
@@ -125,6 +129,13 @@ impl Envelopes {
     /// The `state` value of a key's entry.
     pub fn state_entry(&self, entry: &DetectorState) -> Result<Vec<u8>, AvroError> {
         self.schemas.current(DetectorState::SCHEMA)?.encode(entry)
+    }
+
+    /// The `state` control entry recording `progress` as its stream's newest snapshot.
+    pub fn stream_progress(&self, progress: &StreamProgress) -> Result<Vec<u8>, AvroError> {
+        self.schemas
+            .current(StreamProgress::SCHEMA)?
+            .encode(progress)
     }
 
     /// The `rejects` value of a snapshot record that does not decode: where it came from and

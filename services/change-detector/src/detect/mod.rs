@@ -3,6 +3,8 @@
 //! handed to the batch; the parts, in the order a record meets them:
 //!
 //! - [`decide`]: the per-record decision, pure (unseen / changed / unchanged / corrupt).
+//! - `order`: the ordering guard — a snapshot older than the newest applied for its stream
+//!   changes nothing.
 //! - [`emit`]: a decision's records — change event, state entry, reject — encoded.
 //! - [`batch`]: the open batch and its commit through the writer — **the delivery guarantee**.
 //! - [`restore`]: partitions' state from the `state` topic; rebuild and rewind after an abort.
@@ -19,6 +21,7 @@
 pub mod batch;
 pub mod decide;
 pub mod emit;
+mod order;
 pub mod rebalance;
 pub mod restore;
 pub mod stage;
@@ -84,6 +87,8 @@ pub struct Detector {
     config: DetectorConfig,
     /// Snapshots whose deletes the guard refused (its metric counts a snapshot once).
     tripped_snapshots: HashSet<String>,
+    /// Stale snapshots already logged (each is logged once, not once per partition).
+    stale_snapshots: HashSet<String>,
     /// Records by outcome, batches, snapshots, the delete guard.
     metrics: DetectorMetrics,
     /// Set by a fatal write error: nothing more is done, and the stage stops with it.
@@ -107,6 +112,7 @@ impl Detector {
             envelopes,
             config,
             tripped_snapshots: HashSet::new(),
+            stale_snapshots: HashSet::new(),
             metrics,
             failed: None,
         }
@@ -141,6 +147,10 @@ impl Detector {
         }
         self.batch.start();
         let meta = RecordMeta::from_message(message);
+        if self.is_stale(partition, &meta)? {
+            self.batch.consumed(partition, message.offset());
+            return Ok(());
+        }
         let at = message.timestamp().to_millis().unwrap_or(0);
         let payload = message.payload().unwrap_or_default();
         let corrupt = if meta.is_snapshot_end() {

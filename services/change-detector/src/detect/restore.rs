@@ -22,7 +22,9 @@ use rdkafka::{Message, Offset, TopicPartitionList};
 use snapfeed_runtime::avro::{MessageLocation, SchemaStore};
 use snapfeed_runtime::health::Readiness;
 use snapfeed_runtime::kafka::TopicReader;
-use snapfeed_runtime::records::{AvroRecord, DetectorState};
+use snapfeed_runtime::records::{
+    AvroRecord, DetectorState, StreamProgress, STREAM_PROGRESS_KEY_PREFIX,
+};
 
 use super::{NOT_PAUSED, RESTORED};
 use crate::metrics::DetectorMetrics;
@@ -285,6 +287,41 @@ impl Partitions {
 }
 
 impl StateReader {
+    /// A stream-progress control entry: the newest snapshot applied for `stream`.
+    fn restore_progress(
+        &self,
+        state: &mut PartitionState,
+        stream: &str,
+        message: &rdkafka::message::BorrowedMessage<'_>,
+        streams: &mut Streams,
+    ) {
+        let location = MessageLocation {
+            topic: self.topic.clone(),
+            partition: message.partition(),
+            offset: message.offset(),
+        };
+        let Some(payload) = message.payload() else {
+            return;
+        };
+        match self
+            .schemas
+            .decode::<StreamProgress>(payload, StreamProgress::SCHEMA, &location)
+        {
+            Ok(progress) => state.restore_newest(
+                streams.id(stream),
+                &progress.snapshot_id,
+                progress.snapshot_time,
+            ),
+            // Without it an old snapshot could roll records back: say so loudly, but a bad
+            // entry must not keep the partition from starting either.
+            Err(error) => tracing::error!(
+                message = "Skipping an unreadable stream-progress entry; the ordering guard of its stream starts over.",
+                %location,
+                %error
+            ),
+        }
+    }
+
     /// Reads `partitions` of `state` from the beginning to their end: per partition, the
     /// state and how many entries it read. Unreadable entries are skipped with a warning
     /// (naming partition and offset): one bad entry must not keep a partition from starting.
@@ -305,6 +342,10 @@ impl StateReader {
             let Some(Ok(key)) = message.key().map(std::str::from_utf8) else {
                 return;
             };
+            if let Some(stream) = key.strip_prefix(STREAM_PROGRESS_KEY_PREFIX) {
+                self.restore_progress(state, stream, message, streams);
+                return;
+            }
             let Some(payload) = message.payload() else {
                 state.restore_entry(key, None, streams);
                 return;

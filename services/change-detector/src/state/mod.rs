@@ -18,7 +18,7 @@ use snapfeed_runtime::records::DetectorState;
 use crate::content_hash::{hash_hex, parse_hash_hex};
 
 use snapshots::SnapshotProgress;
-pub use snapshots::{DeleteVerdict, Streams};
+pub use snapshots::{DeleteVerdict, SnapshotOrder, Streams};
 use table::{key_id, KeyTable, Slot, MAX_VERSION};
 
 /// What the detector remembers about one key (a copy; the table stores it packed).

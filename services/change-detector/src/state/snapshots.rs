@@ -66,17 +66,70 @@ pub(super) struct SnapshotProgress {
     snapshot_id: String,
     generation: u32,
     distinct_seen: u64,
+    /// The newest snapshot applied: its time and id (restored from `state`).
+    newest: Option<(i64, String)>,
+}
+
+/// Where a snapshot's time stands against the newest one applied for its stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SnapshotOrder {
+    /// The newest applied (or as new): decided as usual.
+    Current,
+    /// Newer than any applied: decided as usual, and it becomes the newest (to be recorded).
+    Newer,
+    /// Older than the newest applied: it changes and deletes nothing.
+    Stale {
+        /// The newest applied snapshot's time.
+        newest_time: i64,
+        /// And its id.
+        newest_id: String,
+    },
 }
 
 impl PartitionState {
-    /// The generation of `snapshot_id` in `stream`: a new snapshot id starts the next one.
-    pub(super) fn generation(&mut self, stream: u32, snapshot_id: &str) -> u32 {
+    fn progress_mut(&mut self, stream: u32) -> &mut SnapshotProgress {
         let index = stream as usize;
         if self.progress.len() <= index {
             self.progress
                 .resize_with(index + 1, SnapshotProgress::default);
         }
-        let progress = &mut self.progress[index];
+        &mut self.progress[index]
+    }
+
+    /// Where a snapshot taken at `time` stands in `stream` on this partition; a newer one
+    /// becomes the newest. The ordering guard: a snapshot older than the newest applied is
+    /// stale — a file re-sent from a backup, files arriving out of order, or a replay of old
+    /// records — and must not roll records back.
+    pub fn order_snapshot(&mut self, stream: u32, snapshot_id: &str, time: i64) -> SnapshotOrder {
+        let progress = self.progress_mut(stream);
+        match &progress.newest {
+            Some((newest, id)) if time < *newest => SnapshotOrder::Stale {
+                newest_time: *newest,
+                newest_id: id.clone(),
+            },
+            Some((newest, _)) if time == *newest => SnapshotOrder::Current,
+            _ => {
+                progress.newest = Some((time, snapshot_id.to_string()));
+                SnapshotOrder::Newer
+            }
+        }
+    }
+
+    /// The newest snapshot applied in `stream` from its `state` entry (the later of two wins).
+    pub fn restore_newest(&mut self, stream: u32, snapshot_id: &str, time: i64) {
+        let progress = self.progress_mut(stream);
+        if progress
+            .newest
+            .as_ref()
+            .is_none_or(|(newest, _)| time >= *newest)
+        {
+            progress.newest = Some((time, snapshot_id.to_string()));
+        }
+    }
+
+    /// The generation of `snapshot_id` in `stream`: a new snapshot id starts the next one.
+    pub(super) fn generation(&mut self, stream: u32, snapshot_id: &str) -> u32 {
+        let progress = self.progress_mut(stream);
         if progress.snapshot_id != snapshot_id {
             progress.snapshot_id = snapshot_id.to_string();
             progress.generation = progress.generation.wrapping_add(1).max(1);
@@ -157,5 +210,40 @@ impl PartitionState {
             .collect();
         absent.sort();
         DeleteVerdict::Delete(absent)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stale(newest_time: i64, newest_id: &str) -> SnapshotOrder {
+        SnapshotOrder::Stale {
+            newest_time,
+            newest_id: newest_id.into(),
+        }
+    }
+
+    #[test]
+    fn an_older_snapshot_is_stale_an_equal_or_newer_one_is_not() {
+        let mut state = PartitionState::default();
+        assert_eq!(state.order_snapshot(0, "s2", 200), SnapshotOrder::Newer);
+        assert_eq!(state.order_snapshot(0, "s2", 200), SnapshotOrder::Current);
+        assert_eq!(state.order_snapshot(0, "s1", 100), stale(200, "s2"));
+        // Another file taken at the same time is not older.
+        assert_eq!(state.order_snapshot(0, "s2b", 200), SnapshotOrder::Current);
+        assert_eq!(state.order_snapshot(0, "s3", 300), SnapshotOrder::Newer);
+        assert_eq!(state.order_snapshot(0, "s2", 200), stale(300, "s3"));
+        // Streams are ordered apart: another lab's older export is its own business.
+        assert_eq!(state.order_snapshot(1, "b1", 100), SnapshotOrder::Newer);
+    }
+
+    #[test]
+    fn the_newest_comes_back_from_state_entries() {
+        let mut state = PartitionState::default();
+        state.restore_newest(0, "s3", 300);
+        state.restore_newest(0, "s2", 200);
+        assert_eq!(state.order_snapshot(0, "s2", 250), stale(300, "s3"));
+        assert_eq!(state.order_snapshot(0, "s4", 400), SnapshotOrder::Newer);
     }
 }

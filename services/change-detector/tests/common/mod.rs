@@ -516,7 +516,7 @@ fn progress(endpoints: &[Endpoint]) -> (f64, f64) {
         let Some((200, text)) = block_in_place(|| http_get(endpoint.http, "/metrics")) else {
             continue;
         };
-        for outcome in ["unchanged", "created", "updated", "corrupt"] {
+        for outcome in ["unchanged", "created", "updated", "corrupt", "stale"] {
             decided += metric(
                 &text,
                 &format!("snapfeed_change_detector_records_total{{outcome=\"{outcome}\"}}"),

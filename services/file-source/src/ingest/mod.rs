@@ -148,6 +148,16 @@ pub fn ingest_file(
     if !validation.extra_columns.is_empty() {
         tracing::warn!(message = "Ignoring columns the mapping does not know.", columns = ?validation.extra_columns);
     }
+    match validation.snapshot_time {
+        Some(ms) => tracing::info!(
+            message = "Snapshot time.",
+            snapshot_time = %chrono::DateTime::from_timestamp_millis(ms).unwrap_or_default().to_rfc3339()
+        ),
+        None => tracing::info!(
+            message =
+                "No snapshot time: the detector's ordering guard does not apply to this file."
+        ),
+    }
     // Pass 2: send.
     let report = send::send_file(ctx, &file, resume_after, validation, ledger)?;
     Ok(FileOutcome::Ingested(report))

@@ -1,7 +1,7 @@
 //! What the send pass writes besides the rows' own payloads, built from one file's identity:
-//! the provenance headers on every record (file name and hash, snapshot id, stream, line), the
-//! `rejects` envelope of a rejected row, the snapshot-end marker of a partition, and the ledger
-//! entries (`IN_PROGRESS` checkpoints, `COMPLETED`, `FAILED`). Building only — which
+//! the provenance headers on every record (file name and hash, snapshot id and time, stream,
+//! line), the `rejects` envelope of a rejected row, the snapshot-end marker of a partition, and
+//! the ledger entries (`IN_PROGRESS` checkpoints, `COMPLETED`, `FAILED`). Building only — which
 //! transaction each goes into, and so the guarantee, is the send pass's business.
 
 use rdkafka::message::{Header, OwnedHeaders};
@@ -34,6 +34,8 @@ pub(super) struct Provenance<'f> {
     pub(super) stream: String,
     /// Its snapshot id.
     pub(super) snapshot_id: String,
+    /// When its snapshot was taken, decimal ms (the header value), if known.
+    pub(super) snapshot_time: Option<String>,
 }
 
 /// The stream (provider) a file name belongs to: the first matching rule's, else the default.
@@ -47,8 +49,12 @@ pub fn stream_of(config: &SourceConfig, name: &str) -> String {
 }
 
 impl<'f> Provenance<'f> {
-    /// The provenance of `file` under `config`.
-    pub(super) fn of(config: &SourceConfig, file: &'f SnapshotFile) -> Provenance<'f> {
+    /// The provenance of `file` under `config`, its snapshot taken at `snapshot_time`.
+    pub(super) fn of(
+        config: &SourceConfig,
+        file: &'f SnapshotFile,
+        snapshot_time: Option<i64>,
+    ) -> Provenance<'f> {
         Provenance {
             file,
             stream: stream_of(config, &file.name),
@@ -56,12 +62,13 @@ impl<'f> Provenance<'f> {
                 SnapshotIdSource::FileHash => file.hash.clone(),
                 SnapshotIdSource::FileName => file.name.clone(),
             },
+            snapshot_time: snapshot_time.map(|ms| ms.to_string()),
         }
     }
 
     /// Provenance headers, with the line of a data record.
     pub(super) fn headers(&self, line: Option<u64>) -> OwnedHeaders {
-        let mut headers = OwnedHeaders::new_with_capacity(5)
+        let mut headers = OwnedHeaders::new_with_capacity(6)
             .insert(Header {
                 key: headers::FILE_NAME,
                 value: Some(self.file.name.as_bytes()),
@@ -78,6 +85,12 @@ impl<'f> Provenance<'f> {
                 key: headers::STREAM,
                 value: Some(self.stream.as_bytes()),
             });
+        if let Some(time) = &self.snapshot_time {
+            headers = headers.insert(Header {
+                key: headers::SNAPSHOT_TIME,
+                value: Some(time.as_bytes()),
+            });
+        }
         if let Some(line) = line {
             let mut digits = [0u8; 20];
             headers = headers.insert(Header {

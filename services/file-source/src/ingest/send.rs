@@ -52,7 +52,7 @@ pub(super) fn send_failed_entry(
     report: &FailureReport,
     ledger: &mut Ledger,
 ) -> Result<(), IngestError> {
-    let origin = Provenance::of(ctx.config, file);
+    let origin = Provenance::of(ctx.config, file, None);
     let entry = FileLedgerEntry {
         rows_total: Some(report.rows_read as i64),
         error: Some(format!("{}: {}", report.stage, report.error)),
@@ -118,7 +118,7 @@ fn send_chunks(
     scan.expect_rows(validation.rows);
     let mut sender = FileSender {
         ctx,
-        origin: Provenance::of(ctx.config, file),
+        origin: Provenance::of(ctx.config, file, validation.snapshot_time),
         started_at: ledger
             .get(&file.hash)
             .map(|e| e.started_at)

@@ -24,6 +24,8 @@ pub(super) struct Validation {
     pub(super) rejected: u64,
     /// Columns of the file the mapping does not know (ignored).
     pub(super) extra_columns: Vec<String>,
+    /// When the snapshot was taken (`source.snapshot_time`), if known.
+    pub(super) snapshot_time: Option<i64>,
 }
 
 /// Reads `file` to its end: `Ok(Err(report))` when it fails as a whole, `Err` when it could not
@@ -32,6 +34,22 @@ pub(super) fn validate(
     ctx: &IngestContext<'_>,
     file: &SnapshotFile,
 ) -> Result<Result<Validation, FailureReport>, IngestError> {
+    let snapshot_time = match ctx.config.snapshot_time.of(&file.name, file.modified_ms) {
+        Ok(time) => time,
+        Err(error) => {
+            return Ok(Err(FailureReport {
+                file: file.name.clone(),
+                hash: file.hash.clone(),
+                stage: "snapshot_time",
+                error: error.to_string(),
+                line: None,
+                columns: Vec::new(),
+                rows_read: 0,
+                rows_rejected: 0,
+                first_rejects: Vec::new(),
+            }))
+        }
+    };
     let mut scan = match open_scan(ctx.config, &ctx.dataset, file)? {
         Opened::Ready(scan) => scan,
         Opened::Failed(report) => return Ok(Err(report)),
@@ -103,5 +121,6 @@ pub(super) fn validate(
         rows,
         rejected,
         extra_columns: std::mem::take(&mut scan.extra_columns),
+        snapshot_time,
     }))
 }
