@@ -16,10 +16,11 @@
 //! transactional topics fetching did not restart on the in-process broker, so the bound is
 //! global — see the README's notes.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{BaseConsumer, CommitMode, ConsumerContext, Rebalance};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::message::BorrowedMessage;
 use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
 use snapfeed_runtime::client_log;
@@ -44,11 +45,48 @@ pub(crate) struct SinkContext {
     topic: String,
     /// Bound for draining a revoked partition's deliveries.
     drain: Duration,
+    /// Bound of the committed-offsets lookup on assignment.
+    timeout: Duration,
 }
 
 impl SinkContext {
-    pub(crate) fn new(sink: Arc<Sink>, topic: String, drain: Duration) -> SinkContext {
-        SinkContext { sink, topic, drain }
+    pub(crate) fn new(
+        sink: Arc<Sink>,
+        topic: String,
+        drain: Duration,
+        timeout: Duration,
+    ) -> SinkContext {
+        SinkContext {
+            sink,
+            topic,
+            drain,
+            timeout,
+        }
+    }
+
+    /// The group's committed offsets of `tpl` (0 where nothing is committed: the consumer
+    /// starts at the beginning). `None` when the lookup fails.
+    fn committed(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        tpl: &TopicPartitionList,
+    ) -> Option<BTreeMap<i32, i64>> {
+        match consumer.committed_offsets(tpl.clone(), self.timeout) {
+            Ok(committed) => Some(
+                committed
+                    .elements()
+                    .iter()
+                    .map(|e| match e.offset() {
+                        Offset::Offset(offset) => (e.partition(), offset),
+                        _ => (e.partition(), 0),
+                    })
+                    .collect(),
+            ),
+            Err(error) => {
+                tracing::warn!(message = "Cannot look up the committed offsets; receipts are not read back.", %error);
+                None
+            }
+        }
     }
 }
 
@@ -91,11 +129,18 @@ impl ConsumerContext for SinkContext {
         }
     }
 
-    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Assign(tpl) = rebalance {
             let partitions: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
             for partition in &partitions {
                 self.sink.assigned(*partition);
+            }
+            // Before the first change of these partitions is consumed (fetching starts after
+            // this callback): what an earlier run delivered past the committed offsets.
+            if !partitions.is_empty() {
+                if let Some(committed) = self.committed(consumer, tpl) {
+                    self.sink.recall_deliveries(&committed);
+                }
             }
             tracing::info!(message = "Partitions assigned.", partitions = ?partitions);
         }

@@ -18,6 +18,8 @@
 //!   instead of being passed over;
 //! - `write`: the record written through the runtime's writer; only once the broker
 //!   acknowledged it is the offset marked done.
+//! - `resume`: changes an earlier run delivered past the committed offset (their receipts read
+//!   back on assignment) are marked done without being sent again.
 //!
 //! Concurrency: each partition has `lanes_per_partition` lanes, and a lane delivers one
 //! request at a time, so one key's changes arrive in order while partitions (and lanes) proceed
@@ -30,6 +32,7 @@ mod attempt;
 mod batch;
 mod lane;
 mod outcome;
+mod resume;
 mod write;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -47,6 +50,7 @@ use crate::auth::Authenticator;
 use crate::config::SinkConfig;
 use crate::metrics::SinkMetrics;
 use crate::offsets::OffsetTracker;
+use crate::receipts::{DeliveredChanges, ReceiptReader};
 use crate::request::RequestBuilder;
 pub(crate) use crate::retry::Outcome;
 use attempt::Api;
@@ -144,6 +148,11 @@ pub(crate) struct Sink {
     metrics: SinkMetrics,
     /// `/readyz`: [`API_REACHABLE`] and [`OUTCOMES_RECORDED`].
     readiness: Readiness,
+    /// Reads receipts back on assignment (`None`: topics not co-partitioned).
+    receipts: Option<ReceiptReader>,
+    /// Changes past the committed offset an earlier run delivered (receipt found): not sent
+    /// again. Per partition, offset → record key.
+    delivered_before: Mutex<DeliveredChanges>,
 }
 
 impl std::fmt::Debug for Sink {
@@ -180,6 +189,8 @@ pub(crate) struct SinkParts {
     pub metrics: SinkMetrics,
     /// Readiness.
     pub readiness: Readiness,
+    /// Reads receipts back on assignment (`None`: topics not co-partitioned).
+    pub receipts: Option<ReceiptReader>,
 }
 
 impl Sink {
@@ -198,10 +209,18 @@ impl Sink {
             decoder: Decoder::new(parts.dataset, parts.schemas.clone(), &parts.topics),
             builder: parts.builder,
             api,
-            outcomes: OutcomeWriter::new(parts.writer, parts.schemas, parts.topics, parts.pipeline),
+            outcomes: OutcomeWriter::new(
+                parts.writer,
+                parts.schemas,
+                parts.topics,
+                parts.pipeline,
+                parts.receipts.is_some(),
+            ),
             progress: Progress::default(),
             metrics: parts.metrics,
             readiness: parts.readiness,
+            receipts: parts.receipts,
+            delivered_before: Mutex::new(DeliveredChanges::new()),
         })
     }
 
@@ -244,6 +263,7 @@ impl Sink {
 
     /// Forgets revoked partitions' offsets (after their final commit).
     pub(crate) fn forget(&self, partitions: &[i32]) {
+        self.forget_deliveries(partitions);
         let mut tracker = lock(&self.progress.tracker);
         tracker.forget(partitions);
         self.metrics.in_flight.set(tracker.in_flight() as i64);

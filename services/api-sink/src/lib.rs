@@ -12,6 +12,8 @@
 //! - [`throttle`]: the API host's rate controller, shared by every lane — the pause after a
 //!   429/503 (`Retry-After`), the adaptive in-flight limit (AIMD), the token bucket.
 //! - [`offsets`]: the committable contiguous prefix per partition.
+//! - [`receipts`]: on assignment, what an earlier run already delivered past the committed
+//!   offset (not sent again); the replay markers that void it for a replayed range.
 //! - [`redrive`]: dead letters back onto `changes`.
 //! - [`metrics`]: the `snapfeed_api_sink_…` metrics.
 //!
@@ -25,6 +27,7 @@ mod consume;
 pub mod deliver;
 pub mod metrics;
 pub mod offsets;
+pub mod receipts;
 pub mod redrive;
 pub mod request;
 pub mod retry;
@@ -32,7 +35,9 @@ pub mod throttle;
 
 use std::sync::Arc;
 
-use snapfeed_runtime::kafka::{consume_until_stopped, ProcessingGuarantee, WriteError};
+use snapfeed_runtime::kafka::{
+    consume_until_stopped, ProcessingGuarantee, TopicReader, WriteError,
+};
 use snapfeed_runtime::service::{
     HasCommonSections, RuntimeError, ServiceRuntime, StageThread, CONNECTED,
 };
@@ -98,7 +103,31 @@ pub async fn run(config: ApiSinkConfig, shutdown: Shutdown) -> Result<(), ApiSin
             ),
         )
         .await?;
+    // Receipts land on the `deliveries` partition of their change's partition only when the
+    // two topics have the same partition count; otherwise they are not consulted.
+    let co_partitioned = runtime.partitions_of(&runtime.topics.changes)
+        == runtime.partitions_of(&runtime.topics.deliveries);
+    let receipts = if co_partitioned {
+        let reader = TopicReader::new(&runtime.kafka, SERVICE, ProcessingGuarantee::AtLeastOnce)
+            .map_err(|source| RuntimeError::Kafka {
+                context: "create the receipt reader",
+                source,
+            })?;
+        Some(receipts::ReceiptReader::new(
+            reader,
+            runtime.topics.deliveries.clone(),
+            runtime.schemas.clone(),
+        ))
+    } else {
+        tracing::warn!(
+            message = "changes and deliveries have different partition counts: receipts are not read back on assignment, so changes delivered just before a crash are sent again after it.",
+            changes = runtime.partitions_of(&runtime.topics.changes),
+            deliveries = runtime.partitions_of(&runtime.topics.deliveries)
+        );
+        None
+    };
     let sink = Arc::new(Sink::new(SinkParts {
+        receipts,
         config: config.sink.clone(),
         pipeline: config.pipeline.name.clone(),
         topics: runtime.topics.clone(),
@@ -111,7 +140,12 @@ pub async fn run(config: ApiSinkConfig, shutdown: Shutdown) -> Result<(), ApiSin
         readiness: runtime.readiness.clone(),
     })?);
     let topic = runtime.topics.changes.clone();
-    let context = SinkContext::new(sink.clone(), topic.clone(), runtime.drain);
+    let context = SinkContext::new(
+        sink.clone(),
+        topic.clone(),
+        runtime.drain,
+        runtime.kafka.request_timeout(),
+    );
     let consumer = runtime.subscribe(&topic, context, |_| {})?;
     runtime.readiness.set(CONNECTED, true);
     let drain = runtime.drain;

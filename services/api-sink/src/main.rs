@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use snapfeed_runtime::cli::{
-    execute_common, execute_replay, CommonCommand, ReplayArgs, ServiceCli,
+    execute_common, execute_replay_then, CommonCommand, ReplayArgs, ServiceCli,
 };
 
 /// What `--help` says the binary is.
@@ -43,11 +43,15 @@ fn main() -> ExitCode {
             status,
             reason,
         } => redrive(config, since, status, reason),
-        Command::Replay(ReplayArgs { to }) => {
-            execute_replay::<api_sink::ApiSinkConfig>(api_sink::SERVICE, config, &to, |t| {
-                t.changes.clone()
-            })
-        }
+        // The replay markers on `deliveries` keep the receipts of the first run from holding
+        // the replayed range back (see `api_sink::receipts`).
+        Command::Replay(ReplayArgs { to }) => execute_replay_then::<api_sink::ApiSinkConfig>(
+            api_sink::SERVICE,
+            config,
+            &to,
+            |t| t.changes.clone(),
+            api_sink::receipts::write_replay_markers,
+        ),
     }
 }
 

@@ -89,6 +89,48 @@ async fn a_crash_before_the_commit_redelivers_with_the_same_idempotency_key() {
     );
 }
 
+/// Receipts an earlier run wrote for changes past the committed offset (killed after
+/// delivering, before committing) keep those changes from being sent again; the rest goes out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_an_earlier_run_delivered_are_not_sent_again_after_a_restart() {
+    const CHANGES: usize = 24;
+    let f = Fixture::new("resume", 3).await;
+    let changes: Vec<TestChange> = (0..CHANGES).map(|k| TestChange::new(key(k), 1)).collect();
+    let produced = f.produce(&changes).await;
+    // The earlier run: every other change delivered, its receipt acknowledged; nothing
+    // committed (the group has no offsets yet).
+    let earlier: Vec<&common::Produced> = produced.iter().step_by(2).collect();
+    f.write_receipts(&earlier);
+
+    let sink = f.start_sink(&SinkOptions::default()).await;
+    let rest = CHANGES - earlier.len();
+    assert!(
+        f.stub.wait_for_unique_effects(rest, LIMIT).await,
+        "{} of {rest} delivered",
+        f.stub.unique_effects()
+    );
+    f.wait_committed(&ends(&produced), LIMIT).await;
+    let skipped = sink.metric("snapfeed_api_sink_already_delivered_total");
+    sink.stop().await;
+
+    let sent: BTreeSet<(String, i64)> = f.stub.requests().iter().map(key_version).collect();
+    let delivered_before: BTreeSet<(String, i64)> =
+        earlier.iter().map(|p| (p.key.clone(), p.version)).collect();
+    assert!(
+        sent.is_disjoint(&delivered_before),
+        "sent again: {:?}",
+        sent.intersection(&delivered_before).collect::<Vec<_>>()
+    );
+    assert_eq!(sent.len() + delivered_before.len(), CHANGES);
+    assert_eq!(skipped, earlier.len() as f64);
+    // One receipt per change: the earlier run's and this run's, none twice.
+    assert_eq!(f.receipts().len(), CHANGES);
+    assert_eq!(
+        receipt_ids(&f.receipts()),
+        changes.iter().map(|c| (c.key.clone(), c.version)).collect()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replay_sends_exactly_the_chosen_range_again() {
     let f = Fixture::new("replay", 2).await;

@@ -182,6 +182,21 @@ pub fn execute_replay<C>(
 where
     C: ServiceConfig + HasCommonSections,
 {
+    execute_replay_then::<C>(service, config_path, target, topic_of, |_, _| Ok(()))
+}
+
+/// [`execute_replay`], then `after` with what the replay did (a stage's own follow-up, e.g.
+/// api-sink's replay markers); its error fails the command (exit 1).
+pub fn execute_replay_then<C>(
+    service: &'static str,
+    config_path: Option<&Path>,
+    target: &str,
+    topic_of: impl Fn(&topics::TopicNames) -> String,
+    after: impl FnOnce(&C, &crate::replay::ReplayReport) -> Result<(), String>,
+) -> ExitCode
+where
+    C: ServiceConfig + HasCommonSections,
+{
     let config: C = match load_config(config_path) {
         Ok(config) => config,
         Err(code) => return code,
@@ -199,7 +214,13 @@ where
     match crate::replay::replay(common.kafka, service, &group, &topic, &target) {
         Ok(report) => {
             print!("{report}");
-            ExitCode::SUCCESS
+            match after(&config, &report) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error) => {
+                    eprintln!("error: {error}");
+                    ExitCode::from(1)
+                }
+            }
         }
         Err(error) => {
             eprintln!("error: {error}");

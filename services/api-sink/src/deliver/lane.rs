@@ -201,6 +201,9 @@ impl Decoder {
 impl Sink {
     /// Routes a consumed change to its lane (consumer thread).
     pub(crate) fn route(self: &Arc<Self>, key: Option<&[u8]>, mut incoming: Incoming) {
+        if self.skip_delivered(&incoming, key) {
+            return;
+        }
         let per_partition = self.lanes.per_partition;
         let lane = match key {
             Some(key) if per_partition > 1 => {

@@ -35,6 +35,9 @@ pub(super) struct OutcomeWriter {
     pub(super) topics: TopicNames,
     /// Pipeline name (the Idempotency-Key of a receipt).
     pub(super) pipeline: String,
+    /// `changes` and `deliveries` have the same partition count: a receipt goes to its
+    /// change's partition, where the next owner reads it back (`resume`).
+    co_partitioned: bool,
     /// A write error retrying cannot fix: the stage stops with it.
     fatal: Mutex<Option<WriteError>>,
 }
@@ -53,12 +56,14 @@ impl OutcomeWriter {
         schemas: Arc<SchemaStore>,
         topics: TopicNames,
         pipeline: String,
+        co_partitioned: bool,
     ) -> OutcomeWriter {
         OutcomeWriter {
             writer,
             schemas,
             topics,
             pipeline,
+            co_partitioned,
             fatal: Mutex::new(None),
         }
     }
@@ -108,7 +113,7 @@ impl Sink {
             // still gets its receipt (and its offset committed), or it would be sent again
             // after the restart. The stop is watched only while the queue is full, and before
             // a re-send (`retry_after`).
-            let outgoing = record.outgoing(&self.outcomes.topics);
+            let outgoing = record.outgoing(&self.outcomes.topics, self.outcomes.co_partitioned);
             // `biased`: the writer takes the record at once unless its queue is full; only then
             // is the stop watched (see `admission` on why not always).
             let sent = tokio::select! {
@@ -186,13 +191,17 @@ impl Sink {
 }
 
 impl OutcomeRecord {
-    /// The record for the writer (the redrive count as a header on dead letters).
-    fn outgoing<'a>(&'a self, topics: &'a TopicNames) -> OutgoingRecord<'a> {
+    /// The record for the writer (the redrive count as a header on dead letters). A receipt
+    /// goes to its change's partition when the topics are co-partitioned.
+    fn outgoing<'a>(&'a self, topics: &'a TopicNames, co_partitioned: bool) -> OutgoingRecord<'a> {
         let topic = match self.topic {
             OutcomeTopic::Deliveries => &topics.deliveries,
             OutcomeTopic::DeadLetters => &topics.dead_letters,
         };
-        let record = OutgoingRecord::new(topic, self.key.as_bytes(), &self.payload);
+        let mut record = OutgoingRecord::new(topic, self.key.as_bytes(), &self.payload);
+        if co_partitioned && self.topic == OutcomeTopic::Deliveries {
+            record = record.partition(self.partition);
+        }
         match self.redrive_count {
             Some(count) => record.headers(OwnedHeaders::new().insert(Header {
                 key: REDRIVE_COUNT_HEADER,

@@ -366,6 +366,47 @@ impl Fixture {
         produced
     }
 
+    /// Writes the receipts a run that delivered `delivered` would have written (on the
+    /// `deliveries` partition of each change's partition), acknowledged.
+    pub fn write_receipts(&self, delivered: &[&Produced]) {
+        let producer: rdkafka::producer::BaseProducer = self
+            .broker
+            .kafka_config()
+            .producer_config("test", ProcessingGuarantee::AtLeastOnce, None)
+            .create()
+            .expect("producer");
+        let schema = self
+            .store
+            .current(DeliveryReceipt::SCHEMA)
+            .expect("receipt schema");
+        for change in delivered {
+            let receipt = DeliveryReceipt {
+                key: change.key.clone(),
+                version: change.version,
+                op: "CREATE".into(),
+                status: 200,
+                attempts: 1,
+                latency_ms: 5,
+                response_id: None,
+                idempotency_key: change.idempotency_key.clone(),
+                source_partition: change.partition,
+                source_offset: change.offset,
+                delivered_at: now_millis(),
+            };
+            let payload = schema.encode(&receipt).expect("encode receipt");
+            producer
+                .send(
+                    rdkafka::producer::BaseRecord::to(&self.pipeline.topics.deliveries)
+                        .key(change.key.as_bytes())
+                        .payload(&payload)
+                        .partition(change.partition),
+                )
+                .map_err(|(e, _)| e)
+                .expect("send receipt");
+        }
+        rdkafka::producer::Producer::flush(&producer, Duration::from_secs(30)).expect("flush");
+    }
+
     /// Every receipt on `deliveries`.
     pub fn receipts(&self) -> Vec<DeliveryReceipt> {
         self.read(&self.pipeline.topics.deliveries)
