@@ -35,6 +35,7 @@ const BUILDER_METHODS: &[(&str, MetricKind)] = &[
     (".counters(", MetricKind::Plain),
     (".counter(", MetricKind::Plain),
     (".float_gauge(", MetricKind::Plain),
+    (".float_counter(", MetricKind::Plain),
     (".gauge(", MetricKind::Plain),
 ];
 
@@ -330,6 +331,7 @@ fn exported_names_are_read_from_the_sources() {
         "snapfeed_api_sink_deliveries_total",  // IntCounter::new
         "snapfeed_api_sink_paused_partitions", // MetricsBuilder::gauge
         "snapfeed_file_source_last_success_timestamp_seconds", // MetricsBuilder::float_gauge
+        "snapfeed_api_sink_throttled_seconds_total", // MetricsBuilder::float_counter
         "snapfeed_change_detector_state_keys", // MetricsBuilder::gauge
         "snapfeed_change_detector_restore_seconds_bucket", // MetricsBuilder::histogram
         "snapfeed_change_detector_restore_seconds_sum",
