@@ -153,6 +153,8 @@ pub(crate) struct Sink {
     /// Changes past the committed offset an earlier run delivered (receipt found): not sent
     /// again. Per partition, offset → record key.
     delivered_before: Mutex<DeliveredChanges>,
+    /// Versions the API accepted, per partition (a repeat on `changes` is not sent again).
+    recent_deliveries: Mutex<resume::RecentDeliveries>,
 }
 
 impl std::fmt::Debug for Sink {
@@ -221,6 +223,7 @@ impl Sink {
             readiness: parts.readiness,
             receipts: parts.receipts,
             delivered_before: Mutex::new(DeliveredChanges::new()),
+            recent_deliveries: Mutex::new(resume::RecentDeliveries::default()),
         })
     }
 

@@ -22,7 +22,8 @@ pub struct SinkMetrics {
     pub dead_letters: IntCounterVec,
     /// Changes delivered (a batch counts each change).
     pub delivered: IntCounter,
-    /// Changes not sent again: an earlier run's receipt for them was read back on assignment.
+    /// Changes not sent again: an earlier run's receipt for them was read back on assignment,
+    /// or they repeat a (key, version) this process already delivered.
     pub already_delivered: IntCounter,
     /// Partitions (lanes) currently waiting to retry.
     pub paused_partitions: IntGauge,
@@ -94,8 +95,8 @@ impl SinkMetrics {
             delivered: metrics.counter("deliveries_total", "Changes delivered.")?,
             already_delivered: metrics.counter(
                 "already_delivered_total",
-                "Changes past the committed offset not sent again: their receipt from an earlier \
-                 run was found on assignment.",
+                "Changes not sent again: a receipt from an earlier run was found on assignment, \
+                 or they repeat a (key, version) already delivered.",
             )?,
             paused_partitions: metrics
                 .gauge("paused_partitions", "Partitions (lanes) waiting to retry.")?,

@@ -131,6 +131,36 @@ async fn changes_an_earlier_run_delivered_are_not_sent_again_after_a_restart() {
     );
 }
 
+/// An `at_least_once` detector writes a batch again after a crash: the same (key, version)
+/// at later offsets, right behind the first copy or after it was delivered. Each reaches the
+/// API once; the repeats' offsets are committed all the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeated_key_and_version_on_changes_is_sent_once() {
+    let f = Fixture::new("repeats", 2).await;
+    let originals: Vec<TestChange> = (0..6).map(|k| TestChange::new(key(k), 1)).collect();
+    let sink = f.start_sink(&SinkOptions::default()).await;
+    // Repeats right behind their originals (one run of a lane) …
+    let mut first = originals.clone();
+    first.extend(originals[..3].iter().cloned());
+    let mut produced = f.produce(&first).await;
+    assert!(f.stub.wait_for_unique_effects(originals.len(), LIMIT).await);
+    f.wait_committed(&ends(&produced), LIMIT).await;
+    // … and long after them.
+    produced.extend(f.produce(&originals[2..]).await);
+    f.wait_committed(&ends(&produced), LIMIT).await;
+    let skipped = sink.metric("snapfeed_api_sink_already_delivered_total");
+    sink.stop().await;
+
+    let sent: Vec<(String, i64)> = f.stub.requests().iter().map(key_version).collect();
+    assert_eq!(sent.len(), originals.len(), "requests: {sent:?}");
+    assert_eq!(skipped, (3 + 4) as f64);
+    assert_eq!(
+        f.receipts().len(),
+        originals.len(),
+        "one receipt per change"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replay_sends_exactly_the_chosen_range_again() {
     let f = Fixture::new("replay", 2).await;

@@ -277,10 +277,42 @@ impl Sink {
     /// Delivers a run of changes of one lane, in order: undecodable ones are dead-lettered,
     /// the decodable ones between them go to `batch`.
     async fn deliver_run(self: &Arc<Self>, lane: Lane, run: &[Incoming]) -> Result<(), Halt> {
-        let decoded: Vec<Option<(ChangeEvent, Option<DatasetRecord>)>> = run
+        let mut decoded: Vec<Option<(ChangeEvent, Option<DatasetRecord>)>> = run
             .iter()
             .map(|incoming| self.decoder.decode(incoming))
             .collect();
+        // Repeats of a (key, version) already delivered — or earlier in this run — are done
+        // without a request (see `resume`); the rest of the run goes on without them. Rare:
+        // only then is the run copied.
+        let mut in_run = std::collections::HashSet::new();
+        let repeats: Vec<bool> = run
+            .iter()
+            .zip(&decoded)
+            .map(|(incoming, decoded)| {
+                decoded.as_ref().is_some_and(|(event, _)| {
+                    if in_run.insert((event.key.as_str(), event.version)) {
+                        self.skip_repeat(incoming, &event.key, event.version)
+                    } else {
+                        self.skip_repeat_in_run(incoming);
+                        true
+                    }
+                })
+            })
+            .collect();
+        let kept: Vec<Incoming>;
+        let run = if repeats.contains(&true) {
+            kept = run
+                .iter()
+                .zip(&repeats)
+                .filter(|(_, repeat)| !**repeat)
+                .map(|(incoming, _)| incoming.clone())
+                .collect();
+            let mut repeat = repeats.iter();
+            decoded.retain(|_| !repeat.next().copied().unwrap_or(false));
+            &kept[..]
+        } else {
+            run
+        };
         let mut start = 0;
         while start < run.len() {
             if decoded[start].is_none() {

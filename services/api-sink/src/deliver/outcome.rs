@@ -87,14 +87,17 @@ impl Sink {
             Outcome::Delivered {
                 status,
                 response_id,
-            } => self.receipt(
-                incoming,
-                event,
-                status,
-                response_id,
-                attempts,
-                idempotency_key,
-            ),
+            } => {
+                self.remember_delivered(incoming.partition, &event.key, event.version);
+                self.receipt(
+                    incoming,
+                    event,
+                    status,
+                    response_id,
+                    attempts,
+                    idempotency_key,
+                )
+            }
             Outcome::DeadLetter {
                 reason,
                 status,
