@@ -14,6 +14,8 @@
 //! - `attempt`: one request, attempted until [`crate::retry::decide`] says delivered or
 //!   dead letter — each attempt first passing `admission`: the host's pause after a 429/503,
 //!   the global breaker, the rate limit and the adaptive in-flight limit;
+//! - `confirm`: after an ambiguous failure (timeout, connection lost), the API is asked which
+//!   changes already took effect before the request is sent again (CommCare `bulk-fetch`);
 //! - `outcome`: the receipt or dead letter; one that cannot even be encoded stalls its lane
 //!   instead of being passed over;
 //! - `write`: the record written through the runtime's writer; only once the broker
@@ -30,6 +32,7 @@
 mod admission;
 mod attempt;
 mod batch;
+mod confirm;
 mod lane;
 mod outcome;
 mod resume;

@@ -22,6 +22,9 @@ pub struct SinkMetrics {
     pub dead_letters: IntCounterVec,
     /// Changes delivered (a batch counts each change).
     pub delivered: IntCounter,
+    /// Lookups after an ambiguous failure, by `result`: `landed` (nothing sent again),
+    /// `partly_landed`, `not_landed`, `unknown` (the API could not say: all sent again).
+    pub confirmations: IntCounterVec,
     /// Changes not sent again: an earlier run's receipt for them was read back on assignment,
     /// or they repeat a (key, version) this process already delivered.
     pub already_delivered: IntCounter,
@@ -93,6 +96,12 @@ impl SinkMetrics {
                 ],
             )?,
             delivered: metrics.counter("deliveries_total", "Changes delivered.")?,
+            confirmations: metrics.counters(
+                "confirmations_total",
+                "Lookups confirming an ambiguous send before sending again, by result.",
+                "result",
+                &["landed", "partly_landed", "not_landed", "unknown"],
+            )?,
             already_delivered: metrics.counter(
                 "already_delivered_total",
                 "Changes not sent again: a receipt from an earlier run was found on assignment, \

@@ -8,6 +8,7 @@
 //! - [`idempotency`]: the `Idempotency-Key` every request carries, so a re-sent change can be
 //!   de-duplicated by the API.
 //! - [`commcare`], [`template`], `envelope`: the profiles' bodies.
+//! - [`confirm`]: the lookup confirming an ambiguous send before sending again (CommCare).
 //!
 //! **The envelope** (the `json` body and the `template` context): `op`, `key`, `version`,
 //! `content_hash`, `previous_hash`, `detected_at` (RFC 3339, UTC, milliseconds),
@@ -21,6 +22,7 @@
 
 mod batch;
 pub mod commcare;
+pub mod confirm;
 mod envelope;
 pub mod idempotency;
 pub mod template;

@@ -216,6 +216,60 @@ async fn a_429_with_retry_after_is_retried_no_sooner_than_asked() {
     );
 }
 
+/// CommCare has no idempotency key: a bulk request that timed out after CommCare saved it is
+/// confirmed with `bulk-fetch` and not sent again — one form per case. With the confirmation
+/// off (the control), the same timeout makes a second form for the cases of that request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commcare_batch_saved_before_its_answer_timed_out_is_confirmed_not_sent_again() {
+    const CHANGES: usize = 10;
+    for confirm in [true, false] {
+        let f = Fixture::new(if confirm { "confirm" } else { "confirm-off" }, 1).await;
+        // Saved at once, answered long after the client gave up.
+        f.stub
+            .push_replies([Reply::ok().with_delay(Duration::from_secs(3))]);
+        let mut options = SinkOptions {
+            profile: ProfileChoice::CommCare {
+                batch_max_cases: CHANGES,
+            },
+            ..SinkOptions::default()
+        }
+        .sink("request_timeout_ms = 1000");
+        options
+            .commcare_keys
+            .push(format!("confirm_before_resend = {confirm}"));
+        let changes: Vec<TestChange> = (0..CHANGES).map(|k| TestChange::new(key(k), 1)).collect();
+        let produced = f.produce(&changes).await;
+        let sink = f.start_sink(&options).await;
+        let receipts = f.wait_receipts(CHANGES, LIMIT).await;
+        f.wait_committed(&ends(&produced), LIMIT).await;
+        let landed = sink.metric("snapfeed_api_sink_confirmations_total{result=\"landed\"}");
+        sink.stop().await;
+
+        let forms = f.stub.case_forms();
+        assert_eq!(forms.len(), CHANGES, "every case saved: {forms:?}");
+        if confirm {
+            assert!(
+                forms.values().all(|n| *n == 1),
+                "a case got a second form: {forms:?}"
+            );
+            assert!(landed >= 1.0, "the timed-out request was confirmed");
+            assert!(receipts.iter().all(|r| r.status == 200));
+            let lookups = f
+                .stub
+                .requests()
+                .iter()
+                .filter(|r| r.path.ends_with("/bulk-fetch/"))
+                .count();
+            assert!(lookups >= 1);
+        } else {
+            assert!(
+                forms.values().any(|n| *n >= 2),
+                "the control sends again without asking: {forms:?}"
+            );
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn while_the_api_refuses_connections_nothing_is_lost_and_every_lane_backs_off() {
     const CHANGES: usize = 20;

@@ -11,7 +11,8 @@
 //!
 //! It also plays the OAuth2 client-credentials token endpoint (`POST /oauth/token`) and can
 //! require a valid, unexpired bearer token, and it can go down (connections refused) and come
-//! back on the same port.
+//! back on the same port. It keeps CommCare cases from accepted bulk requests and answers
+//! CommCare's `bulk-fetch` from them (`commcare`).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::net::{Ipv4Addr, SocketAddr};
@@ -28,6 +29,8 @@ use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::oneshot;
 use tokio::task::{JoinHandle, JoinSet};
+
+mod commcare;
 
 /// Path of the OAuth2 token endpoint.
 pub const TOKEN_PATH: &str = "/oauth/token";
@@ -197,6 +200,8 @@ struct State {
     tokens: Vec<(String, Instant)>,
     token_requests: usize,
     require_bearer: bool,
+    /// CommCare cases, as accepted bulk requests left them.
+    cases: commcare::CaseStore,
 }
 
 impl State {
@@ -207,12 +212,18 @@ impl State {
                 .with_header("WWW-Authenticate", r#"Bearer error="invalid_token""#)
         } else if let Some(rule) = self.rules.iter().find(|rule| rule.when.matches(&request)) {
             rule.reply.clone()
+        } else if commcare::is_bulk_fetch(&request) {
+            // Answered from the cases; scripted replies are for the requests that change them.
+            self.cases.fetch(&request.body)
         } else if let Some(reply) = self.queue.pop_front() {
             reply
         } else {
             self.default_reply.clone()
         };
         request.status = reply.status;
+        if request.succeeded() && commcare::is_bulk_upsert(&request) {
+            self.cases.apply(&request.body);
+        }
         if request.succeeded() && reply.status != 204 && reply.body.is_empty() {
             let id = match request.idempotency_key() {
                 Some(key) => match self.ids.get(key) {
@@ -460,6 +471,7 @@ impl StubApi {
             tokens: Vec::new(),
             token_requests: 0,
             require_bearer: false,
+            cases: commcare::CaseStore::default(),
         }));
         let server = Some(Server::spawn(listener, Arc::clone(&state)));
         Ok(StubApi {
@@ -555,6 +567,17 @@ impl StubApi {
     /// When on, API requests without `Authorization: Bearer <issued, unexpired token>` get 401.
     pub fn require_bearer(&self, required: bool) {
         lock(&self.state).require_bearer = required;
+    }
+
+    /// CommCare forms per case (`external_id`): one per accepted bulk request holding it.
+    /// More than one for the same version of a case is a duplicate submission.
+    pub fn case_forms(&self) -> BTreeMap<String, usize> {
+        lock(&self.state).cases.forms()
+    }
+
+    /// A CommCare case as `bulk-fetch` shows it.
+    pub fn case(&self, external_id: &str) -> Option<serde_json::Value> {
+        lock(&self.state).cases.case(external_id)
     }
 
     /// How many requests reached the token endpoint.

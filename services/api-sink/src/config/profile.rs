@@ -56,10 +56,18 @@ pub struct CommCareProfileConfig {
     /// Cases per request; CommCare refuses more than 100.
     #[serde(default = "default_batch_max_cases")]
     pub batch_max_cases: usize,
+    /// After an ambiguous failure (a timeout, a connection reset after the request went out),
+    /// ask CommCare for the cases (`bulk-fetch`) and send again only those it does not already
+    /// hold as sent: CommCare has no idempotency key, so every re-send is another form.
+    #[serde(default = "default_confirm_before_resend")]
+    pub confirm_before_resend: bool,
 }
 
 fn default_batch_max_cases() -> usize {
     100
+}
+fn default_confirm_before_resend() -> bool {
+    true
 }
 
 /// CommCare's limit on cases per bulk request (a larger payload is a 400, nothing saved).

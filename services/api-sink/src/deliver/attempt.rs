@@ -18,6 +18,7 @@ use snapfeed_runtime::records::{now_millis, Attempt};
 use tokio::time::Instant;
 
 use super::admission::Admission;
+use super::batch::Sent;
 use super::lane::Lane;
 use super::{Halt, Outcome, Sink};
 use crate::auth::Authenticator;
@@ -65,17 +66,17 @@ impl Attempts {
 #[derive(Debug)]
 pub(super) struct Api {
     /// One connection pool for every lane.
-    client: reqwest::Client,
+    pub(super) client: reqwest::Client,
     /// The `Authorization` header of each attempt.
-    auth: Authenticator,
+    pub(super) auth: Authenticator,
     /// Sorts each result.
-    classifier: Classifier,
+    pub(super) classifier: Classifier,
     /// Optional limits on retrying one change.
     budget: RetryBudget,
     /// Each request's own backoff is made from this.
-    retry: RetryConfig,
+    pub(super) retry: RetryConfig,
     /// `request_timeout_ms`, connect to last body byte.
-    request_timeout: Duration,
+    pub(super) request_timeout: Duration,
     /// The global limits every attempt passes.
     pub(super) admission: Admission,
     /// Lanes currently waiting to retry (a gauge).
@@ -183,7 +184,7 @@ impl Sink {
         &self,
         lane: Lane,
         batch: &PreparedBatch,
-    ) -> Result<(Outcome, Attempts), Halt> {
+    ) -> Result<Sent, Halt> {
         let mut attempts = Attempts::default();
         let mut backoff = Backoff::new(&self.api.retry);
         let mut reauthenticated = false;
@@ -246,7 +247,7 @@ impl Sink {
                 self.metrics.count_attempt(classification, &decision);
             }
             match decision {
-                Decision::Done(outcome) => return Ok((outcome, attempts)),
+                Decision::Done(outcome) => return Ok(Sent::Done(outcome, attempts)),
                 Decision::Reauthenticate => {
                     // An expired or revoked token: fetch a new one, try once more.
                     reauthenticated = true;
@@ -267,6 +268,21 @@ impl Sink {
                     }
                     paused.pause();
                     self.wait_or_stop(lane, after).await?;
+                    // The request may have taken effect: ask before sending it again.
+                    if classification.as_ref().is_some_and(is_ambiguous) {
+                        if let Some(landed) = self.confirm(lane, batch).await? {
+                            if landed.iter().all(|landed| *landed) {
+                                let confirmed = Outcome::Delivered {
+                                    status: 200,
+                                    response_id: None,
+                                };
+                                return Ok(Sent::Done(confirmed, attempts));
+                            }
+                            if landed.iter().any(|landed| *landed) {
+                                return Ok(Sent::PartlyLanded { landed, attempts });
+                            }
+                        }
+                    }
                 }
             }
         }
@@ -301,7 +317,7 @@ impl Sink {
     }
 
     /// Sleeps `delay`; `Halt::Abandoned` if the lane is cancelled first.
-    async fn wait_or_stop(&self, lane: Lane, delay: Duration) -> Result<(), Halt> {
+    pub(super) async fn wait_or_stop(&self, lane: Lane, delay: Duration) -> Result<(), Halt> {
         let slept = tokio::select! {
             _ = tokio::time::sleep(delay) => !self.lanes.cancelled(lane),
             _ = self.lanes.until_cancelled(lane) => false,
@@ -312,6 +328,22 @@ impl Sink {
             Err(Halt::Abandoned)
         }
     }
+}
+
+/// A failure after which the request may or may not have taken effect: it went out and no
+/// answer came (timeout, connection lost), or a gateway timed out waiting for the API.
+fn is_ambiguous(classification: &Classification) -> bool {
+    matches!(
+        classification,
+        Classification::Transient {
+            status: None,
+            reason: "timeout" | "transport_error",
+            ..
+        } | Classification::Transient {
+            status: Some(504),
+            ..
+        }
+    )
 }
 
 /// The attempt as the receipt or dead letter lists it.

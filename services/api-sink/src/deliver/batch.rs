@@ -21,6 +21,21 @@ use crate::request::{
 };
 use crate::retry::REASON_HTTP_4XX;
 
+/// How one request ended.
+#[derive(Debug)]
+pub(super) enum Sent {
+    /// One outcome for every member.
+    Done(Outcome, Attempts),
+    /// After an ambiguous failure, the API was asked (`request::confirm`): these members
+    /// (`true`, in member order) already took effect; the others are to be sent again.
+    PartlyLanded {
+        /// Per member, whether it took effect.
+        landed: Vec<bool>,
+        /// The attempts so far.
+        attempts: Attempts,
+    },
+}
+
 /// What delivering a run needs: the lane in production, a script in the tests. `index` is a
 /// change's position in the run.
 pub(super) trait RunTarget {
@@ -31,7 +46,7 @@ pub(super) trait RunTarget {
     fn unbuildable(&self, index: usize, error: &BuildError);
 
     /// Sends one request with its retries: how it ended, or the lane's halt.
-    async fn send(&self, batch: &PreparedBatch) -> Result<(Outcome, Attempts), Halt>;
+    async fn send(&self, batch: &PreparedBatch) -> Result<Sent, Halt>;
 
     /// Records how one change ended.
     async fn finish(
@@ -85,7 +100,12 @@ async fn deliver_batch<T: RunTarget>(
     base: usize,
     batch: PreparedBatch,
 ) -> Result<(), Halt> {
-    let (outcome, attempts) = target.send(&batch).await?;
+    let (outcome, attempts) = match target.send(&batch).await? {
+        Sent::Done(outcome, attempts) => (outcome, attempts),
+        Sent::PartlyLanded { landed, attempts } => {
+            return deliver_the_rest(target, changes, base, &batch, &landed, &attempts).await;
+        }
+    };
     let members = batch.members.clone();
     if is_refused_as_a_whole(&outcome) && members.len() > 1 {
         // Bisect: find the offending change(s); only those are dead-lettered.
@@ -110,6 +130,41 @@ async fn deliver_batch<T: RunTarget>(
         target
             .finish(base + index, outcome.clone(), &attempts, key)
             .await?;
+    }
+    Ok(())
+}
+
+/// A request some of whose members took effect before an ambiguous failure: those are
+/// recorded as delivered, each contiguous run of the others is delivered again (rebuilt into
+/// new requests). The members are distinct keys (a request never holds one twice), so their
+/// order among each other does not matter.
+async fn deliver_the_rest<T: RunTarget>(
+    target: &T,
+    changes: &[DecodedChange<'_>],
+    base: usize,
+    batch: &PreparedBatch,
+    landed: &[bool],
+    attempts: &Attempts,
+) -> Result<(), Halt> {
+    let members = batch.members.clone();
+    let mut run_start = None;
+    for (position, index) in members.clone().enumerate() {
+        if landed.get(position).copied().unwrap_or(false) {
+            if let Some(start) = run_start.take() {
+                Box::pin(deliver_changes(target, &changes[start..index], base + start)).await?;
+            }
+            let confirmed = Outcome::Delivered {
+                status: 200,
+                response_id: None,
+            };
+            let key = batch.member_keys.get(position).cloned();
+            target.finish(base + index, confirmed, attempts, key).await?;
+        } else if run_start.is_none() {
+            run_start = Some(index);
+        }
+    }
+    if let Some(start) = run_start {
+        Box::pin(deliver_changes(target, &changes[start..members.end], base + start)).await?;
     }
     Ok(())
 }
@@ -151,6 +206,8 @@ mod tests {
         broken: Vec<&'static str>,
         /// Whether recording this key's outcome halts the lane.
         stalls_at: Option<&'static str>,
+        /// The first request times out, and the lookup finds these keys saved.
+        landed_first: Vec<&'static str>,
         keys: Vec<String>,
         builds: RefCell<BTreeMap<String, usize>>,
         sent: RefCell<Vec<Vec<String>>>,
@@ -225,16 +282,27 @@ mod tests {
 
         fn unbuildable(&self, _index: usize, _error: &BuildError) {}
 
-        async fn send(&self, batch: &PreparedBatch) -> Result<(Outcome, Attempts), Halt> {
+        async fn send(&self, batch: &PreparedBatch) -> Result<Sent, Halt> {
             let keys = batch.member_keys.clone();
             let refused = keys.iter().any(|k| self.refused.contains(&k.as_str()));
-            self.sent.borrow_mut().push(keys);
+            let first = self.sent.borrow().is_empty();
+            self.sent.borrow_mut().push(keys.clone());
+            if first && !self.landed_first.is_empty() {
+                let landed = keys
+                    .iter()
+                    .map(|k| self.landed_first.contains(&k.as_str()))
+                    .collect();
+                return Ok(Sent::PartlyLanded {
+                    landed,
+                    attempts: Attempts::default(),
+                });
+            }
             let outcome = if refused {
                 dead_letter(REASON_HTTP_4XX, Some(400))
             } else {
                 delivered()
             };
-            Ok((outcome, Attempts::default()))
+            Ok(Sent::Done(outcome, Attempts::default()))
         }
 
         async fn finish(
@@ -269,6 +337,29 @@ mod tests {
 
     fn keys(names: &[&str]) -> Vec<String> {
         names.iter().map(|k| k.to_string()).collect()
+    }
+
+    #[tokio::test]
+    async fn after_an_ambiguous_failure_only_the_cases_that_did_not_land_are_sent_again() {
+        let script = Script {
+            landed_first: vec!["B", "C", "E"],
+            keys: keys(&["A", "B", "C", "D", "E", "F"]),
+            ..Script::default()
+        };
+        assert_eq!(deliver(&script).await, Ok(()));
+        let outcomes = script.outcomes();
+        assert_eq!(outcomes.len(), 6, "every change settles: {outcomes:?}");
+        assert!(outcomes.values().all(|seen| seen == &[delivered()]));
+        assert_eq!(
+            *script.sent.borrow(),
+            [
+                keys(&["A", "B", "C", "D", "E", "F"]),
+                keys(&["A"]),
+                keys(&["D"]),
+                keys(&["F"])
+            ],
+            "only the cases the lookup did not find are sent again"
+        );
     }
 
     #[tokio::test]

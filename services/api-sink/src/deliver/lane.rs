@@ -23,7 +23,7 @@ use snapfeed_runtime::topics::TopicNames;
 use tokio::sync::{mpsc, Notify};
 
 use super::attempt::Attempts;
-use super::batch::{deliver_changes, RunTarget};
+use super::batch::{deliver_changes, RunTarget, Sent};
 use super::{lock, Halt, Incoming, Outcome, Sink};
 use crate::request::{BatchBuildError, BuildError, DecodedChange, PreparedBatch};
 
@@ -368,7 +368,7 @@ impl RunTarget for LaneRun<'_> {
         );
     }
 
-    async fn send(&self, batch: &PreparedBatch) -> Result<(Outcome, Attempts), Halt> {
+    async fn send(&self, batch: &PreparedBatch) -> Result<Sent, Halt> {
         self.sink.send_with_retries(self.lane, batch).await
     }
 

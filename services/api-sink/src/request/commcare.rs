@@ -38,6 +38,10 @@ const MAX_CHARS: usize = 255;
 #[derive(Debug)]
 pub(super) struct CommCareProfile {
     url: Url,
+    /// `…/api/case/v2/bulk-fetch/`: the cases by `external_id`, to confirm an ambiguous send.
+    bulk_fetch_url: Url,
+    /// `confirm_before_resend`.
+    confirm: bool,
     case_type: String,
     owner_id: String,
     /// Positions of the `case_name_fields` in the dataset record.
@@ -89,8 +93,14 @@ impl CommCareProfile {
             "sink.commcare_case_v2.domain",
             &format!("{}/a/{}/api/case/v2/", sink.api_base(), settings.domain),
         )?;
+        let bulk_fetch_url = parse_url(
+            "sink.commcare_case_v2.domain",
+            &format!("{url}bulk-fetch/"),
+        )?;
         Ok(CommCareProfile {
             url,
+            bulk_fetch_url,
+            confirm: settings.confirm_before_resend,
             case_type: settings.case_type.clone(),
             owner_id: settings.owner_id.clone(),
             case_name_fields,
@@ -105,6 +115,11 @@ impl CommCareProfile {
 
     pub(super) fn batch_max(&self) -> usize {
         self.batch_max
+    }
+
+    /// The bulk-fetch endpoint, when an ambiguous send is to be confirmed before re-sending.
+    pub(super) fn confirm_url(&self) -> Option<&Url> {
+        self.confirm.then_some(&self.bulk_fetch_url)
     }
 
     /// One entry of the bulk array.

@@ -97,6 +97,8 @@ pub struct SinkOptions {
     pub log_level: String,
     /// `[sink.json] path` (so two sinks' requests can be told apart at the stub).
     pub json_path: String,
+    /// Extra lines inside `[sink.commcare_case_v2]`.
+    pub commcare_keys: Vec<String>,
 }
 
 impl Default for SinkOptions {
@@ -108,6 +110,7 @@ impl Default for SinkOptions {
             auth: None,
             log_level: "info".into(),
             json_path: "/changes".into(),
+            commcare_keys: Vec::new(),
         }
     }
 }
@@ -216,8 +219,9 @@ impl Fixture {
             ProfileChoice::CommCare { batch_max_cases } => text.push_str(&format!(
                 "[sink.commcare_case_v2]\ndomain = \"lab-demo\"\ncase_type = \"lab_result\"\n\
                  owner_id = \"owner-1\"\ncase_name_fields = [\"patient_first_name\", \"patient_last_name\"]\n\
-                 batch_max_cases = {batch_max_cases}\n\
-                 [sink.commcare_case_v2.properties]\npatient_id = \"patient_id\"\nresult = \"test_result\"\n"
+                 batch_max_cases = {batch_max_cases}\n{}\
+                 [sink.commcare_case_v2.properties]\npatient_id = \"patient_id\"\nresult = \"test_result\"\n",
+                options.commcare_keys.iter().map(|l| format!("{l}\n")).collect::<String>()
             )),
         }
         if let Some(auth) = &options.auth {
