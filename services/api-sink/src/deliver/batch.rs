@@ -151,20 +151,32 @@ async fn deliver_the_rest<T: RunTarget>(
     for (position, index) in members.clone().enumerate() {
         if landed.get(position).copied().unwrap_or(false) {
             if let Some(start) = run_start.take() {
-                Box::pin(deliver_changes(target, &changes[start..index], base + start)).await?;
+                Box::pin(deliver_changes(
+                    target,
+                    &changes[start..index],
+                    base + start,
+                ))
+                .await?;
             }
             let confirmed = Outcome::Delivered {
                 status: 200,
                 response_id: None,
             };
             let key = batch.member_keys.get(position).cloned();
-            target.finish(base + index, confirmed, attempts, key).await?;
+            target
+                .finish(base + index, confirmed, attempts, key)
+                .await?;
         } else if run_start.is_none() {
             run_start = Some(index);
         }
     }
     if let Some(start) = run_start {
-        Box::pin(deliver_changes(target, &changes[start..members.end], base + start)).await?;
+        Box::pin(deliver_changes(
+            target,
+            &changes[start..members.end],
+            base + start,
+        ))
+        .await?;
     }
     Ok(())
 }

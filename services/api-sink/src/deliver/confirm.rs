@@ -33,9 +33,13 @@ impl Sink {
             let authorization = match self.api.auth.header(&self.api.client).await {
                 Ok(authorization) => authorization,
                 Err(error) => {
-                    tracing::warn!(message = "No credentials for the confirmation lookup; retrying.", reason = error.reason());
+                    tracing::warn!(
+                        message = "No credentials for the confirmation lookup; retrying.",
+                        reason = error.reason()
+                    );
                     drop(permit);
-                    self.wait_or_stop(lane, backoff.next_delay(tries, None)).await?;
+                    self.wait_or_stop(lane, backoff.next_delay(tries, None))
+                        .await?;
                     continue;
                 }
             };
@@ -43,7 +47,11 @@ impl Sink {
             let sent_at = Instant::now();
             let result = confirmation
                 .request
-                .to_reqwest(&self.api.client, authorization.clone(), self.api.request_timeout)
+                .to_reqwest(
+                    &self.api.client,
+                    authorization.clone(),
+                    self.api.request_timeout,
+                )
                 .send()
                 .await;
             let (classification, body) = match result {
@@ -52,15 +60,24 @@ impl Sink {
                     let headers = response.headers().clone();
                     match response.bytes().await {
                         Ok(body) => (
-                            self.api
-                                .classifier
-                                .classify_response(status, &headers, &body, Utc::now()),
+                            self.api.classifier.classify_response(
+                                status,
+                                &headers,
+                                &body,
+                                Utc::now(),
+                            ),
                             body,
                         ),
-                        Err(error) => (self.api.classifier.classify_error(&error), Default::default()),
+                        Err(error) => (
+                            self.api.classifier.classify_error(&error),
+                            Default::default(),
+                        ),
                     }
                 }
-                Err(error) => (self.api.classifier.classify_error(&error), Default::default()),
+                Err(error) => (
+                    self.api.classifier.classify_error(&error),
+                    Default::default(),
+                ),
             };
             drop(permit);
             self.learn(&classification, sent_at);
@@ -79,14 +96,16 @@ impl Sink {
                 }
                 Classification::Permanent { status, .. } => {
                     tracing::warn!(
-                        message = "The API refused the confirmation lookup; sending the request again.",
+                        message =
+                            "The API refused the confirmation lookup; sending the request again.",
                         status
                     );
                     self.count_confirmation(None);
                     return Ok(None);
                 }
             };
-            self.wait_or_stop(lane, backoff.next_delay(tries, retry_after)).await?;
+            self.wait_or_stop(lane, backoff.next_delay(tries, retry_after))
+                .await?;
         }
     }
 
@@ -97,7 +116,10 @@ impl Sink {
             Some(landed) if landed.iter().any(|l| *l) => "partly_landed",
             Some(_) => "not_landed",
         };
-        self.metrics.confirmations.with_label_values(&[result]).inc();
+        self.metrics
+            .confirmations
+            .with_label_values(&[result])
+            .inc();
         tracing::info!(message = "Ambiguous send confirmed with the API.", result);
     }
 }

@@ -93,10 +93,8 @@ impl CommCareProfile {
             "sink.commcare_case_v2.domain",
             &format!("{}/a/{}/api/case/v2/", sink.api_base(), settings.domain),
         )?;
-        let bulk_fetch_url = parse_url(
-            "sink.commcare_case_v2.domain",
-            &format!("{url}bulk-fetch/"),
-        )?;
+        let bulk_fetch_url =
+            parse_url("sink.commcare_case_v2.domain", &format!("{url}bulk-fetch/"))?;
         Ok(CommCareProfile {
             url,
             bulk_fetch_url,

@@ -179,7 +179,7 @@ impl Fixture {
              [http]\nlisten = {:?}\n\
              [log]\nformat = \"human\"\nlevel = {:?}\n\
              [shutdown]\ndrain_timeout_ms = 5000\n\
-             [sink]\napi_url = {:?}\ndataset_mapping = {:?}\nprofile = {:?}\nrequest_timeout_ms = 5000\n",
+             [sink]\napi_url = {:?}\ndataset_mapping = {:?}\nprofile = {:?}\n",
             self.pipeline.name,
             guarantee_name(self.guarantee),
             self.schemas_dir.display().to_string(),
@@ -193,6 +193,14 @@ impl Fixture {
                 ProfileChoice::CommCare { .. } => "commcare_case_v2",
             },
         );
+        // A 5 s request timeout unless a test sets its own.
+        if !options
+            .sink_keys
+            .iter()
+            .any(|l| l.trim_start().starts_with("request_timeout_ms"))
+        {
+            text.push_str("request_timeout_ms = 5000\n");
+        }
         for line in &options.sink_keys {
             text.push_str(line);
             text.push('\n');

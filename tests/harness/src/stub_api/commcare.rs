@@ -152,7 +152,10 @@ mod tests {
             .to_string()
             .as_bytes(),
         );
-        assert_eq!(store.forms(), BTreeMap::from([("A".into(), 2), ("B".into(), 2)]));
+        assert_eq!(
+            store.forms(),
+            BTreeMap::from([("A".into(), 2), ("B".into(), 2)])
+        );
         let reply = store.fetch(br#"{"external_ids": ["A", "B", "C"]}"#);
         let answer: Value = serde_json::from_str(&reply.body).unwrap();
         assert_eq!(answer["matching_records"], 2);
