@@ -100,6 +100,19 @@ async fn finish(rig: &Rig, expected: &Expectation, kills: usize, procs: Vec<Proc
     println!("{figures}");
 }
 
+/// Waits (bounded) until the detector decided `rows` records.
+async fn wait_decided(detector: &Proc, rows: f64) {
+    let deadline = Instant::now() + DELIVERY_LIMIT;
+    while decided(detector) < rows {
+        assert!(
+            Instant::now() < deadline,
+            "the detector decided {} of {rows} rows",
+            decided(detector)
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
 /// Records decided by a detector (every outcome), from its `/metrics`.
 fn decided(proc: &Proc) -> f64 {
     let Some((200, text)) = block_in_place(|| proc.process.get("/metrics")) else {
@@ -164,15 +177,7 @@ async fn s01_happy_path_three_snapshots_exact_ledger_on_tansu_changes_checked_as
     // last file must not cause would be seen.
     // (elr-2's bad-date and missing-result rows never reach the detector.)
     let rows = (s1.rows().len() + s2.rows().len() - 7 + s3.rows().len()) as f64;
-    let deadline = Instant::now() + DELIVERY_LIMIT;
-    while decided(&procs[0]) < rows {
-        assert!(
-            Instant::now() < deadline,
-            "the detector decided {} of {rows} rows",
-            decided(&procs[0])
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    wait_decided(&procs[0], rows).await;
     finish(&rig, &expected, 0, procs).await;
 }
 
@@ -892,15 +897,7 @@ async fn s12_an_older_export_arriving_late_changes_nothing_at_the_api() {
     )
     .await;
     let rows = (s1.rows().len() + s2.rows().len() + s3.rows().len() + s4.rows().len()) as f64;
-    let deadline = Instant::now() + DELIVERY_LIMIT;
-    while decided(&procs[0]) < rows {
-        assert!(
-            Instant::now() < deadline,
-            "the detector decided {} of {rows} rows",
-            decided(&procs[0])
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    wait_decided(&procs[0], rows).await;
     let stale = metric_of(
         &procs[0],
         "snapfeed_change_detector_records_total{outcome=\"stale\"}",

@@ -52,13 +52,7 @@ impl Backoff {
     /// The ceiling after `attempt` failed attempts (1 = the first failure):
     /// `initial × multiplier^(attempt−1)`, at most `max`.
     pub fn ceiling(&self, attempt: u32) -> Duration {
-        let exponent = attempt.saturating_sub(1).min(i32::MAX as u32) as i32;
-        let ceiling = self.initial.as_secs_f64() * self.multiplier.powi(exponent);
-        if ceiling.is_finite() && ceiling < self.max.as_secs_f64() {
-            Duration::from_secs_f64(ceiling)
-        } else {
-            self.max
-        }
+        grown(self.initial, self.multiplier, self.max, attempt)
     }
 
     /// How long to wait after `attempt` failed attempts: a uniform draw from
@@ -75,6 +69,19 @@ impl Backoff {
             Some(asked) if asked > jittered => asked,
             _ => jittered,
         }
+    }
+}
+
+/// The `n`-th step (1 = the first) of a growing wait: `initial × multiplier^(n−1)`, at most
+/// `max` — a lane's backoff ceiling, and the pauses every lane shares (the breaker's, the
+/// host's after a 429 without `Retry-After`).
+pub fn grown(initial: Duration, multiplier: f64, max: Duration, n: u32) -> Duration {
+    let exponent = n.saturating_sub(1).min(i32::MAX as u32) as i32;
+    let wait = initial.as_secs_f64() * multiplier.powi(exponent);
+    if wait.is_finite() && wait < max.as_secs_f64() {
+        Duration::from_secs_f64(wait)
+    } else {
+        max
     }
 }
 

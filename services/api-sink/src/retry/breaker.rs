@@ -88,13 +88,8 @@ impl GlobalBreaker {
             return None;
         }
         state.escalation = state.escalation.saturating_add(1);
-        let exponent = (state.escalation - 1).min(i32::MAX as u32) as i32;
-        let pause = self.initial.as_secs_f64() * self.multiplier.powi(exponent);
-        let pause = if pause.is_finite() && pause < self.max.as_secs_f64() {
-            Duration::from_secs_f64(pause)
-        } else {
-            self.max
-        };
+        let pause =
+            super::backoff::grown(self.initial, self.multiplier, self.max, state.escalation);
         let until = now + pause;
         state.paused_until = Some(until);
         state.opened_total += 1;

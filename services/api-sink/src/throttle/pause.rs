@@ -155,13 +155,7 @@ impl HostPause {
 
     /// `initial × multiplier^(escalation−1)`, at most `max`.
     fn backoff(&self, escalation: u32) -> Duration {
-        let exponent = (escalation.saturating_sub(1)).min(i32::MAX as u32) as i32;
-        let pause = self.initial.as_secs_f64() * self.multiplier.powi(exponent);
-        if pause.is_finite() && pause < self.max.as_secs_f64() {
-            Duration::from_secs_f64(pause)
-        } else {
-            self.max
-        }
+        crate::retry::backoff::grown(self.initial, self.multiplier, self.max, escalation)
     }
 
     /// The end of the running pause, if one is running at `now`.
