@@ -12,6 +12,7 @@
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
+use bytes::Bytes;
 use chrono::Utc;
 use reqwest::header::HeaderValue;
 use snapfeed_runtime::records::{now_millis, Attempt};
@@ -24,7 +25,7 @@ use super::{Halt, Outcome, Sink};
 use crate::auth::Authenticator;
 use crate::config::{RetryConfig, SinkConfig};
 use crate::metrics::SinkMetrics;
-use crate::request::PreparedBatch;
+use crate::request::{PreparedBatch, PreparedRequest};
 use crate::retry::{
     decide, AttemptResult, AttemptsSoFar, Backoff, Classification, Classifier, Decision,
     RetryBudget,
@@ -70,13 +71,13 @@ pub(super) struct Api {
     /// The `Authorization` header of each attempt.
     pub(super) auth: Authenticator,
     /// Sorts each result.
-    pub(super) classifier: Classifier,
+    classifier: Classifier,
     /// Optional limits on retrying one change.
     budget: RetryBudget,
     /// Each request's own backoff is made from this.
     pub(super) retry: RetryConfig,
     /// `request_timeout_ms`, connect to last body byte.
-    pub(super) request_timeout: Duration,
+    request_timeout: Duration,
     /// The global limits every attempt passes.
     pub(super) admission: Admission,
     /// Lanes currently waiting to retry (a gauge).
@@ -208,7 +209,7 @@ impl Sink {
                     // credentials holds this request too.
                     self.until_host_open(lane).await?;
                     (
-                        Some(self.attempt(batch, authorization.clone()).await),
+                        Some(self.attempt(&batch.request, authorization.clone()).await.0),
                         authorization,
                     )
                 }
@@ -288,26 +289,30 @@ impl Sink {
         }
     }
 
-    /// Sends the request once and classifies the result; feeds reachability and the shared
-    /// limits (`admission`).
-    async fn attempt(
+    /// Sends `request` once and classifies the result (with the response body, empty when
+    /// none came); feeds the latency metric, reachability and the shared limits (`admission`).
+    /// Every request to the API goes through here: deliveries and confirmation lookups.
+    pub(super) async fn attempt(
         &self,
-        batch: &PreparedBatch,
+        request: &PreparedRequest,
         authorization: Option<HeaderValue>,
-    ) -> Classification {
+    ) -> (Classification, Bytes) {
         let started = Instant::now();
-        let result = batch
-            .request
+        let result = request
             .to_reqwest(&self.api.client, authorization, self.api.request_timeout)
             .send()
             .await;
-        let classification = self.api.classifier.classify(result, Utc::now()).await;
+        let (classification, body) = self
+            .api
+            .classifier
+            .classify_with_body(result, Utc::now())
+            .await;
         self.metrics
             .request_duration
             .observe(started.elapsed().as_secs_f64());
         self.api.reachability.record(classification.is_answer());
         self.learn(&classification, started);
-        classification
+        (classification, body)
     }
 
     async fn forget_credentials(&self, rejected: Option<&HeaderValue>) {

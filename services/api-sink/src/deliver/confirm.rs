@@ -6,9 +6,6 @@
 //! what was sent. When the API cannot say (the lookup refused, an answer that is not a
 //! bulk-fetch answer), every member is sent again — at least once, as without confirmation.
 
-use chrono::Utc;
-use tokio::time::Instant;
-
 use super::lane::Lane;
 use super::{Halt, Sink};
 use crate::request::PreparedBatch;
@@ -44,43 +41,10 @@ impl Sink {
                 }
             };
             self.until_host_open(lane).await?;
-            let sent_at = Instant::now();
-            let result = confirmation
-                .request
-                .to_reqwest(
-                    &self.api.client,
-                    authorization.clone(),
-                    self.api.request_timeout,
-                )
-                .send()
+            let (classification, body) = self
+                .attempt(&confirmation.request, authorization.clone())
                 .await;
-            let (classification, body) = match result {
-                Ok(response) => {
-                    let status = response.status();
-                    let headers = response.headers().clone();
-                    match response.bytes().await {
-                        Ok(body) => (
-                            self.api.classifier.classify_response(
-                                status,
-                                &headers,
-                                &body,
-                                Utc::now(),
-                            ),
-                            body,
-                        ),
-                        Err(error) => (
-                            self.api.classifier.classify_error(&error),
-                            Default::default(),
-                        ),
-                    }
-                }
-                Err(error) => (
-                    self.api.classifier.classify_error(&error),
-                    Default::default(),
-                ),
-            };
             drop(permit);
-            self.learn(&classification, sent_at);
             let retry_after = match classification {
                 Classification::Delivered { .. } => {
                     let landed = confirmation.landed(&body);

@@ -103,17 +103,27 @@ impl Classifier {
         result: Result<reqwest::Response, reqwest::Error>,
         now: DateTime<Utc>,
     ) -> Classification {
+        self.classify_with_body(result, now).await.0
+    }
+
+    /// [`Classifier::classify`], and the response body (empty when none came), for a caller
+    /// that reads the answer (the confirmation lookup).
+    pub async fn classify_with_body(
+        &self,
+        result: Result<reqwest::Response, reqwest::Error>,
+        now: DateTime<Utc>,
+    ) -> (Classification, bytes::Bytes) {
         let response = match result {
             Ok(response) => response,
-            Err(error) => return self.classify_error(&error),
+            Err(error) => return (self.classify_error(&error), bytes::Bytes::new()),
         };
         let status = response.status();
         let headers = response.headers().clone();
         match response.bytes().await {
-            Ok(body) => self.classify_response(status, &headers, &body, now),
+            Ok(body) => (self.classify_response(status, &headers, &body, now), body),
             // The status line came but the body did not: for a 2xx the effect may have
             // happened, which the Idempotency-Key makes safe to repeat.
-            Err(error) => self.classify_error(&error),
+            Err(error) => (self.classify_error(&error), bytes::Bytes::new()),
         }
     }
 
