@@ -147,7 +147,9 @@ impl Detector {
         }
         self.batch.start();
         let meta = RecordMeta::from_message(message);
-        if self.is_stale(partition, &meta)? {
+        // Interned once per record: the guard and the decision both need it.
+        let stream = self.partitions.stream_id(meta.stream);
+        if self.is_stale(partition, stream, &meta)? {
             self.batch.consumed(partition, message.offset());
             return Ok(());
         }
@@ -165,7 +167,7 @@ impl Detector {
             let record = SnapshotRecord {
                 key: message.key().and_then(|k| std::str::from_utf8(k).ok()),
                 payload,
-                stream: self.partitions.stream_id(meta.stream),
+                stream,
                 snapshot_id: meta.snapshot_id,
                 at,
             };

@@ -22,12 +22,12 @@ impl Detector {
     pub(super) fn is_stale(
         &mut self,
         partition: i32,
+        stream: u32,
         meta: &RecordMeta<'_>,
     ) -> Result<bool, BatchError> {
         let Some(time) = meta.snapshot_time else {
             return Ok(false);
         };
-        let stream = self.partitions.stream_id(meta.stream);
         let Some(state) = self.partitions.processed(partition) else {
             return Ok(false);
         };
