@@ -5,6 +5,7 @@
 //! - [`decide`]: the per-record decision, pure (unseen / changed / unchanged / corrupt).
 //! - `order`: the ordering guard — a snapshot older than the newest applied for its stream
 //!   changes nothing.
+//! - `deletes`: a snapshot-end marker — the keys its complete snapshot left out, and the guard.
 //! - [`emit`]: a decision's records — change event, state entry, reject — encoded.
 //! - [`batch`]: the open batch and its commit through the writer — **the delivery guarantee**.
 //! - [`restore`]: partitions' state from the `state` topic; rebuild and rewind after an abort.
@@ -20,6 +21,7 @@
 
 pub mod batch;
 pub mod decide;
+mod deletes;
 pub mod emit;
 mod order;
 pub mod rebalance;
@@ -34,11 +36,10 @@ use rdkafka::message::BorrowedMessage;
 use rdkafka::{Message, TopicPartitionList};
 use snapfeed_runtime::avro::AvroError;
 use snapfeed_runtime::kafka::WriteError;
-use snapfeed_runtime::records::{ChangeOp, SnapshotEnd};
+use snapfeed_runtime::records::ChangeOp;
 
 use crate::config::{CorruptPolicy, DetectorConfig};
 use crate::metrics::DetectorMetrics;
-use crate::state::DeleteVerdict;
 use batch::Batch;
 use decide::{Change, Decider, SnapshotRecord, Verdict};
 use emit::{location_of, Envelopes, RecordMeta};
@@ -72,6 +73,22 @@ pub enum BatchError {
     },
 }
 
+/// Snapshots already reported (logged, counted): a snapshot's end marker and its records reach
+/// every partition, and it is reported once, not once per partition. Bounded: forgets
+/// everything past 1,000 (a snapshot reported again then is harmless).
+#[derive(Debug, Default)]
+struct OncePerSnapshot(HashSet<String>);
+
+impl OncePerSnapshot {
+    /// True the first time `snapshot_id` is seen.
+    fn first(&mut self, snapshot_id: &str) -> bool {
+        if self.0.len() >= 1_000 {
+            self.0.clear();
+        }
+        self.0.insert(snapshot_id.to_string())
+    }
+}
+
 /// The filter stage's state between polls.
 #[derive(Debug)]
 pub struct Detector {
@@ -86,9 +103,9 @@ pub struct Detector {
     /// `[detector]`: deletes and their guard, the corrupt-record policy.
     config: DetectorConfig,
     /// Snapshots whose deletes the guard refused (its metric counts a snapshot once).
-    tripped_snapshots: HashSet<String>,
+    tripped_snapshots: OncePerSnapshot,
     /// Stale snapshots already logged (each is logged once, not once per partition).
-    stale_snapshots: HashSet<String>,
+    stale_snapshots: OncePerSnapshot,
     /// Records by outcome, batches, snapshots, the delete guard.
     metrics: DetectorMetrics,
     /// Set by a fatal write error: nothing more is done, and the stage stops with it.
@@ -111,8 +128,8 @@ impl Detector {
             batch,
             envelopes,
             config,
-            tripped_snapshots: HashSet::new(),
-            stale_snapshots: HashSet::new(),
+            tripped_snapshots: OncePerSnapshot::default(),
+            stale_snapshots: OncePerSnapshot::default(),
             metrics,
             failed: None,
         }
@@ -253,71 +270,6 @@ impl Detector {
                 Ok(false)
             }
         }
-    }
-
-    /// A snapshot-end marker: with deletes enabled, DELETE the keys its complete snapshot left
-    /// out — unless the guard refuses.
-    fn on_snapshot_end(
-        &mut self,
-        partition: i32,
-        marker: &SnapshotEnd,
-        meta: &RecordMeta<'_>,
-        at: i64,
-    ) -> Result<(), BatchError> {
-        if !self.config.deletes.enabled {
-            return Ok(());
-        }
-        let stream = self.partitions.stream_id(&marker.stream);
-        let max_share = self.config.deletes.max_share;
-        let Some(state) = self.partitions.processed(partition) else {
-            return Ok(());
-        };
-        let rows = marker.rows_in_partition.max(0) as u64;
-        let verdict = state.complete_snapshot(stream, &marker.snapshot_id, rows, max_share);
-        let label = match verdict {
-            DeleteVerdict::Incomplete { .. } => "incomplete",
-            _ => "complete",
-        };
-        self.metrics.snapshots.with_label_values(&[label]).inc();
-        match verdict {
-            DeleteVerdict::Incomplete { seen, expected } => tracing::info!(
-                message = "Snapshot not seen whole on this partition; no deletes for it.",
-                snapshot_id = %marker.snapshot_id,
-                stream = %marker.stream,
-                partition,
-                seen,
-                expected
-            ),
-            DeleteVerdict::GuardTripped { would_delete, of } => {
-                // One truncated file trips on every partition: count the snapshot once.
-                if self.tripped_snapshots.insert(marker.snapshot_id.clone()) {
-                    self.metrics.delete_guard_tripped.inc();
-                }
-                if self.tripped_snapshots.len() > 1_000 {
-                    self.tripped_snapshots.clear();
-                }
-                tracing::error!(
-                    message = "Delete guard tripped: the snapshot would delete too many records; none deleted.",
-                    snapshot_id = %marker.snapshot_id,
-                    file = %marker.file_name,
-                    stream = %marker.stream,
-                    partition,
-                    would_delete,
-                    of,
-                    max_share
-                );
-            }
-            DeleteVerdict::Delete(absent) => {
-                let source = RecordMeta {
-                    line: None,
-                    ..*meta
-                };
-                for change in decide::deletes(state, absent, at) {
-                    self.emit(partition, &change, &source)?;
-                }
-            }
-        }
-        Ok(())
     }
 
     /// Commits the open batch (changes, state, offsets). A retryable failure aborts it and

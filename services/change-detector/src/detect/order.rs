@@ -54,10 +54,7 @@ impl Detector {
                 } else {
                     self.metrics.outcome.stale.inc();
                 }
-                if self.stale_snapshots.len() > 1_000 {
-                    self.stale_snapshots.clear();
-                }
-                if self.stale_snapshots.insert(meta.snapshot_id.to_string()) {
+                if self.stale_snapshots.first(meta.snapshot_id) {
                     tracing::warn!(
                         message = "Passing over a snapshot older than the newest applied for its stream; it changes and deletes nothing.",
                         file = %meta.file_name,
