@@ -273,11 +273,7 @@ impl Sink {
                     if classification.as_ref().is_some_and(is_ambiguous) {
                         if let Some(landed) = self.confirm(lane, batch).await? {
                             if landed.iter().all(|landed| *landed) {
-                                let confirmed = Outcome::Delivered {
-                                    status: 200,
-                                    response_id: None,
-                                };
-                                return Ok(Sent::Done(confirmed, attempts));
+                                return Ok(Sent::Done(Outcome::CONFIRMED, attempts));
                             }
                             if landed.iter().any(|landed| *landed) {
                                 return Ok(Sent::PartlyLanded { landed, attempts });

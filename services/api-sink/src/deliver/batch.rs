@@ -158,10 +158,7 @@ async fn deliver_the_rest<T: RunTarget>(
                 ))
                 .await?;
             }
-            let confirmed = Outcome::Delivered {
-                status: 200,
-                response_id: None,
-            };
+            let confirmed = Outcome::CONFIRMED;
             let key = batch.member_keys.get(position).cloned();
             target
                 .finish(base + index, confirmed, attempts, key)

@@ -82,6 +82,15 @@ pub enum Outcome {
     },
 }
 
+impl Outcome {
+    /// A change the API was found holding after an ambiguous failure (`request::confirm`):
+    /// delivered by the earlier send; the lookup's answer gives no id for that effect.
+    pub const CONFIRMED: Outcome = Outcome::Delivered {
+        status: 200,
+        response_id: None,
+    };
+}
+
 /// What the lane does next.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
