@@ -7,6 +7,7 @@
 //! - [`state`]: per-key state per partition; snapshot generations for deletes.
 //! - [`detect`]: the consume → decide → commit stage; [`detect::batch`] keeps the guarantee.
 //! - [`metrics`]: the `snapfeed_change_detector_…` metrics.
+//! - [`repartition`]: the `repartition` command — re-keys `state` after partitions were added.
 //!
 //! [`run`] starts the service frame (the runtime's [`ServiceRuntime`]), verifies
 //! co-partitioning, and runs the stage on its own thread until shutdown; then it commits the
@@ -21,6 +22,7 @@ pub mod config;
 pub mod content_hash;
 pub mod detect;
 pub mod metrics;
+pub mod repartition;
 pub mod state;
 
 use snapfeed_runtime::kafka::{consume_until_stopped, TopicReader, WriteError};
@@ -34,8 +36,9 @@ pub use config::ChangeDetectorConfig;
 use detect::batch::Batch;
 use detect::decide::Decider;
 use detect::emit::Envelopes;
+use detect::layout::LayoutMismatch;
 use detect::restore::{Partitions, StateReader};
-use detect::{Detector, DetectorContext, DetectorStage};
+use detect::{Detector, DetectorContext, DetectorStage, StageError};
 use metrics::DetectorMetrics;
 
 /// The service name: metric prefix, client id, consumer group suffix.
@@ -51,6 +54,19 @@ pub enum ChangeDetectorError {
     /// a producer that cannot be replaced): the stage stopped rather than fight over it.
     #[error(transparent)]
     Write(WriteError),
+    /// The state was written for another partition count than the topics have: nothing was
+    /// decided with it (`change-detector repartition` re-keys it).
+    #[error(transparent)]
+    Layout(LayoutMismatch),
+}
+
+impl From<StageError> for ChangeDetectorError {
+    fn from(error: StageError) -> Self {
+        match error {
+            StageError::Write(error) => ChangeDetectorError::Write(error),
+            StageError::Layout(mismatch) => ChangeDetectorError::Layout(mismatch),
+        }
+    }
 }
 
 /// Runs change-detector until `shutdown` fires, or until the stage cannot go on.
@@ -92,6 +108,7 @@ pub async fn run(
         topic: runtime.topics.state.clone(),
         schemas: runtime.schemas.clone(),
         timeout: runtime.kafka.request_timeout(),
+        partitions: runtime.partitions_of(&runtime.topics.snapshots),
     };
     let detector = Detector::new(
         Decider::new(dataset.clone(), runtime.schemas.clone()),
@@ -112,7 +129,7 @@ pub async fn run(
     let stage = StageThread::spawn(SERVICE, move |stop| {
         let mut stage = DetectorStage::new(context);
         consume_until_stopped(consumer, &mut stage, stop, drain);
-        stage.finish(drain).map_err(ChangeDetectorError::Write)
+        stage.finish(drain).map_err(ChangeDetectorError::from)
     })?;
     runtime.serve(shutdown, stage).await
 }

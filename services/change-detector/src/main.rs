@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use snapfeed_runtime::cli::{
-    execute_common, execute_replay, CommonCommand, ReplayArgs, ServiceCli,
+    execute_common, execute_replay, load_config, CommonCommand, ReplayArgs, ServiceCli,
 };
 
 /// What `--help` says the binary is.
@@ -16,6 +16,14 @@ enum Command {
     /// Reset the group's offsets on `snapshots` (refused while instances run). With state
     /// intact a replay re-emits nothing: records are compared with the state they left.
     Replay(ReplayArgs),
+    /// After partitions were added to snapshots, state and changes: re-key `state` into the new
+    /// partition count (refused while instances run, or while records of moving keys are
+    /// undecided or undelivered). See README § Changing the partition count.
+    Repartition {
+        /// Print what would be written, write nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -35,6 +43,23 @@ fn main() -> ExitCode {
                 &to,
                 |t| t.snapshots.clone(),
             )
+        }
+        Command::Repartition { dry_run } => {
+            let config = match load_config::<change_detector::ChangeDetectorConfig>(config) {
+                Ok(config) => config,
+                Err(code) => return code,
+            };
+            let options = change_detector::repartition::RepartitionOptions { dry_run };
+            match change_detector::repartition::repartition(&config, options) {
+                Ok(report) => {
+                    print!("{report}");
+                    ExitCode::SUCCESS
+                }
+                Err(error) => {
+                    eprintln!("error: {error}");
+                    ExitCode::from(1)
+                }
+            }
         }
     }
 }

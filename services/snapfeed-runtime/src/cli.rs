@@ -48,7 +48,8 @@ impl<C: clap::Subcommand> ServiceCli<C> {
 /// `replay --to …`: the subcommand of every consuming stage.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ReplayArgs {
-    /// `earliest`, an RFC 3339 time, or `partition:offset,…`.
+    /// `earliest`, `latest` (skip everything not yet processed), an RFC 3339 time, or
+    /// `partition:offset,…`.
     #[arg(long)]
     pub to: String,
 }

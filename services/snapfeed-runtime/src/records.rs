@@ -139,6 +139,29 @@ pub fn stream_progress_key(stream: &str) -> String {
     format!("{STREAM_PROGRESS_KEY_PREFIX}{stream}")
 }
 
+/// The partition count one partition of `<p>.state` was written for: a control entry under
+/// [`STATE_LAYOUT_KEY`], one per partition. State written for another count than the topics
+/// have now holds most keys on the wrong partition (`change-detector repartition` re-keys it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StateLayout {
+    /// Partition count of `snapshots`, `state` and `changes` when written.
+    pub partition_count: i32,
+    /// The partition it describes.
+    pub partition: i32,
+    /// When written.
+    pub written_at: TimestampMillis,
+    /// What wrote it.
+    pub written_by: String,
+}
+
+impl AvroRecord for StateLayout {
+    const SCHEMA: &'static str = "snapfeed.StateLayout";
+}
+
+/// The `<p>.state` key of a partition's [`StateLayout`] (NUL-prefixed like
+/// [`STREAM_PROGRESS_KEY_PREFIX`]: never a record key).
+pub const STATE_LAYOUT_KEY: &str = "\u{0}layout\u{0}";
+
 /// Ingestion status of a file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]

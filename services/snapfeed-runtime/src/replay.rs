@@ -18,6 +18,8 @@ use crate::kafka::{KafkaConfig, ProcessingGuarantee};
 pub enum ReplayTarget {
     /// The earliest retained record of every partition.
     Earliest,
+    /// The end of every partition: everything not yet processed is skipped (`latest`, `end`).
+    Latest,
     /// The first record at or after this time, per partition (end if none).
     Time(DateTime<Utc>),
     /// Explicit offsets for the listed partitions (others unchanged).
@@ -32,13 +34,18 @@ impl FromStr for ReplayTarget {
         if text.eq_ignore_ascii_case("earliest") {
             return Ok(ReplayTarget::Earliest);
         }
+        if text.eq_ignore_ascii_case("latest") || text.eq_ignore_ascii_case("end") {
+            return Ok(ReplayTarget::Latest);
+        }
         if let Ok(time) = DateTime::parse_from_rfc3339(text) {
             return Ok(ReplayTarget::Time(time.with_timezone(&Utc)));
         }
         let mut offsets = Vec::new();
         for part in text.split(',') {
             let (partition, offset) = part.split_once(':').ok_or_else(|| {
-                format!("{text:?}: expected earliest, an RFC 3339 time, or partition:offset,…")
+                format!(
+                    "{text:?}: expected earliest, latest, an RFC 3339 time, or partition:offset,…"
+                )
             })?;
             let partition = partition
                 .trim()
@@ -125,6 +132,27 @@ impl fmt::Display for ReplayReport {
     }
 }
 
+/// Refuses (`LiveMembers`) while `group` has live members: a command that moves a stage's
+/// offsets or rewrites its state must not run under a running instance. Blocking.
+pub fn ensure_stopped<C: rdkafka::consumer::ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    group: &str,
+    timeout: std::time::Duration,
+) -> Result<(), ReplayError> {
+    let groups = consumer
+        .fetch_group_list(Some(group), timeout)
+        .map_err(failed("describe group"))?;
+    if let Some(found) = groups.groups().iter().find(|g| g.name() == group) {
+        if !found.members().is_empty() {
+            return Err(ReplayError::LiveMembers {
+                group: group.to_string(),
+                members: found.members().len(),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// Resets `group`'s offsets on `topic` to `target` (blocking: call from a blocking thread).
 pub fn replay(
     kafka: &KafkaConfig,
@@ -139,17 +167,7 @@ pub fn replay(
         .consumer_config(service, group, ProcessingGuarantee::AtLeastOnce)
         .create()
         .map_err(failed("create consumer"))?;
-    let groups = consumer
-        .fetch_group_list(Some(group), timeout)
-        .map_err(failed("describe group"))?;
-    if let Some(found) = groups.groups().iter().find(|g| g.name() == group) {
-        if !found.members().is_empty() {
-            return Err(ReplayError::LiveMembers {
-                group: group.to_string(),
-                members: found.members().len(),
-            });
-        }
-    }
+    ensure_stopped(&consumer, group, timeout)?;
     let metadata = consumer
         .fetch_metadata(Some(topic), timeout)
         .map_err(failed("metadata"))?;
@@ -173,12 +191,21 @@ pub fn replay(
         };
 
     let targets: Vec<(i32, i64)> = match target {
-        ReplayTarget::Earliest => partitions
+        ReplayTarget::Earliest | ReplayTarget::Latest => partitions
             .iter()
             .map(|p| {
                 consumer
                     .fetch_watermarks(topic, *p, timeout)
-                    .map(|(low, _)| (*p, low))
+                    .map(|(low, high)| {
+                        (
+                            *p,
+                            if *target == ReplayTarget::Latest {
+                                high
+                            } else {
+                                low
+                            },
+                        )
+                    })
             })
             .collect::<Result<_, _>>()
             .map_err(failed("watermarks"))?,
@@ -257,6 +284,8 @@ mod tests {
             "earliest".parse::<ReplayTarget>(),
             Ok(ReplayTarget::Earliest)
         );
+        assert_eq!("latest".parse::<ReplayTarget>(), Ok(ReplayTarget::Latest));
+        assert_eq!("END".parse::<ReplayTarget>(), Ok(ReplayTarget::Latest));
         assert!(matches!(
             "2026-11-26T10:00:00Z".parse::<ReplayTarget>(),
             Ok(ReplayTarget::Time(_))

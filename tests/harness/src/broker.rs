@@ -357,6 +357,86 @@ impl TestBroker {
         TestPipeline { name, topics }
     }
 
+    /// `from` as it stands after its topics got `partitions` partitions in place — built as a
+    /// new pipeline, because no broker here can add partitions. **Gap:** CreatePartitions
+    /// (KIP-195) is answered UNSUPPORTED_FEATURE by Nisshi 0.8.1 and Tansu 0.6, and the mock
+    /// cluster has no admin API. Kafka keeps the old partitions' records and adds empty ones;
+    /// here every topic of `from` is copied partition for partition (key, value or tombstone,
+    /// headers, timestamp; committed records only when `committed_only`) into a new pipeline
+    /// whose topics have `partitions`. Offsets are renumbered densely (transaction markers are
+    /// not records), so group offsets are not copied: the test commits the ones it needs.
+    /// Needs the multi-threaded runtime (the copy blocks in `block_in_place`).
+    pub async fn grown(
+        &self,
+        from: &TestPipeline,
+        partitions: i32,
+        committed_only: bool,
+    ) -> TestPipeline {
+        let to = self.pipeline("grown", partitions).await;
+        tokio::task::block_in_place(|| {
+            self.copy_partitionwise(from, &to, partitions, committed_only)
+        });
+        to
+    }
+
+    fn copy_partitionwise(
+        &self,
+        from: &TestPipeline,
+        to: &TestPipeline,
+        partitions: i32,
+        committed_only: bool,
+    ) {
+        use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+        let producer: BaseProducer = ClientConfig::new()
+            .set("bootstrap.servers", &self.bootstrap)
+            .set("linger.ms", "5")
+            .create()
+            .expect("copy producer");
+        let config = TopicsConfig::default();
+        for (source, target) in from
+            .topics
+            .specs(&config)
+            .iter()
+            .zip(to.topics.specs(&config))
+        {
+            let messages = self.read_to_end(&source.name, committed_only);
+            for message in &messages {
+                assert!(
+                    message.partition() < partitions,
+                    "{}: cannot shrink",
+                    source.name
+                );
+                let mut record: BaseRecord<'_, [u8], [u8]> =
+                    BaseRecord::to(&target.name).partition(message.partition());
+                if let Some(key) = message.key() {
+                    record = record.key(key);
+                }
+                if let Some(payload) = message.payload() {
+                    record = record.payload(payload);
+                }
+                if let Some(headers) = message.headers() {
+                    record = record.headers(headers.clone());
+                }
+                if let Some(millis) = message.timestamp().to_millis() {
+                    record = record.timestamp(millis);
+                }
+                let mut record = record;
+                loop {
+                    match producer.send(record) {
+                        Ok(()) => break,
+                        Err((_, back)) => {
+                            producer.poll(Duration::from_millis(10));
+                            record = back;
+                        }
+                    }
+                }
+            }
+        }
+        producer
+            .flush(Duration::from_secs(30))
+            .expect("copy flushed");
+    }
+
     /// On the mock cluster: the next `count` Produce requests, of any client, fail with
     /// `error` (0 clears what is left). Returns false on other brokers, which cannot do it.
     pub fn fail_produce_requests(&self, error: RDKafkaRespErr, count: usize) -> bool {

@@ -52,4 +52,40 @@ impl GroupOffsets {
             })
             .collect())
     }
+
+    /// Commits `offsets` (partition → next offset to read) for `group` on `topic`, as a member
+    /// of the group — the way a stage that had processed up to there would have. (A commit
+    /// from outside the group, generation -1, is refused by Tansu with UNKNOWN_MEMBER_ID.)
+    /// Joins, waits (bounded) for the assignment, commits, leaves. Blocking.
+    pub fn commit_as_member(
+        bootstrap: &str,
+        group: &str,
+        topic: &str,
+        offsets: &BTreeMap<i32, i64>,
+    ) -> KafkaResult<()> {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", bootstrap)
+            .set("group.id", group)
+            .set("enable.auto.commit", "false")
+            .set("auto.offset.reset", "latest")
+            .set("session.timeout.ms", "6000")
+            .create()?;
+        consumer.subscribe(&[topic])?;
+        let deadline = std::time::Instant::now() + Duration::from_secs(90);
+        while consumer.assignment()?.count() == 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{group}: no assignment on {topic} within 90 s"
+            );
+            let _ = consumer.poll(Duration::from_millis(100));
+        }
+        let mut tpl = TopicPartitionList::new();
+        for (&partition, &offset) in offsets {
+            tpl.add_partition_offset(topic, partition, Offset::Offset(offset))?;
+        }
+        consumer.commit(&tpl, rdkafka::consumer::CommitMode::Sync)?;
+        consumer.unsubscribe();
+        let _ = consumer.poll(Duration::from_millis(100));
+        Ok(())
+    }
 }

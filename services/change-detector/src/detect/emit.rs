@@ -13,7 +13,8 @@ use rdkafka::Message;
 use snapfeed_runtime::avro::{AvroError, MessageLocation, SchemaStore};
 use snapfeed_runtime::headers;
 use snapfeed_runtime::records::{
-    now_millis, AvroRecord, ChangeEvent, DetectorState, Provenance, RejectedRow, StreamProgress,
+    now_millis, AvroRecord, ChangeEvent, DetectorState, Provenance, RejectedRow, StateLayout,
+    StreamProgress,
 };
 
 use super::decide::Change;
@@ -136,6 +137,17 @@ impl Envelopes {
         self.schemas
             .current(StreamProgress::SCHEMA)?
             .encode(progress)
+    }
+
+    /// The `state` control entry saying `partition` was written for `partitions`.
+    pub fn state_layout(&self, partition: i32, partitions: i32) -> Result<Vec<u8>, AvroError> {
+        let layout = StateLayout {
+            partition_count: partitions,
+            partition,
+            written_at: now_millis(),
+            written_by: crate::SERVICE.to_string(),
+        };
+        self.schemas.current(StateLayout::SCHEMA)?.encode(&layout)
     }
 
     /// The `rejects` value of a snapshot record that does not decode: where it came from and

@@ -9,12 +9,14 @@
 //! - [`emit`]: a decision's records — change event, state entry, reject — encoded.
 //! - [`batch`]: the open batch and its commit through the writer — **the delivery guarantee**.
 //! - [`restore`]: partitions' state from the `state` topic; rebuild and rewind after an abort.
+//! - [`layout`]: state is used only with the partition count it was written for.
 //! - [`rebalance`]: the consumer context — commit before revoke, restore on assign.
 //! - [`stage`]: the detector in the runtime's consume loop; a fatal error ends the loop.
 //!
 //! Failures: a retryable one (an unacknowledged record, a commit that failed, a record that
 //! cannot be encoded) aborts the batch, rebuilds state and rewinds to the committed offsets —
-//! the batch is decided again. A fatal write error stops the stage, and the service with it.
+//! the batch is decided again. A fatal write error stops the stage, and the service with it; so
+//! does state written for another partition count ([`layout::LayoutMismatch`]).
 //!
 //! Threading: everything here runs on the stage's dedicated thread; every librdkafka call
 //! blocks that thread only, never an async worker.
@@ -23,6 +25,7 @@ pub mod batch;
 pub mod decide;
 mod deletes;
 pub mod emit;
+pub mod layout;
 mod order;
 pub mod rebalance;
 pub mod restore;
@@ -43,6 +46,7 @@ use crate::metrics::DetectorMetrics;
 use batch::Batch;
 use decide::{Change, Decider, SnapshotRecord, Verdict};
 use emit::{location_of, Envelopes, RecordMeta};
+use layout::{LayoutMismatch, STATE_LAYOUT_KEY};
 use restore::Partitions;
 
 pub use decide::{recognise_unchanged, Recognised};
@@ -71,6 +75,17 @@ pub enum BatchError {
         /// The client error.
         source: KafkaError,
     },
+}
+
+/// Why the stage stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum StageError {
+    /// Writing failed fatally (fenced, or a producer that cannot be replaced).
+    #[error(transparent)]
+    Write(#[from] WriteError),
+    /// State written for another partition count than the topics have.
+    #[error(transparent)]
+    Layout(#[from] LayoutMismatch),
 }
 
 /// Snapshots already reported (logged, counted): a snapshot's end marker and its records reach
@@ -108,8 +123,8 @@ pub struct Detector {
     stale_snapshots: OncePerSnapshot,
     /// Records by outcome, batches, snapshots, the delete guard.
     metrics: DetectorMetrics,
-    /// Set by a fatal write error: nothing more is done, and the stage stops with it.
-    failed: Option<WriteError>,
+    /// Set by a fatal error: nothing more is done, and the stage stops with it.
+    failed: Option<StageError>,
 }
 
 impl Detector {
@@ -163,6 +178,14 @@ impl Detector {
             return Ok(());
         }
         self.batch.start();
+        if self.partitions.take_layout_due(partition) {
+            // State knows its partition count from its first commit on (an abort takes this
+            // back with the batch, and the restore after it finds the entry missing again).
+            let layout = self
+                .envelopes
+                .state_layout(partition, self.partitions.partition_count())?;
+            self.batch.hold_state(partition, STATE_LAYOUT_KEY, layout);
+        }
         let meta = RecordMeta::from_message(message);
         // Interned once per record: the guard and the decision both need it.
         let stream = self.partitions.stream_id(meta.stream);
@@ -308,18 +331,20 @@ impl Detector {
     fn recover<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>, error: BatchError) {
         if let BatchError::Write(error) = error {
             if error.is_fatal() {
-                return self.fail(error);
+                return self.fail(error.into());
             }
         }
         if let Err(error) = self.batch.abort() {
             if error.is_fatal() {
-                return self.fail(error);
+                return self.fail(error.into());
             }
             // The writer keeps its transaction open and the next abort tries again.
             tracing::warn!(message = "Could not abort the batch yet.", %error);
         }
         let held = self.partitions.held();
-        self.partitions.restore(&held);
+        if let Err(mismatch) = self.partitions.restore(&held) {
+            return self.fail(mismatch.into());
+        }
         if let Err(error) = self.partitions.rewind(consumer, None) {
             // Deciding on from where the consumer stands would skip the aborted records (the
             // next commit would pass them): hold every partition until restore and rewind
@@ -329,8 +354,16 @@ impl Detector {
         }
     }
 
-    fn fail(&mut self, error: WriteError) {
-        tracing::error!(message = "Writing failed fatally; the detector stops.", %error);
+    fn fail(&mut self, error: StageError) {
+        match &error {
+            StageError::Write(error) => {
+                tracing::error!(message = "Writing failed fatally; the detector stops.", %error)
+            }
+            StageError::Layout(error) => tracing::error!(
+                message = "State was written for another partition count; the detector stops before deciding anything with it.",
+                %error
+            ),
+        }
         self.failed = Some(error);
     }
 
@@ -343,7 +376,18 @@ impl Detector {
     /// Partitions assigned: their state is restored.
     pub fn restore(&mut self, partitions: &[i32]) {
         if self.failed.is_none() {
-            self.partitions.restore(partitions);
+            if let Err(mismatch) = self.partitions.restore(partitions) {
+                self.fail(mismatch.into());
+            }
+        }
+    }
+
+    /// Retries failed restores (between polls).
+    pub fn retry_restore<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>) {
+        if self.failed.is_none() {
+            if let Err(mismatch) = self.partitions.retry_restore(consumer) {
+                self.fail(mismatch.into());
+            }
         }
     }
 

@@ -11,6 +11,9 @@
 //! committed history says.
 //!
 //! A partition stopped on a corrupt record (`on_corrupt = "pause"`) is held but not processed.
+//!
+//! The second guarantee: **state is used only with the partition count it was written for**
+//! ([`layout`](super::layout)): a restore that finds otherwise stops the detector.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
@@ -23,9 +26,10 @@ use snapfeed_runtime::avro::{MessageLocation, SchemaStore};
 use snapfeed_runtime::health::Readiness;
 use snapfeed_runtime::kafka::TopicReader;
 use snapfeed_runtime::records::{
-    AvroRecord, DetectorState, StreamProgress, STREAM_PROGRESS_KEY_PREFIX,
+    AvroRecord, DetectorState, StateLayout, StreamProgress, STREAM_PROGRESS_KEY_PREFIX,
 };
 
+use super::layout::{Found, LayoutMismatch, LayoutSeen, STATE_LAYOUT_KEY};
 use super::{NOT_PAUSED, RESTORED};
 use crate::metrics::DetectorMetrics;
 use crate::state::{PartitionState, Streams};
@@ -50,6 +54,8 @@ pub struct Partitions {
     retry: (Instant, Duration),
     /// Partitions stopped on a corrupt record.
     paused: HashSet<i32>,
+    /// Restored partitions without a layout entry: the next batch consuming from one writes it.
+    layout_due: BTreeSet<i32>,
     /// Reads `state`.
     reader: StateReader,
     metrics: DetectorMetrics,
@@ -67,6 +73,37 @@ pub struct StateReader {
     pub schemas: Arc<SchemaStore>,
     /// Bound of one blocking call (the rewind's committed-offsets lookup).
     pub timeout: Duration,
+    /// Partition count of `snapshots`, `state` and `changes` when the detector started.
+    pub partitions: i32,
+}
+
+/// One partition as read from `state`.
+#[derive(Debug, Default)]
+struct ReadPartition {
+    state: PartitionState,
+    /// Messages read.
+    entries: u64,
+    layout: LayoutSeen,
+}
+
+/// Why a restore did not restore.
+enum RestoreFailure {
+    /// The read failed: retried with backoff.
+    Read(rdkafka::error::KafkaError),
+    /// State written for another partition count: the detector stops.
+    Layout(LayoutMismatch),
+}
+
+impl From<rdkafka::error::KafkaError> for RestoreFailure {
+    fn from(error: rdkafka::error::KafkaError) -> Self {
+        RestoreFailure::Read(error)
+    }
+}
+
+impl From<LayoutMismatch> for RestoreFailure {
+    fn from(mismatch: LayoutMismatch) -> Self {
+        RestoreFailure::Layout(mismatch)
+    }
 }
 
 impl Partitions {
@@ -82,6 +119,7 @@ impl Partitions {
             unrestored: BTreeSet::new(),
             retry: (Instant::now(), RESTORE_RETRY_INITIAL),
             paused: HashSet::new(),
+            layout_due: BTreeSet::new(),
             reader,
             metrics,
             readiness,
@@ -94,6 +132,16 @@ impl Partitions {
             return None;
         }
         self.restored.get_mut(&partition)
+    }
+
+    /// True (once) when `partition` has no layout entry yet: the caller holds one in its batch.
+    pub fn take_layout_due(&mut self, partition: i32) -> bool {
+        self.layout_due.remove(&partition)
+    }
+
+    /// The partition count the detector runs with.
+    pub fn partition_count(&self) -> i32 {
+        self.reader.partitions
     }
 
     /// The id of a stream name.
@@ -129,6 +177,7 @@ impl Partitions {
         for partition in partitions {
             self.restored.remove(partition);
             self.unrestored.remove(partition);
+            self.layout_due.remove(partition);
             if self.paused.remove(partition) {
                 self.metrics.paused_partitions.set(self.paused.len() as i64);
             }
@@ -146,15 +195,26 @@ impl Partitions {
 
     /// Restores the state of `partitions` from the `state` topic (replacing what is held), in
     /// one read of all of them: the fetch round trips are paid once per assignment, not once
-    /// per partition. If the read fails, none of them is restored (each is retried).
-    pub fn restore(&mut self, partitions: &[i32]) {
+    /// per partition. If the read fails, none of them is restored (each is retried). `Err` when
+    /// the state was written for another partition count: nothing is restored, and the
+    /// detector must stop.
+    pub fn restore(&mut self, partitions: &[i32]) -> Result<(), LayoutMismatch> {
         if partitions.is_empty() {
             self.readiness.set(RESTORED, self.unrestored.is_empty());
-            return;
+            return Ok(());
         }
         self.readiness.set(RESTORED, false);
+        let count = self.reader.partitions;
+        if let Some(&grown) = partitions.iter().find(|&&p| p >= count) {
+            return Err(LayoutMismatch {
+                partition: grown,
+                partitions: count,
+                found: Found::Grown(count),
+            });
+        }
         let started = Instant::now();
-        match self.reader.read(partitions, &mut self.streams) {
+        match self.reader.read_checked(partitions, &mut self.streams) {
+            Err(RestoreFailure::Layout(mismatch)) => return Err(mismatch),
             Ok(read) => {
                 let seconds = started.elapsed().as_secs_f64();
                 self.metrics.restore_seconds.observe(seconds);
@@ -164,19 +224,22 @@ impl Partitions {
                     partitions = read.len(),
                     seconds
                 );
-                for (partition, (state, entries)) in read {
-                    self.metrics.restored_entries.inc_by(entries);
+                for (partition, read) in read {
+                    self.metrics.restored_entries.inc_by(read.entries);
                     tracing::info!(
                         message = "Partition state restored.",
                         partition,
-                        keys = state.len(),
-                        entries
+                        keys = read.state.len(),
+                        entries = read.entries
                     );
-                    self.restored.insert(partition, state);
+                    if read.layout.recorded.is_none() {
+                        self.layout_due.insert(partition);
+                    }
+                    self.restored.insert(partition, read.state);
                     self.unrestored.remove(&partition);
                 }
             }
-            Err(error) => {
+            Err(RestoreFailure::Read(error)) => {
                 // Without its state a partition would re-emit everything as CREATE: never
                 // process it. It stays unrestored (not ready) and `retry_restore` tries again.
                 tracing::warn!(message = "Cannot restore state yet; partitions not processed until it is.", partitions = ?partitions, %error);
@@ -193,18 +256,23 @@ impl Partitions {
         }
         self.count_keys();
         self.readiness.set(RESTORED, self.unrestored.is_empty());
+        Ok(())
     }
 
     /// Retries the restore of partitions whose state could not be read (with backoff); once
-    /// restored, rewinds them to their committed offsets. Called between polls.
-    pub fn retry_restore<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>) {
+    /// restored, rewinds them to their committed offsets. Called between polls. `Err` as for
+    /// [`restore`](Self::restore).
+    pub fn retry_restore<C: ConsumerContext>(
+        &mut self,
+        consumer: &BaseConsumer<C>,
+    ) -> Result<(), LayoutMismatch> {
         let (due, wait) = self.retry;
         if self.unrestored.is_empty() || Instant::now() < due {
-            return;
+            return Ok(());
         }
         let partitions: Vec<i32> = self.unrestored.iter().copied().collect();
         tracing::info!(message = "Retrying the state restore.", partitions = ?partitions);
-        self.restore(&partitions);
+        self.restore(&partitions)?;
         let restored: Vec<i32> = partitions
             .iter()
             .copied()
@@ -224,6 +292,7 @@ impl Partitions {
             (wait * 2).min(RESTORE_RETRY_MAX)
         };
         self.retry = (Instant::now() + wait, next);
+        Ok(())
     }
 
     /// Takes `partitions` back to unrestored: nothing of theirs is decided until a later
@@ -287,6 +356,53 @@ impl Partitions {
 }
 
 impl StateReader {
+    /// [`read`](Self::read), then the layout check of every partition read: state written for
+    /// another partition count is a [`RestoreFailure::Layout`]. When every partition read is
+    /// empty without a layout entry, the first informative partition outside them is checked
+    /// too: an empty partition is what a partition added to a running pipeline looks like.
+    fn read_checked(
+        &self,
+        partitions: &[i32],
+        streams: &mut Streams,
+    ) -> Result<HashMap<i32, ReadPartition>, RestoreFailure> {
+        let read = self.read(partitions, streams)?;
+        for (&partition, one) in &read {
+            one.layout.check(partition, self.partitions)?;
+        }
+        if read.values().any(|one| one.layout.is_informative()) {
+            return Ok(read);
+        }
+        for other in (0..self.partitions).filter(|p| !partitions.contains(p)) {
+            let probed = self.read(&[other], streams)?;
+            if let Some(one) = probed.get(&other).filter(|o| o.layout.is_informative()) {
+                one.layout.check(other, self.partitions)?;
+                break;
+            }
+        }
+        Ok(read)
+    }
+
+    /// The partition count a layout entry records (`None`, logged, if it cannot be read).
+    fn layout_entry(&self, message: &rdkafka::message::BorrowedMessage<'_>) -> Option<i32> {
+        let location = MessageLocation {
+            topic: self.topic.clone(),
+            partition: message.partition(),
+            offset: message.offset(),
+        };
+        let payload = message.payload()?;
+        match self
+            .schemas
+            .decode::<StateLayout>(payload, StateLayout::SCHEMA, &location)
+        {
+            Ok(layout) => Some(layout.partition_count),
+            Err(error) => {
+                // The key check still runs on every entry of the partition.
+                tracing::error!(message = "Skipping an unreadable state layout entry.", %location, %error);
+                None
+            }
+        }
+    }
+
     /// A stream-progress control entry: the newest snapshot applied for `stream`.
     fn restore_progress(
         &self,
@@ -329,13 +445,18 @@ impl StateReader {
         &self,
         partitions: &[i32],
         streams: &mut Streams,
-    ) -> KafkaResult<HashMap<i32, (PartitionState, u64)>> {
-        let mut read: HashMap<i32, (PartitionState, u64)> = partitions
+    ) -> KafkaResult<HashMap<i32, ReadPartition>> {
+        let mut read: HashMap<i32, ReadPartition> = partitions
             .iter()
-            .map(|&partition| (partition, (PartitionState::default(), 0)))
+            .map(|&partition| (partition, ReadPartition::default()))
             .collect();
         self.reader.read_to_end(&self.topic, partitions, |message| {
-            let Some((state, entries)) = read.get_mut(&message.partition()) else {
+            let Some(ReadPartition {
+                state,
+                entries,
+                layout,
+            }) = read.get_mut(&message.partition())
+            else {
                 return;
             };
             *entries += 1;
@@ -346,10 +467,16 @@ impl StateReader {
                 self.restore_progress(state, stream, message, streams);
                 return;
             }
+            if key == STATE_LAYOUT_KEY {
+                layout.recorded = self.layout_entry(message).or(layout.recorded);
+                return;
+            }
             let Some(payload) = message.payload() else {
                 state.restore_entry(key, None, streams);
+                layout.tombstone(key);
                 return;
             };
+            layout.entry(key, message.partition(), self.partitions);
             let location = MessageLocation {
                 topic: self.topic.clone(),
                 partition: message.partition(),

@@ -3,7 +3,7 @@
 //! decided, the batch committed when due, failed restores retried between polls, the open
 //! batch committed at shutdown while the partitions are still ours.
 //!
-//! A fatal write error ends the loop the way shutdown does ([`ConsumingStage::cannot_go_on`]) —
+//! A fatal error (a write, or state written for another partition count) ends the loop the way shutdown does ([`ConsumingStage::cannot_go_on`]) —
 //! drain, leave the group, so the partitions go to the other members at once — and the stage
 //! thread returns the error, which ends the service. Nothing is committed after it.
 
@@ -11,9 +11,9 @@ use std::time::Duration;
 
 use rdkafka::consumer::BaseConsumer;
 use rdkafka::message::BorrowedMessage;
-use snapfeed_runtime::kafka::{ConsumingStage, WriteError};
+use snapfeed_runtime::kafka::ConsumingStage;
 
-use super::{Detector, DetectorContext};
+use super::{Detector, DetectorContext, StageError};
 
 /// The detector as the consume loop's stage. The detector itself lives in the consumer's
 /// context, where the rebalance callbacks reach it too; each step takes it for that step only.
@@ -45,7 +45,7 @@ impl DetectorStage {
     /// returns the fatal error the stage stopped with, if any. A failed writer is not touched
     /// again: its open transaction is aborted by the next instance with its transactional id,
     /// or by the broker's transaction timeout.
-    pub fn finish(self, bound: Duration) -> Result<(), WriteError> {
+    pub fn finish(self, bound: Duration) -> Result<(), StageError> {
         let mut detector = self.context.detector();
         if let Some(error) = detector.failed.take() {
             return Err(error);
@@ -75,9 +75,7 @@ impl ConsumingStage<DetectorContext> for DetectorStage {
             if detector.batch.is_due() {
                 detector.commit_batch(consumer);
             }
-            if detector.failed.is_none() {
-                detector.partitions.retry_restore(consumer);
-            }
+            detector.retry_restore(consumer);
         });
     }
 

@@ -85,17 +85,33 @@ impl TopicReader {
         &self,
         topic: &str,
         partitions: &[i32],
+        each: impl FnMut(&BorrowedMessage<'_>),
+    ) -> KafkaResult<u64> {
+        let from: Vec<(i32, Offset)> = partitions
+            .iter()
+            .map(|&partition| (partition, Offset::Beginning))
+            .collect();
+        self.read_from(topic, &from, each)
+    }
+
+    /// Reads each listed partition of `topic` from its offset to its end, calling `each` per
+    /// message (in offset order within a partition). Returns the messages read. Blocking.
+    pub fn read_from(
+        &self,
+        topic: &str,
+        from: &[(i32, Offset)],
         mut each: impl FnMut(&BorrowedMessage<'_>),
     ) -> KafkaResult<u64> {
-        if partitions.is_empty() {
+        if from.is_empty() {
             return Ok(0);
         }
         let mut assignment = TopicPartitionList::new();
-        for &partition in partitions {
-            assignment.add_partition_offset(topic, partition, Offset::Beginning)?;
+        for &(partition, offset) in from {
+            assignment.add_partition_offset(topic, partition, offset)?;
         }
+        let partitions: Vec<i32> = from.iter().map(|(partition, _)| *partition).collect();
         self.consumer.assign(&assignment)?;
-        let result = self.drain(topic, partitions, &mut each);
+        let result = self.drain(topic, &partitions, &mut each);
         // A failed unassign leaves nothing behind that the next assign does not replace.
         let _ = self.consumer.unassign();
         result

@@ -36,8 +36,9 @@ pub enum TopicError {
     /// The co-partitioned topics differ in partition count.
     #[error(
         "topics are not co-partitioned: {snapshots:?} has {snapshots_partitions} partitions, {state:?} has \
-         {state_partitions}, {changes:?} has {changes_partitions}; they must be equal (add partitions to the \
-         smaller ones, or recreate them), or the detector would split a key's history"
+         {state_partitions}, {changes:?} has {changes_partitions}; they must be equal, or the detector would split a key's history: add partitions \
+         to the smaller ones (and to deliveries), then run `change-detector repartition` before the detector \
+         starts again (README § Changing the partition count)"
     )]
     CopartitionMismatch {
         /// snapshots topic.
