@@ -158,6 +158,9 @@ pub(crate) struct Sink {
     delivered_before: Mutex<DeliveredChanges>,
     /// Versions the API accepted, per partition (a repeat on `changes` is not sent again).
     recent_deliveries: Mutex<resume::RecentDeliveries>,
+    /// Changes an earlier run may have sent without a receipt: confirmed before their first
+    /// send, where the profile can ask.
+    maybe_sent: Mutex<resume::MaybeSent>,
 }
 
 impl std::fmt::Debug for Sink {
@@ -227,6 +230,7 @@ impl Sink {
             receipts: parts.receipts,
             delivered_before: Mutex::new(DeliveredChanges::new()),
             recent_deliveries: Mutex::new(resume::RecentDeliveries::default()),
+            maybe_sent: Mutex::new(resume::MaybeSent::default()),
         })
     }
 

@@ -468,7 +468,14 @@ async fn a_poison_change_is_bisected_out_of_a_commcare_batch_and_alone_dead_lett
     );
     assert_eq!(receipt_ids(&receipts), expected);
 
-    let requests = f.stub.requests();
+    // A fresh group has no committed offsets: its first batches are confirmed before they are
+    // sent (an earlier run may have sent them): the lookups are not submissions.
+    let requests: Vec<_> = f
+        .stub
+        .requests()
+        .into_iter()
+        .filter(|r| !r.path.ends_with("/bulk-fetch/"))
+        .collect();
     for request in &requests {
         assert_eq!(request.path, "/a/lab-demo/api/case/v2/");
         let ids = external_ids(request);

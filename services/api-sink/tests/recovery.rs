@@ -18,7 +18,8 @@ use snapfeed_harness::wait;
 use tokio::task::block_in_place;
 
 use common::{
-    ends, key, key_version, receipt_ids, redrive_count, Fixture, SinkOptions, TestChange, BINARY,
+    ends, key, key_version, receipt_ids, redrive_count, Fixture, ProfileChoice, SinkOptions,
+    TestChange, BINARY,
 };
 
 const LIMIT: Duration = Duration::from_secs(90);
@@ -87,6 +88,84 @@ async fn a_crash_before_the_commit_redelivers_with_the_same_idempotency_key() {
         receipt_ids(&f.receipts()),
         changes.iter().map(|c| (c.key.clone(), c.version)).collect()
     );
+}
+
+/// CommCare has no idempotency keys: a case sent again is another form in its history. Killed
+/// (SIGKILL) mid-delivery with slow answers, the sink leaves cases saved but unanswered (no
+/// receipt) and cases answered but uncommitted (receipt written). After the restart it skips
+/// the second kind by their receipts and asks the API about the first before sending: no case
+/// gets a second form. The control (`confirm_before_resend = false`) sends the unanswered ones
+/// again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_kill_the_commcare_profile_submits_no_case_twice() {
+    const CHANGES: usize = 60;
+    const ANSWER_DELAY: Duration = Duration::from_millis(600);
+    for confirm in [true, false] {
+        let f = Fixture::new(if confirm { "kill-cc" } else { "kill-cc-off" }, 2).await;
+        f.stub
+            .set_default_reply(Reply::ok().with_delay(ANSWER_DELAY));
+        let mut options = SinkOptions {
+            profile: ProfileChoice::CommCare { batch_max_cases: 5 },
+            ..SinkOptions::default()
+        };
+        options
+            .commcare_keys
+            .push(format!("confirm_before_resend = {confirm}"));
+        let config = f.write_config(&options, "127.0.0.1:0", "sink");
+        let changes: Vec<TestChange> = (0..CHANGES).map(|k| TestChange::new(key(k), 1)).collect();
+        let produced = f.produce(&changes).await;
+
+        let mut first = f.spawn_process(&config, &[], "first");
+        let _first_log = LogOnPanic(f.dir.path().join("first.log"));
+        block_in_place(|| first.wait_ready(LIMIT));
+        let submissions = |f: &Fixture| {
+            f.stub
+                .requests()
+                .iter()
+                .filter(|r| !r.path.ends_with("/bulk-fetch/"))
+                .count()
+        };
+        assert!(
+            wait::within(LIMIT, || submissions(&f) >= 4).await,
+            "the first run sends"
+        );
+        block_in_place(|| first.kill());
+        let saved_before = f.stub.case_forms().len();
+        assert!(
+            saved_before < CHANGES,
+            "everything was saved before the kill"
+        );
+        let receipted_before = f.receipts().len();
+
+        f.stub.set_default_reply(Reply::ok());
+        let mut second = f.spawn_process(&config, &[], "second");
+        let _second_log = LogOnPanic(f.dir.path().join("second.log"));
+        block_in_place(|| second.wait_ready(LIMIT));
+        f.wait_committed(&ends(&produced), LIMIT).await;
+        let (status, _) = block_in_place(|| second.terminate(Duration::from_secs(15)));
+        assert!(status.success(), "{status}");
+
+        let forms = f.stub.case_forms();
+        assert_eq!(forms.len(), CHANGES, "every case saved");
+        let twice: Vec<(&String, &usize)> = forms.iter().filter(|(_, n)| **n > 1).collect();
+        eprintln!(
+            "confirm_before_resend = {confirm}: {saved_before} cases saved and {receipted_before} receipts before the kill; {} cases got a second form",
+            twice.len()
+        );
+        if confirm {
+            assert!(twice.is_empty(), "cases submitted twice: {twice:?}");
+            // Every change ends with one receipt (the first run's or the second's).
+            assert_eq!(
+                receipt_ids(&f.receipts()),
+                changes.iter().map(|c| (c.key.clone(), c.version)).collect()
+            );
+        } else {
+            assert!(
+                !twice.is_empty(),
+                "the control sends the unanswered cases again: {forms:?}"
+            );
+        }
+    }
 }
 
 /// Receipts an earlier run wrote for changes past the committed offset (killed after

@@ -203,8 +203,7 @@ pub fn repartition(
     let guarantee = common.pipeline.processing_guarantee;
     let timeout = common.kafka.request_timeout();
     let group = common.pipeline.group_id(crate::SERVICE);
-    let schemas =
-        SchemaStore::load_dir(&common.pipeline.schemas_dir).map_err(schemas_failed)?;
+    let schemas = SchemaStore::load_dir(&common.pipeline.schemas_dir).map_err(schemas_failed)?;
     let reader = TopicReader::new(common.kafka, crate::SERVICE, guarantee)
         .map_err(failed("create a reader"))?;
 
@@ -392,10 +391,10 @@ fn plan(
                     *slot = (progress.snapshot_time, value);
                 }
             } else {
-                holders.entry(key).or_default().push(Held {
-                    location,
-                    value,
-                });
+                holders
+                    .entry(key)
+                    .or_default()
+                    .push(Held { location, value });
             }
         }
     }
@@ -525,8 +524,7 @@ mod tests {
     use std::path::Path;
 
     fn schemas() -> SchemaStore {
-        SchemaStore::load_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../../schemas"))
-            .unwrap()
+        SchemaStore::load_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../../schemas")).unwrap()
     }
 
     fn entry(schemas: &SchemaStore, version: i64) -> Vec<u8> {
@@ -604,7 +602,11 @@ mod tests {
         };
         assert_eq!(value_at(5, &moving), Some(Some(entry(&schemas, 3))));
         assert_eq!(value_at(1, &moving), Some(None), "tombstoned where it was");
-        assert_eq!(value_at(2, &staying), None, "a key in place is not rewritten");
+        assert_eq!(
+            value_at(2, &staying),
+            None,
+            "a key in place is not rewritten"
+        );
         assert_eq!(value_at(7, &twice), Some(Some(entry(&schemas, 4))));
         assert_eq!(value_at(3, &twice), Some(None));
         assert_eq!(value_at(1, &stream_key), None, "already the newest");

@@ -26,8 +26,9 @@ use crate::retry::REASON_HTTP_4XX;
 pub(super) enum Sent {
     /// One outcome for every member.
     Done(Outcome, Attempts),
-    /// After an ambiguous failure, the API was asked (`request::confirm`): these members
-    /// (`true`, in member order) already took effect; the others are to be sent again.
+    /// After an ambiguous failure — or before the first send of changes an earlier run may
+    /// have sent — the API was asked (`request::confirm`): these members (`true`, in member
+    /// order) already took effect; the others are to be sent (again).
     PartlyLanded {
         /// Per member, whether it took effect.
         landed: Vec<bool>,
@@ -45,8 +46,9 @@ pub(super) trait RunTarget {
     /// A change cannot become a request (it is dead-lettered next).
     fn unbuildable(&self, index: usize, error: &BuildError);
 
-    /// Sends one request with its retries: how it ended, or the lane's halt.
-    async fn send(&self, batch: &PreparedBatch) -> Result<Sent, Halt>;
+    /// Sends one request with its retries: how it ended, or the lane's halt. `base`: the run
+    /// position of the changes `batch.members` counts from.
+    async fn send(&self, batch: &PreparedBatch, base: usize) -> Result<Sent, Halt>;
 
     /// Records how one change ended.
     async fn finish(
@@ -100,7 +102,7 @@ async fn deliver_batch<T: RunTarget>(
     base: usize,
     batch: PreparedBatch,
 ) -> Result<(), Halt> {
-    let (outcome, attempts) = match target.send(&batch).await? {
+    let (outcome, attempts) = match target.send(&batch, base).await? {
         Sent::Done(outcome, attempts) => (outcome, attempts),
         Sent::PartlyLanded { landed, attempts } => {
             return deliver_the_rest(target, changes, base, &batch, &landed, &attempts).await;
@@ -291,7 +293,7 @@ mod tests {
 
         fn unbuildable(&self, _index: usize, _error: &BuildError) {}
 
-        async fn send(&self, batch: &PreparedBatch) -> Result<Sent, Halt> {
+        async fn send(&self, batch: &PreparedBatch, _base: usize) -> Result<Sent, Halt> {
             let keys = batch.member_keys.clone();
             let refused = keys.iter().any(|k| self.refused.contains(&k.as_str()));
             let first = self.sent.borrow().is_empty();

@@ -368,7 +368,27 @@ impl RunTarget for LaneRun<'_> {
         );
     }
 
-    async fn send(&self, batch: &PreparedBatch) -> Result<Sent, Halt> {
+    async fn send(&self, batch: &PreparedBatch, base: usize) -> Result<Sent, Halt> {
+        if self.sink.builder.confirms() {
+            // Changes an earlier run may have sent without writing their receipt (killed in
+            // between): ask before sending, as after an ambiguous failure (`resume`).
+            let offsets: Vec<(i32, i64)> = batch
+                .members
+                .clone()
+                .filter_map(|i| self.run.get(base + i))
+                .map(|incoming| (incoming.partition, incoming.offset))
+                .collect();
+            if self.sink.may_have_been_sent(&offsets) {
+                if let Some(landed) = self.sink.confirm(self.lane, batch).await? {
+                    if landed.iter().any(|l| *l) {
+                        return Ok(Sent::PartlyLanded {
+                            landed,
+                            attempts: Attempts::default(),
+                        });
+                    }
+                }
+            }
+        }
         self.sink.send_with_retries(self.lane, batch).await
     }
 

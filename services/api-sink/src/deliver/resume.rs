@@ -10,15 +10,79 @@
 //! ([`RECENT_KEYS_PER_PARTITION`], the most recent kept): repeats come right after their
 //! original, from the batch a detector re-decides.
 //!
+//! What remains ambiguous — a change an earlier run may have sent without living to write its
+//! receipt — is **confirmed before its first send** where the profile can ask the API
+//! (CommCare's `bulk-fetch`, `confirm_before_resend`): only the cases the API does not already
+//! hold as sent go out ([`MaybeSent`]). Which changes can be such: an earlier run consumed
+//! `changes` in offset order, and held at most [`BACKLOG_LIMIT`] of them undone (every done one
+//! has an acknowledged receipt), so they lie within the first `receipts + BACKLOG_LIMIT`
+//! offsets past the committed one.
+//!
 //! Guarantee: a change is skipped only when a receipt for exactly its partition and offset
-//! (and record key) was acknowledged by the broker, or when the API accepted the same or a
-//! newer version of its key in this process — its effect is there. Everything else goes out
-//! as before.
+//! (and record key) was acknowledged by the broker, when the API accepted the same or a
+//! newer version of its key in this process, or when the API's own answer shows it holding
+//! what the change sets — its effect is there. Everything else goes out as before.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::time::Instant;
 
 use super::{lock, Incoming, Sink};
+use crate::consume::BACKLOG_LIMIT;
+
+/// Polls the consume loop makes past a full backlog (one per minute, to stay in the group):
+/// room for them in the range of [`MaybeSent`].
+const POLLS_PAST_A_FULL_BACKLOG: i64 = 1_000;
+
+/// Per assigned partition, the offsets an earlier run may have sent without a receipt —
+/// `from` (the committed offset) up to `until` — and those already confirmed or sent since.
+#[derive(Debug, Default)]
+pub(super) struct MaybeSent {
+    partitions: HashMap<i32, MaybeSentRange>,
+}
+
+#[derive(Debug)]
+struct MaybeSentRange {
+    from: i64,
+    until: i64,
+    settled: HashSet<i64>,
+}
+
+impl MaybeSent {
+    /// `partition` was assigned at `committed`, with `receipts` found past it.
+    pub(super) fn assigned(&mut self, partition: i32, committed: i64, receipts: usize) {
+        let until = committed
+            .saturating_add(receipts as i64)
+            .saturating_add(BACKLOG_LIMIT as i64)
+            .saturating_add(POLLS_PAST_A_FULL_BACKLOG);
+        self.partitions.insert(
+            partition,
+            MaybeSentRange {
+                from: committed,
+                until,
+                settled: HashSet::new(),
+            },
+        );
+    }
+
+    /// True when any of `offsets` (partition, offset) may have been sent by an earlier run and
+    /// was not confirmed since; all of them count as settled from now on (asked once).
+    pub(super) fn take_any(&mut self, offsets: &[(i32, i64)]) -> bool {
+        let mut any = false;
+        for &(partition, offset) in offsets {
+            let Some(range) = self.partitions.get_mut(&partition) else {
+                continue;
+            };
+            if (range.from..range.until).contains(&offset) && range.settled.insert(offset) {
+                any = true;
+            }
+        }
+        any
+    }
+
+    fn forget(&mut self, partition: i32) {
+        self.partitions.remove(&partition);
+    }
+}
 
 /// Keys whose last delivered version each partition remembers (for repeats).
 pub(super) const RECENT_KEYS_PER_PARTITION: usize = 100_000;
@@ -68,12 +132,29 @@ impl Sink {
     /// earlier run delivered. Consumer thread, blocking: it runs in the assignment callback,
     /// before any change of these partitions is consumed. A failed read skips nothing.
     pub(crate) fn recall_deliveries(&self, committed: &BTreeMap<i32, i64>) {
-        let Some(receipts) = &self.receipts else {
-            return;
-        };
         if committed.is_empty() {
             return;
         }
+        let mut receipts_found: HashMap<i32, usize> = HashMap::new();
+        self.recall_receipts(committed, &mut receipts_found);
+        if self.builder.confirms() {
+            let mut maybe_sent = lock(&self.maybe_sent);
+            for (&partition, &offset) in committed {
+                let receipts = receipts_found.get(&partition).copied().unwrap_or(0);
+                maybe_sent.assigned(partition, offset, receipts);
+            }
+        }
+    }
+
+    /// Reads the receipts back (noting how many per partition in `found_per_partition`).
+    fn recall_receipts(
+        &self,
+        committed: &BTreeMap<i32, i64>,
+        found_per_partition: &mut HashMap<i32, usize>,
+    ) {
+        let Some(receipts) = &self.receipts else {
+            return;
+        };
         let started = Instant::now();
         match receipts.delivered(committed) {
             Ok(found) => {
@@ -86,6 +167,7 @@ impl Sink {
                 );
                 let mut delivered = lock(&self.delivered_before);
                 for (partition, offsets) in found {
+                    found_per_partition.insert(partition, offsets.len());
                     delivered.insert(partition, offsets);
                 }
             }
@@ -154,10 +236,18 @@ impl Sink {
     pub(super) fn forget_deliveries(&self, partitions: &[i32]) {
         let mut delivered = lock(&self.delivered_before);
         let mut recent = lock(&self.recent_deliveries);
+        let mut maybe_sent = lock(&self.maybe_sent);
         for partition in partitions {
             delivered.remove(partition);
             recent.partitions.remove(partition);
+            maybe_sent.forget(*partition);
         }
+    }
+
+    /// True when a change at one of `offsets` may have been sent by an earlier run without a
+    /// receipt, so the request is to be confirmed before it is sent (each offset asks once).
+    pub(super) fn may_have_been_sent(&self, offsets: &[(i32, i64)]) -> bool {
+        lock(&self.maybe_sent).take_any(offsets)
     }
 }
 
@@ -175,6 +265,21 @@ mod tests {
         assert!(!recent.covers(0, "K", 4));
         assert!(!recent.covers(1, "K", 3), "another partition");
         assert!(!recent.covers(0, "L", 1));
+    }
+
+    #[test]
+    fn changes_an_earlier_run_could_have_sent_are_asked_about_once() {
+        let mut maybe = MaybeSent::default();
+        maybe.assigned(0, 100, 5);
+        let until = 100 + 5 + BACKLOG_LIMIT as i64 + POLLS_PAST_A_FULL_BACKLOG;
+        assert!(!maybe.take_any(&[(0, 99)]), "committed before");
+        assert!(maybe.take_any(&[(0, 99), (0, 100)]));
+        assert!(!maybe.take_any(&[(0, 100)]), "asked once");
+        assert!(maybe.take_any(&[(0, until - 1)]));
+        assert!(!maybe.take_any(&[(0, until)]), "past what a run could hold");
+        assert!(!maybe.take_any(&[(1, 100)]), "another partition");
+        maybe.forget(0);
+        assert!(!maybe.take_any(&[(0, 101)]));
     }
 
     #[test]

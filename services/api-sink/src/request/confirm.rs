@@ -31,6 +31,11 @@ pub struct Confirmation {
 }
 
 impl RequestBuilder {
+    /// True when the profile has a lookup and `confirm_before_resend` is on.
+    pub fn confirms(&self) -> bool {
+        matches!(&self.profile, ProfileBuilder::CommCare(commcare) if commcare.confirm_url().is_some())
+    }
+
     /// The lookup that tells which of `batch`'s changes already took effect — when the profile
     /// has one and `confirm_before_resend` is on.
     pub fn confirmation(&self, batch: &PreparedBatch) -> Option<Confirmation> {
