@@ -92,9 +92,10 @@ async fn demo(args: Args) -> DemoResult<bool> {
     let drops = feed::generate(args.rows, &staging)?;
 
     let mut rows = Vec::new();
+    let mut seen = std::collections::BTreeSet::new();
     for drop in &drops {
         rows.push(
-            reconcile::drop_and_wait(drop, &inbox, &pipeline.endpoints, stage_timeout).await?,
+            reconcile::drop_and_wait(drop, &inbox, &pipeline, &mut seen, stage_timeout).await?,
         );
     }
     let all_ok = reconcile::summarise(&rows, pipeline.unique_effects(), started);

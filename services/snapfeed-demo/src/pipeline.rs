@@ -11,6 +11,11 @@ use std::time::{Duration, Instant};
 use snapfeed_harness::broker::TestBroker;
 use snapfeed_harness::service_process::http_get;
 use snapfeed_harness::stub_api::StubApi;
+use snapfeed_runtime::avro::SchemaStore;
+use snapfeed_runtime::kafka::ProcessingGuarantee;
+use snapfeed_runtime::reconcile::{
+    reconcile, ReconcileError, ReconcileOptions, ReconcileTarget, Reconciliation,
+};
 use snapfeed_runtime::shutdown::{self, ShutdownTrigger};
 use snapfeed_runtime::topics::{TopicNameOverrides, TopicNames, TopicsConfig};
 
@@ -40,6 +45,10 @@ pub(crate) struct Pipeline {
     trigger: ShutdownTrigger,
     pub(crate) endpoints: Endpoints,
     stub: Option<StubApi>,
+    /// The pipeline name and its topics (for `reconcile`).
+    name: &'static str,
+    topics: TopicNames,
+    schemas: SchemaStore,
     broker: TestBroker,
 }
 
@@ -144,13 +153,45 @@ impl Pipeline {
             .map_err(|_| format!("{name} not ready"))?;
             println!("  {name:<15} ready — http://{addr}/metrics");
         }
+        let schemas = SchemaStore::load_dir(&repo_root().join("schemas"))?;
         Ok(Pipeline {
             tasks,
             trigger,
             endpoints,
             stub,
+            name: pipeline,
+            topics: names,
+            schemas,
             broker,
         })
+    }
+
+    /// `reconcile --file NAME` on the pipeline's topics, as an operator would run it (blocking
+    /// reads, off the async workers).
+    /// `None`: no ledger entry has the name (a duplicate, recorded under the first name).
+    pub(crate) fn reconcile_file(&self, file_name: &str) -> DemoResult<Option<Reconciliation>> {
+        let target = ReconcileTarget::File(file_name.to_string());
+        let found = tokio::task::block_in_place(|| {
+            reconcile(
+                &self.broker.kafka_config(),
+                self.name,
+                &self.topics,
+                &self.schemas,
+                ProcessingGuarantee::ExactlyOnce,
+                &target,
+                // Gap (mock cluster): it acknowledges TxnOffsetCommit without storing it, so
+                // the detector group has no offsets here; the metrics above show every record
+                // decided instead.
+                ReconcileOptions {
+                    count_undecided: false,
+                },
+            )
+        });
+        match found {
+            Ok(reconciliation) => Ok(Some(reconciliation)),
+            Err(ReconcileError::NotFound { .. }) => Ok(None),
+            Err(error) => Err(format!("reconcile --file {file_name}: {error}").into()),
+        }
     }
 
     /// Distinct effects the stub API saw (by Idempotency-Key); `None` with `--api-url`.

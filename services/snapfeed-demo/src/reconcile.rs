@@ -1,8 +1,10 @@
 //! Reconciliation: the services' own metrics, read before and after each drop, must add up —
 //! rows sent → changes (created + updated) → deliveries, nothing deleted, nothing dead-lettered,
-//! and, with the stub API, exactly one effect per delivery. Counts are read from `/metrics`
-//! only, as an operator would; a stage that does not finish within `--timeout-seconds` is an
-//! error that shows the totals so far.
+//! and, with the stub API, exactly one effect per delivery. Counts are read from `/metrics`,
+//! as an operator would; a stage that does not finish within `--timeout-seconds` is an error
+//! that shows the totals so far. Then the product's own check, `reconcile --file` over the
+//! pipeline's topics, must say "reconciled" for every new snapshot of the drop with the same
+//! numbers as the metrics.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -10,8 +12,12 @@ use std::time::{Duration, Instant};
 
 use snapfeed_harness::service_process::http_get;
 
+use std::collections::BTreeSet;
+
+use snapfeed_runtime::reconcile::SnapshotReconciliation;
+
 use crate::feed::Drop;
-use crate::pipeline::{wait_until, Endpoints};
+use crate::pipeline::{wait_until, Endpoints, Pipeline};
 use crate::DemoResult;
 
 /// One scrape of a service's `/metrics`.
@@ -126,9 +132,11 @@ pub(crate) struct Row {
 pub(crate) async fn drop_and_wait(
     drop: &Drop,
     inbox: &Path,
-    endpoints: &Endpoints,
+    pipeline: &Pipeline,
+    seen: &mut BTreeSet<String>,
     stage_timeout: Duration,
 ) -> DemoResult<Row> {
+    let endpoints = &pipeline.endpoints;
     let before = Totals::read(endpoints);
     let dropped = Instant::now();
     drop.put_in(inbox)?;
@@ -151,7 +159,7 @@ pub(crate) async fn drop_and_wait(
     // A moment for anything unexpected (extra changes) to show up before counting.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let totals = Totals::read(endpoints).minus(before);
-    let ok = totals.rows_sent == drop.expect_rows_sent
+    let metrics_ok = totals.rows_sent == drop.expect_rows_sent
         && totals.rows_rejected == drop.expect_rejected
         && totals.files_duplicate == drop.expect_duplicates
         && totals.created == drop.expect_created
@@ -159,6 +167,8 @@ pub(crate) async fn drop_and_wait(
         && totals.deleted == 0.0
         && totals.delivered == totals.created + totals.updated
         && totals.dead_letters == 0.0;
+    let topics_ok = from_topics(drop, pipeline, seen, &totals, stage_timeout).await?;
+    let ok = metrics_ok && topics_ok;
     let secs = |at: Instant| at.duration_since(dropped).as_secs_f64();
     println!(
         " {} in {:.1}s",
@@ -183,6 +193,60 @@ pub(crate) async fn drop_and_wait(
         seconds_delivered: secs(delivered_done),
         ok,
     })
+}
+
+/// `reconcile --file` for each file of `drop`, repeated (bounded) until it says reconciled —
+/// the detector commits its batch, and the sink its receipts, moments after the metrics count
+/// them; then the drop's new snapshots (not in `seen`) must add up to the metrics' `totals`.
+async fn from_topics(
+    drop: &Drop,
+    pipeline: &Pipeline,
+    seen: &mut BTreeSet<String>,
+    totals: &Totals,
+    limit: Duration,
+) -> DemoResult<bool> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let mut reconciled = true;
+        let mut new: Vec<SnapshotReconciliation> = Vec::new();
+        let mut report = String::new();
+        for file in &drop.files {
+            let name = file
+                .file_name()
+                .ok_or("file name")?
+                .to_string_lossy()
+                .into_owned();
+            let Some(found) = pipeline.reconcile_file(&name)? else {
+                continue; // a duplicate: in the ledger under the first file's name
+            };
+            reconciled &= found.is_reconciled();
+            report.push_str(&found.to_string());
+            for snapshot in found.snapshots {
+                if !seen.contains(&snapshot.snapshot_id)
+                    && !new.iter().any(|s| s.snapshot_id == snapshot.snapshot_id)
+                {
+                    new.push(snapshot);
+                }
+            }
+        }
+        if !reconciled && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            continue;
+        }
+        let sum =
+            |f: &dyn Fn(&SnapshotReconciliation) -> i64| new.iter().map(f).sum::<i64>() as f64;
+        let adds_up = sum(&|s| s.rows_sent) == totals.rows_sent
+            && sum(&|s| s.rows_rejected) == totals.rows_rejected
+            && sum(&|s| s.created as i64) == totals.created
+            && sum(&|s| s.updated as i64) == totals.updated
+            && sum(&|s| s.unchanged()) == totals.unchanged
+            && sum(&|s| s.delivered as i64) == totals.delivered;
+        seen.extend(new.into_iter().map(|s| s.snapshot_id));
+        if !(reconciled && adds_up) {
+            println!("    reconcile over the topics does not agree with the metrics:\n{report}");
+        }
+        return Ok(reconciled && adds_up);
+    }
 }
 
 /// Prints the table and the verdict; true when every number adds up.

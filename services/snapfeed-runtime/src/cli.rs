@@ -63,6 +63,22 @@ pub enum CommonCommand {
     CheckConfig,
     /// Create missing topics and verify existing ones (partitions, co-partitioning).
     InitTopics,
+    /// Where every row of a snapshot went — rows read, rejected (by reason), sent; created,
+    /// updated, deleted, unchanged; delivered, dead-lettered, pending — read from the
+    /// pipeline's topics. Exit 0 only when every change of it is delivered.
+    Reconcile(ReconcileArgs),
+}
+
+/// `reconcile --file NAME | --snapshot ID`.
+#[derive(Debug, Clone, clap::Args)]
+#[group(required = true, multiple = false)]
+pub struct ReconcileArgs {
+    /// Every snapshot ingested from a file of this name.
+    #[arg(long)]
+    pub file: Option<String>,
+    /// One snapshot by id.
+    #[arg(long)]
+    pub snapshot: Option<String>,
 }
 
 /// Loads the config or reports why not (exit code 2).
@@ -132,7 +148,50 @@ where
                 }
             })
         }
+        CommonCommand::Reconcile(args) => execute_reconcile(config.common(), &args),
         CommonCommand::Run => run_with(service, config, run),
+    }
+}
+
+/// `reconcile`: prints the reconciliation; 0 when reconciled, 1 when not (or it failed).
+fn execute_reconcile(common: service::CommonSections<'_>, args: &ReconcileArgs) -> ExitCode {
+    use crate::reconcile::{reconcile, ReconcileOptions, ReconcileTarget};
+    let target = match (&args.file, &args.snapshot) {
+        (Some(file), _) => ReconcileTarget::File(file.clone()),
+        (None, Some(snapshot)) => ReconcileTarget::Snapshot(snapshot.clone()),
+        (None, None) => {
+            eprintln!("error: reconcile needs --file NAME or --snapshot ID");
+            return ExitCode::from(2);
+        }
+    };
+    let schemas = match crate::avro::SchemaStore::load_dir(&common.pipeline.schemas_dir) {
+        Ok(schemas) => schemas,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    match reconcile(
+        common.kafka,
+        &common.pipeline.name,
+        &common.topic_names(),
+        &schemas,
+        common.pipeline.processing_guarantee,
+        &target,
+        ReconcileOptions::default(),
+    ) {
+        Ok(reconciliation) => {
+            print!("{reconciliation}");
+            if reconciliation.is_reconciled() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
+        }
+        Err(error) => {
+            eprintln!("error: {error}");
+            ExitCode::from(1)
+        }
     }
 }
 

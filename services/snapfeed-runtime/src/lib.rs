@@ -31,6 +31,7 @@ pub mod health;
 pub mod kafka;
 pub mod metrics;
 pub mod partition;
+pub mod reconcile;
 pub mod record_key;
 pub mod records;
 pub mod replay;
