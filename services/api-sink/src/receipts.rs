@@ -82,11 +82,7 @@ impl ReceiptReader {
     }
 
     fn decode(&self, message: &BorrowedMessage<'_>) -> Option<DeliveryReceipt> {
-        let location = MessageLocation {
-            topic: self.topic.clone(),
-            partition: message.partition(),
-            offset: message.offset(),
-        };
+        let location = MessageLocation::of(message);
         let payload = message.payload()?;
         match self
             .schemas

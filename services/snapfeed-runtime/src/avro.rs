@@ -37,6 +37,17 @@ pub struct MessageLocation {
     pub offset: i64,
 }
 
+impl MessageLocation {
+    /// Where `message` is.
+    pub fn of(message: &impl rdkafka::Message) -> MessageLocation {
+        MessageLocation {
+            topic: message.topic().to_string(),
+            partition: message.partition(),
+            offset: message.offset(),
+        }
+    }
+}
+
 impl fmt::Display for MessageLocation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}/{}@{}", self.topic, self.partition, self.offset)

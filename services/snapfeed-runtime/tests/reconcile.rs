@@ -168,17 +168,19 @@ async fn a_snapshot_with_a_dead_letter_and_a_pending_change_is_not_reconciled() 
             encode(&schemas, DeadLetter::SCHEMA, &letter),
         );
 
+        let run = |target: &ReconcileTarget| {
+            reconcile(
+                &kafka,
+                &pipeline.name,
+                &topics,
+                &schemas,
+                guarantee,
+                target,
+                ReconcileOptions::default(),
+            )
+        };
         let by_file = ReconcileTarget::File("elr_20261201.csv".into());
-        let found = reconcile(
-            &kafka,
-            &pipeline.name,
-            &topics,
-            &schemas,
-            guarantee,
-            &by_file,
-            ReconcileOptions::default(),
-        )
-        .unwrap();
+        let found = run(&by_file).unwrap();
         assert_eq!(found.undecided, Some(0));
         assert_eq!(found.snapshots.len(), 1);
         let s = &found.snapshots[0];
@@ -204,29 +206,11 @@ async fn a_snapshot_with_a_dead_letter_and_a_pending_change_is_not_reconciled() 
         // A record on `snapshots` no detector has decided (the group has no offsets).
         send(&topics.snapshots, "E", b"undecided".to_vec());
         let by_id = ReconcileTarget::Snapshot(SNAPSHOT.into());
-        let found = reconcile(
-            &kafka,
-            &pipeline.name,
-            &topics,
-            &schemas,
-            guarantee,
-            &by_id,
-            ReconcileOptions::default(),
-        )
-        .unwrap();
+        let found = run(&by_id).unwrap();
         assert_eq!(found.undecided, Some(1));
 
         let missing = ReconcileTarget::File("never.csv".into());
-        let error = reconcile(
-            &kafka,
-            &pipeline.name,
-            &topics,
-            &schemas,
-            guarantee,
-            &missing,
-            ReconcileOptions::default(),
-        )
-        .unwrap_err();
+        let error = run(&missing).unwrap_err();
         assert!(matches!(error, ReconcileError::NotFound { .. }), "{error}");
         assert!(error.to_string().contains("never.csv"), "{error}");
     });

@@ -172,9 +172,5 @@ impl Envelopes {
 
 /// Where a message is, for errors and reject keys.
 pub fn location_of(message: &BorrowedMessage<'_>) -> MessageLocation {
-    MessageLocation {
-        topic: message.topic().to_string(),
-        partition: message.partition(),
-        offset: message.offset(),
-    }
+    MessageLocation::of(message)
 }

@@ -384,11 +384,7 @@ impl StateReader {
 
     /// The partition count a layout entry records (`None`, logged, if it cannot be read).
     fn layout_entry(&self, message: &rdkafka::message::BorrowedMessage<'_>) -> Option<i32> {
-        let location = MessageLocation {
-            topic: self.topic.clone(),
-            partition: message.partition(),
-            offset: message.offset(),
-        };
+        let location = MessageLocation::of(message);
         let payload = message.payload()?;
         match self
             .schemas
@@ -411,11 +407,7 @@ impl StateReader {
         message: &rdkafka::message::BorrowedMessage<'_>,
         streams: &mut Streams,
     ) {
-        let location = MessageLocation {
-            topic: self.topic.clone(),
-            partition: message.partition(),
-            offset: message.offset(),
-        };
+        let location = MessageLocation::of(message);
         let Some(payload) = message.payload() else {
             return;
         };
@@ -477,11 +469,7 @@ impl StateReader {
                 return;
             };
             layout.entry(key, message.partition(), self.partitions);
-            let location = MessageLocation {
-                topic: self.topic.clone(),
-                partition: message.partition(),
-                offset: message.offset(),
-            };
+            let location = MessageLocation::of(message);
             match self
                 .schemas
                 .decode::<DetectorState>(payload, DetectorState::SCHEMA, &location)

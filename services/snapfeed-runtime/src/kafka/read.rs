@@ -26,6 +26,34 @@ use rdkafka::{Message, Offset, TopicPartitionList};
 use super::{KafkaConfig, ProcessingGuarantee};
 use crate::client_log::ClientLog;
 
+/// Where a group stands on each of the first `partitions` partitions of `topic`: its committed
+/// offset, or the beginning where it has none — where what it has not processed starts (read it
+/// with [`TopicReader::read_from`]). `consumer` is in the group and never subscribes. Blocking.
+pub fn committed_or_beginning<C: rdkafka::consumer::ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    topic: &str,
+    partitions: i32,
+    timeout: Duration,
+) -> KafkaResult<Vec<(i32, Offset)>> {
+    let mut query = TopicPartitionList::new();
+    for partition in 0..partitions {
+        query.add_partition(topic, partition);
+    }
+    let committed = consumer.committed_offsets(query, timeout)?;
+    Ok((0..partitions)
+        .map(|partition| {
+            let offset = match committed
+                .find_partition(topic, partition)
+                .map(|e| e.offset())
+            {
+                Some(Offset::Offset(offset)) => Offset::Offset(offset),
+                _ => Offset::Beginning,
+            };
+            (partition, offset)
+        })
+        .collect())
+}
+
 /// How long one poll waits for the next message.
 const POLL: Duration = Duration::from_millis(100);
 
