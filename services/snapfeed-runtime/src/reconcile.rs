@@ -22,17 +22,19 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::BaseConsumer;
 use rdkafka::error::KafkaError;
-use rdkafka::{Message, Offset, TopicPartitionList};
+use rdkafka::Message;
 
 use crate::avro::{MessageLocation, SchemaStore};
-use crate::kafka::{KafkaConfig, ProcessingGuarantee, TopicReader};
+use crate::kafka::{committed_or_beginning, KafkaConfig, ProcessingGuarantee, TopicReader};
 use crate::records::{
     AvroRecord, ChangeEvent, ChangeOp, DeadLetter, DeliveryReceipt, FileLedgerEntry, FileStatus,
     RejectedRow,
 };
 use crate::topics::TopicNames;
+
+mod report;
 
 /// Which snapshot(s) to reconcile.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -163,122 +165,6 @@ impl Reconciliation {
     }
 }
 
-fn thousands(n: i64) -> String {
-    let digits = n.unsigned_abs().to_string();
-    let mut out = String::new();
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    if n < 0 {
-        format!("-{out}")
-    } else {
-        out
-    }
-}
-
-fn list(changes: &[ChangeRef], with_reason: bool) -> String {
-    let shown: Vec<String> = changes
-        .iter()
-        .take(10)
-        .map(|c| {
-            let reason = if with_reason && !c.reason.is_empty() {
-                format!(", {}", c.reason)
-            } else {
-                String::new()
-            };
-            format!(
-                "{} v{} (changes[{}]@{}{reason})",
-                c.key, c.version, c.partition, c.offset
-            )
-        })
-        .collect();
-    let more = changes.len().saturating_sub(shown.len());
-    let more = if more > 0 {
-        format!(" and {more} more")
-    } else {
-        String::new()
-    };
-    format!("{}{more}", shown.join("; "))
-}
-
-impl fmt::Display for Reconciliation {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for s in &self.snapshots {
-            writeln!(
-                f,
-                "snapshot {} — file {}, stream {}",
-                s.snapshot_id, s.file_name, s.stream
-            )?;
-            let status = match s.status {
-                Some(FileStatus::Completed) => "completed",
-                Some(FileStatus::InProgress) => "in progress",
-                Some(FileStatus::Failed) => "FAILED",
-                None => "unknown",
-            };
-            let total = s.rows_total.map_or("?".to_string(), thousands);
-            let reasons: Vec<String> = s
-                .rejected_by_reason
-                .iter()
-                .map(|(reason, n)| format!("{reason} {}", thousands(*n as i64)))
-                .collect();
-            let reasons = if reasons.is_empty() {
-                String::new()
-            } else {
-                format!(" ({})", reasons.join(", "))
-            };
-            writeln!(
-                f,
-                "  file-source:     {status}; {total} rows read: {} sent, {} rejected{reasons}",
-                thousands(s.rows_sent),
-                thousands(s.rows_rejected)
-            )?;
-            let unchanged = if self.undecided.unwrap_or(0) == 0 {
-                thousands(s.unchanged())
-            } else {
-                "?".to_string()
-            };
-            writeln!(
-                f,
-                "  change-detector: {} created, {} updated, {} deleted, {unchanged} unchanged",
-                thousands(s.created as i64),
-                thousands(s.updated as i64),
-                thousands(s.deleted as i64)
-            )?;
-            writeln!(
-                f,
-                "  api-sink:        {} delivered, {} dead-lettered, {} pending",
-                thousands(s.delivered as i64),
-                s.dead_lettered.len(),
-                s.pending.len()
-            )?;
-            if !s.dead_lettered.is_empty() {
-                writeln!(f, "  dead-lettered:   {}", list(&s.dead_lettered, true))?;
-            }
-            if !s.pending.is_empty() {
-                writeln!(f, "  pending:         {}", list(&s.pending, false))?;
-            }
-        }
-        if let Some(undecided) = self.undecided.filter(|n| *n > 0) {
-            writeln!(
-                f,
-                "change-detector has {} snapshot record(s) not decided yet: the counts above may still grow",
-                thousands(undecided as i64)
-            )?;
-        }
-        if self.is_reconciled() {
-            writeln!(
-                f,
-                "RECONCILED: every row is accounted for and every change delivered."
-            )
-        } else {
-            writeln!(f, "NOT RECONCILED: see the dead-lettered, pending or undecided changes above (or a file not completed).")
-        }
-    }
-}
-
 /// Reconciles `target` on the pipeline `pipeline` (its group ids derive from it). Blocking.
 pub fn reconcile(
     kafka: &KafkaConfig,
@@ -294,11 +180,7 @@ pub fn reconcile(
     let decode_failed = |what: &str, location: &MessageLocation, error: &dyn fmt::Display| {
         tracing::warn!(message = "Skipping a record that does not decode.", what, %location, %error);
     };
-    let location = |m: &rdkafka::message::BorrowedMessage<'_>| MessageLocation {
-        topic: m.topic().to_string(),
-        partition: m.partition(),
-        offset: m.offset(),
-    };
+    let location = |m: &rdkafka::message::BorrowedMessage<'_>| MessageLocation::of(m);
 
     // The ledger: the last entry per file hash.
     let mut files: HashMap<String, FileLedgerEntry> = HashMap::new();
@@ -476,25 +358,8 @@ fn undecided(
         .create()
         .map_err(failed("create a consumer"))?;
     let partitions = reader.partitions(topic).map_err(failed("metadata"))?;
-    let mut query = TopicPartitionList::new();
-    for partition in 0..partitions {
-        query.add_partition(topic, partition);
-    }
-    let committed = offsets
-        .committed_offsets(query, kafka.request_timeout())
+    let from = committed_or_beginning(&offsets, topic, partitions, kafka.request_timeout())
         .map_err(failed("committed offsets"))?;
-    let from: Vec<(i32, Offset)> = (0..partitions)
-        .map(|partition| {
-            let offset = match committed
-                .find_partition(topic, partition)
-                .map(|e| e.offset())
-            {
-                Some(Offset::Offset(offset)) => Offset::Offset(offset),
-                _ => Offset::Beginning,
-            };
-            (partition, offset)
-        })
-        .collect();
     reader
         .read_from(topic, &from, |_| {})
         .map_err(failed("read past the detector's offsets"))
@@ -546,12 +411,5 @@ mod tests {
         all.snapshots[0].dead_lettered.clear();
         all.snapshots[0].status = Some(FileStatus::InProgress);
         assert!(!all.is_reconciled());
-    }
-
-    #[test]
-    fn big_numbers_are_grouped() {
-        assert_eq!(thousands(500_212), "500,212");
-        assert_eq!(thousands(12), "12");
-        assert_eq!(thousands(-1_000), "-1,000");
     }
 }

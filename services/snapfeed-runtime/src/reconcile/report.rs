@@ -1,0 +1,135 @@
+//! How a [`Reconciliation`] reads: per snapshot, one line per stage, the changes that are not
+//! delivered named by record key and version (never record contents), and the verdict.
+
+use std::fmt;
+
+use super::{ChangeRef, Reconciliation};
+use crate::records::FileStatus;
+
+fn thousands(n: i64) -> String {
+    let digits = n.unsigned_abs().to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    if n < 0 {
+        format!("-{out}")
+    } else {
+        out
+    }
+}
+
+fn list(changes: &[ChangeRef], with_reason: bool) -> String {
+    let shown: Vec<String> = changes
+        .iter()
+        .take(10)
+        .map(|c| {
+            let reason = if with_reason && !c.reason.is_empty() {
+                format!(", {}", c.reason)
+            } else {
+                String::new()
+            };
+            format!(
+                "{} v{} (changes[{}]@{}{reason})",
+                c.key, c.version, c.partition, c.offset
+            )
+        })
+        .collect();
+    let more = changes.len().saturating_sub(shown.len());
+    let more = if more > 0 {
+        format!(" and {more} more")
+    } else {
+        String::new()
+    };
+    format!("{}{more}", shown.join("; "))
+}
+
+impl fmt::Display for Reconciliation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for s in &self.snapshots {
+            writeln!(
+                f,
+                "snapshot {} — file {}, stream {}",
+                s.snapshot_id, s.file_name, s.stream
+            )?;
+            let status = match s.status {
+                Some(FileStatus::Completed) => "completed",
+                Some(FileStatus::InProgress) => "in progress",
+                Some(FileStatus::Failed) => "FAILED",
+                None => "unknown",
+            };
+            let total = s.rows_total.map_or("?".to_string(), thousands);
+            let reasons: Vec<String> = s
+                .rejected_by_reason
+                .iter()
+                .map(|(reason, n)| format!("{reason} {}", thousands(*n as i64)))
+                .collect();
+            let reasons = if reasons.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", reasons.join(", "))
+            };
+            writeln!(
+                f,
+                "  file-source:     {status}; {total} rows read: {} sent, {} rejected{reasons}",
+                thousands(s.rows_sent),
+                thousands(s.rows_rejected)
+            )?;
+            let unchanged = if self.undecided.unwrap_or(0) == 0 {
+                thousands(s.unchanged())
+            } else {
+                "?".to_string()
+            };
+            writeln!(
+                f,
+                "  change-detector: {} created, {} updated, {} deleted, {unchanged} unchanged",
+                thousands(s.created as i64),
+                thousands(s.updated as i64),
+                thousands(s.deleted as i64)
+            )?;
+            writeln!(
+                f,
+                "  api-sink:        {} delivered, {} dead-lettered, {} pending",
+                thousands(s.delivered as i64),
+                s.dead_lettered.len(),
+                s.pending.len()
+            )?;
+            if !s.dead_lettered.is_empty() {
+                writeln!(f, "  dead-lettered:   {}", list(&s.dead_lettered, true))?;
+            }
+            if !s.pending.is_empty() {
+                writeln!(f, "  pending:         {}", list(&s.pending, false))?;
+            }
+        }
+        if let Some(undecided) = self.undecided.filter(|n| *n > 0) {
+            writeln!(
+                f,
+                "change-detector has {} snapshot record(s) not decided yet: the counts above may still grow",
+                thousands(undecided as i64)
+            )?;
+        }
+        if self.is_reconciled() {
+            writeln!(
+                f,
+                "RECONCILED: every row is accounted for and every change delivered."
+            )
+        } else {
+            writeln!(f, "NOT RECONCILED: see the dead-lettered, pending or undecided changes above (or a file not completed).")
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn big_numbers_are_grouped() {
+        assert_eq!(thousands(500_212), "500,212");
+        assert_eq!(thousands(12), "12");
+        assert_eq!(thousands(-1_000), "-1,000");
+    }
+}
