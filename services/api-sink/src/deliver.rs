@@ -65,7 +65,7 @@ pub const API_REACHABLE: &str = "api_reachable";
 /// Readiness condition: every outcome could be recorded (no lane is stalled).
 pub const OUTCOMES_RECORDED: &str = "outcomes_recorded";
 /// Header counting how often a change was redriven from the dead letters.
-pub const REDRIVE_COUNT_HEADER: &str = "snapfeed-redrive-count";
+pub use snapfeed_runtime::dead_letters::REDRIVE_COUNT_HEADER;
 /// Dead-letter reason for a change that does not decode.
 pub const REASON_UNDECODABLE: &str = "undecodable";
 

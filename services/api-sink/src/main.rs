@@ -28,6 +28,12 @@ enum Command {
         /// Only letters of this reason (`http_4xx`, `retry_budget_exhausted`, …).
         #[arg(long)]
         reason: Option<String>,
+        /// Only letters of this record key.
+        #[arg(long)]
+        key: Option<String>,
+        /// Print what would be redriven; write nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
 }
 
@@ -42,7 +48,18 @@ fn main() -> ExitCode {
             since,
             status,
             reason,
-        } => redrive(config, since, status, reason),
+            key,
+            dry_run,
+        } => {
+            let filter = api_sink::redrive::RedriveFilter {
+                since: None,
+                status,
+                reason,
+                key,
+                state: None,
+            };
+            redrive(config, since, filter, dry_run)
+        }
         // The replay markers on `deliveries` keep the receipts of the first run from holding
         // the replayed range back (see `api_sink::receipts`).
         Command::Replay(ReplayArgs { to }) => execute_replay_then::<api_sink::ApiSinkConfig>(
@@ -58,8 +75,8 @@ fn main() -> ExitCode {
 fn redrive(
     config_path: Option<&std::path::Path>,
     since: Option<String>,
-    status: Option<i32>,
-    reason: Option<String>,
+    mut filter: api_sink::redrive::RedriveFilter,
+    dry_run: bool,
 ) -> ExitCode {
     let config = match snapfeed_runtime::cli::load_config::<api_sink::ApiSinkConfig>(config_path) {
         Ok(config) => config,
@@ -88,17 +105,14 @@ fn redrive(
     };
     use snapfeed_runtime::service::HasCommonSections;
     let topics = config.common().topic_names();
-    let filter = api_sink::redrive::RedriveFilter {
-        since,
-        status,
-        reason,
-    };
+    filter.since = since;
     match api_sink::redrive::redrive(
         &config.kafka,
         config.pipeline.processing_guarantee,
         &topics,
         &schemas,
         &filter,
+        dry_run,
     ) {
         Ok(report) => {
             println!("{report}");

@@ -1,62 +1,75 @@
 //! Redrive: dead letters back onto `changes`, once their cause is fixed.
 //!
-//! Reads `dead-letters` from the beginning to its end, picks the letters matching the
-//! filters (dead-lettered at or after `--since`, with `--status`), and re-publishes each
-//! letter's original change to `changes` (same key, so the same partition and lane) with the
-//! redrive count in a header. A letter is skipped when a newer version of its key has been
-//! delivered since (read from `deliveries`): sending an older version after a newer one would
-//! overwrite the case with stale data. Prints what it redrove and skipped.
+//! Picks the letters matching the filters (dead-lettered at or after `--since`, with
+//! `--status`, `--reason`, `--key`) that are **open** — where each letter stands is read from
+//! `dead-letters`, `changes` and `deliveries` by [`snapfeed_runtime::dead_letters`] — and
+//! re-publishes each one's original change to `changes` (same key, so the same partition and
+//! lane) with the redrive count in a header. Left alone, and counted:
+//! - a letter whose key has had a newer version delivered or waiting on `changes` since:
+//!   sending the older version after it would overwrite the case with stale data;
+//! - a letter already redriven whose copy the sink has not finished with — so a second redrive
+//!   before the sink caught up publishes nothing twice;
+//! - a letter delivered since, or replaced by a later letter of the same change.
+//!
+//! `--dry-run` prints what would be redriven and writes nothing.
 //!
 //! Guarantee: at least once. The changes are written through a
 //! [`GuaranteedWriter`] and the redrive reports success only once every one is acknowledged;
 //! a failed or interrupted redrive can be run again — a letter redriven twice reaches the API
-//! with the same Idempotency-Key (and one whose key has moved on since is skipped).
+//! with the same Idempotency-Key.
 
-use std::collections::HashMap;
+use std::fmt;
 
-use chrono::{DateTime, Utc};
-use rdkafka::error::KafkaError;
-use rdkafka::message::{BorrowedMessage, Header, OwnedHeaders};
-use rdkafka::Message;
-use snapfeed_runtime::avro::{MessageLocation, SchemaStore};
+use rdkafka::message::{Header, OwnedHeaders};
+use snapfeed_runtime::avro::SchemaStore;
+use snapfeed_runtime::dead_letters::{read_letters, LetterState};
+use snapfeed_runtime::inspect::InspectError;
 use snapfeed_runtime::kafka::{
-    GuaranteedWriter, KafkaConfig, OutgoingRecord, ProcessingGuarantee, TopicReader, WriteError,
+    GuaranteedWriter, KafkaConfig, OutgoingRecord, ProcessingGuarantee, WriteError,
 };
-use snapfeed_runtime::records::{AvroRecord, ChangeEvent, DeadLetter, DeliveryReceipt};
 use snapfeed_runtime::topics::TopicNames;
 
 use crate::deliver::REDRIVE_COUNT_HEADER;
 
-/// Which dead letters to redrive.
-#[derive(Debug, Clone, Default)]
-pub struct RedriveFilter {
-    /// Only letters dead-lettered at or after this time.
-    pub since: Option<DateTime<Utc>>,
-    /// Only letters whose last status is this one.
-    pub status: Option<i32>,
-    /// Only letters of this reason.
-    pub reason: Option<String>,
-}
+/// Which dead letters to redrive: `since`, `status`, `reason`, `key` (a `state` other than
+/// open selects nothing: only open letters are redriven).
+pub use snapfeed_runtime::dead_letters::LetterFilter as RedriveFilter;
 
-/// What a redrive did.
+/// What a redrive did (or, in a dry run, would do).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RedriveReport {
-    /// Letters re-published.
-    pub redriven: usize,
-    /// Letters left alone: a newer version of the key was delivered since.
+    /// Nothing was written.
+    pub dry_run: bool,
+    /// The changes re-published (key, version), in letter order.
+    pub redriven: Vec<(String, i64)>,
+    /// Letters left alone: a newer version of the key was delivered or is waiting.
     pub superseded: usize,
+    /// Letters already redriven, the copy not delivered yet.
+    pub already_redriven: usize,
+    /// Letters delivered since, or replaced by a later letter of the same change.
+    pub settled: usize,
     /// Letters not matching the filter.
     pub filtered_out: usize,
     /// Letters whose change is undecodable (reason `undecodable`) — redriving cannot help.
     pub undecodable: usize,
 }
 
-impl std::fmt::Display for RedriveReport {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+impl fmt::Display for RedriveReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let verb = if self.dry_run { "would redrive" } else { "redrove" };
+        for (key, version) in &self.redriven {
+            writeln!(f, "{verb} {key} v{version}")?;
+        }
         write!(
             f,
-            "redriven {}, skipped as superseded {}, not matching {}, undecodable {}",
-            self.redriven, self.superseded, self.filtered_out, self.undecodable
+            "{} {}, skipped: superseded {}, already redriven {}, delivered or replaced {}, not matching {}, undecodable {}",
+            if self.dry_run { "would redrive" } else { "redriven" },
+            self.redriven.len(),
+            self.superseded,
+            self.already_redriven,
+            self.settled,
+            self.filtered_out,
+            self.undecodable
         )
     }
 }
@@ -65,134 +78,89 @@ impl std::fmt::Display for RedriveReport {
 #[derive(Debug, thiserror::Error)]
 pub enum RedriveError {
     /// Reading `deliveries`, `dead-letters` or `changes` failed.
-    #[error("kafka {context}: {source}")]
-    Read {
-        /// What we were doing.
-        context: &'static str,
-        /// The client error.
-        source: KafkaError,
-    },
+    #[error(transparent)]
+    Read(#[from] InspectError),
     /// The redriven changes could not be written (or acknowledged): run it again — a change
     /// redriven twice is delivered with the same Idempotency-Key.
     #[error(transparent)]
     Write(#[from] WriteError),
 }
 
-fn failed(context: &'static str) -> impl FnOnce(KafkaError) -> RedriveError {
-    move |source| RedriveError::Read { context, source }
-}
-
-/// Redrives the matching dead letters (blocking).
+/// Redrives the matching open dead letters, or only reports them when `dry_run` (blocking).
 pub fn redrive(
     kafka: &KafkaConfig,
     guarantee: ProcessingGuarantee,
     topics: &TopicNames,
     schemas: &SchemaStore,
     filter: &RedriveFilter,
+    dry_run: bool,
 ) -> Result<RedriveReport, RedriveError> {
-    let reader =
-        TopicReader::new(kafka, "api-sink-redrive", guarantee).map_err(failed("reader"))?;
-    let read_all = |topic: &str, each: &mut dyn FnMut(&BorrowedMessage<'_>)| {
-        reader
-            .read_all(topic, each)
-            .map(|_| ())
-            .map_err(failed("read"))
+    let letters = read_letters(kafka, guarantee, topics, schemas)?;
+    let mut report = RedriveReport {
+        dry_run,
+        ..RedriveReport::default()
     };
-    let location = |topic: &str, m: &rdkafka::message::BorrowedMessage<'_>| MessageLocation {
-        topic: topic.to_string(),
-        partition: m.partition(),
-        offset: m.offset(),
-    };
-    let mut delivered: HashMap<String, i64> = HashMap::new();
-    read_all(&topics.deliveries, &mut |m| {
-        if let Some(Ok(receipt)) = m.payload().map(|p| {
-            schemas.decode::<DeliveryReceipt>(
-                p,
-                DeliveryReceipt::SCHEMA,
-                &location(&topics.deliveries, m),
-            )
-        }) {
-            let newest = delivered.entry(receipt.key).or_insert(receipt.version);
-            *newest = (*newest).max(receipt.version);
-        }
-    })?;
-    let mut letters = Vec::new();
-    read_all(&topics.dead_letters, &mut |m| {
-        if let Some(Ok(letter)) = m.payload().map(|p| {
-            schemas.decode::<DeadLetter>(p, DeadLetter::SCHEMA, &location(&topics.dead_letters, m))
-        }) {
-            letters.push(letter);
-        }
-    })?;
-
-    // A newer version still waiting on `changes` (not yet delivered) supersedes a letter too:
-    // redriving the old one behind it would leave the API on the older version.
-    let wanted: std::collections::HashSet<&str> =
-        letters.iter().filter_map(|l| l.key.as_deref()).collect();
-    let mut pending: HashMap<String, i64> = HashMap::new();
-    read_all(&topics.changes, &mut |m| {
-        let Some(Ok(key)) = m.key().map(std::str::from_utf8) else {
-            return;
-        };
-        if !wanted.contains(key) {
-            return;
-        }
-        if let Some(Ok(change)) = m.payload().map(|p| {
-            schemas.decode::<ChangeEvent>(p, ChangeEvent::SCHEMA, &location(&topics.changes, m))
-        }) {
-            let newest = pending.entry(change.key).or_insert(change.version);
-            *newest = (*newest).max(change.version);
-        }
-    })?;
-
     // at_least_once: a redrive is not part of a transaction; acknowledged before it reports.
-    let writer = GuaranteedWriter::connect(
-        kafka,
-        "api-sink-redrive",
-        ProcessingGuarantee::AtLeastOnce,
-        "api-sink-redrive",
-    )?;
-    let mut report = RedriveReport::default();
-    for letter in letters {
-        let matches = filter
-            .since
-            .is_none_or(|since| letter.dead_lettered_at >= since.timestamp_millis())
-            && filter
-                .status
-                .is_none_or(|status| letter.status == Some(status))
-            && filter
-                .reason
-                .as_deref()
-                .is_none_or(|reason| letter.reason == reason);
-        if !matches {
+    let writer = if dry_run {
+        None
+    } else {
+        Some(GuaranteedWriter::connect(
+            kafka,
+            "api-sink-redrive",
+            ProcessingGuarantee::AtLeastOnce,
+            "api-sink-redrive",
+        )?)
+    };
+    for letter in &letters {
+        if !filter.matches(letter) {
             report.filtered_out += 1;
             continue;
         }
-        let (Some(key), Some(version)) = (&letter.key, letter.version) else {
+        match letter.state {
+            LetterState::Open => {}
+            LetterState::Superseded => {
+                report.superseded += 1;
+                continue;
+            }
+            LetterState::Redriven => {
+                report.already_redriven += 1;
+                continue;
+            }
+            LetterState::Delivered | LetterState::Replaced => {
+                report.settled += 1;
+                continue;
+            }
+            LetterState::Undecodable => {
+                report.undecodable += 1;
+                continue;
+            }
+        }
+        let l = &letter.letter;
+        let (Some(key), Some(version)) = (&l.key, l.version) else {
             report.undecodable += 1;
             continue;
         };
-        if delivered.get(key).is_some_and(|newest| *newest >= version)
-            || pending.get(key).is_some_and(|newest| *newest > version)
-        {
-            report.superseded += 1;
-            continue;
+        if let Some(writer) = &writer {
+            let count = (l.redrive_count + 1).to_string();
+            let headers = OwnedHeaders::new().insert(Header {
+                key: REDRIVE_COUNT_HEADER,
+                value: Some(count.as_bytes()),
+            });
+            writer.send(
+                OutgoingRecord::new(&topics.changes, key.as_bytes(), &l.change).headers(headers),
+            )?;
         }
-        let count = (letter.redrive_count + 1).to_string();
-        let headers = OwnedHeaders::new().insert(Header {
-            key: REDRIVE_COUNT_HEADER,
-            value: Some(count.as_bytes()),
-        });
-        writer.send(
-            OutgoingRecord::new(&topics.changes, key.as_bytes(), &letter.change).headers(headers),
-        )?;
-        report.redriven += 1;
+        report.redriven.push((key.clone(), version));
     }
-    writer.acknowledge()?;
+    if let Some(writer) = &writer {
+        writer.acknowledge()?;
+    }
     tracing::info!(
         message = "Redrive done.",
-        redriven = report.redriven,
+        dry_run,
+        redriven = report.redriven.len(),
         superseded = report.superseded,
+        already_redriven = report.already_redriven,
         filtered_out = report.filtered_out
     );
     Ok(report)

@@ -368,6 +368,7 @@ async fn redrive_brings_dead_letters_back_except_superseded_ones() {
                 status: Some(500),
                 ..RedriveFilter::default()
             },
+            false,
         )
     })
     .unwrap();
@@ -381,28 +382,64 @@ async fn redrive_brings_dead_letters_back_except_superseded_ones() {
 
     // The cause is fixed.
     f.stub.clear_rules();
-    let report = block_in_place(|| {
+    // A dry run names what a redrive would publish, and publishes nothing.
+    let changes_before = f.read(&f.pipeline.topics.changes).len();
+    let fixed = RedriveFilter {
+        status: Some(400),
+        reason: Some("http_4xx".into()),
+        ..RedriveFilter::default()
+    };
+    let dry = block_in_place(|| {
+        api_sink::redrive::redrive(&kafka, f.guarantee, &f.pipeline.topics, &f.store, &fixed, true)
+    })
+    .unwrap();
+    assert_eq!(dry.redriven, vec![(a.clone(), 1)]);
+    assert_eq!(dry.superseded, 1);
+    assert!(dry.to_string().contains(&format!("would redrive {a} v1")), "{dry}");
+    assert_eq!(f.read(&f.pipeline.topics.changes).len(), changes_before);
+    // --key picks one key's letters.
+    let other_key = block_in_place(|| {
         api_sink::redrive::redrive(
             &kafka,
             f.guarantee,
             &f.pipeline.topics,
             &f.store,
             &RedriveFilter {
-                status: Some(400),
-                reason: Some("http_4xx".into()),
+                key: Some(c.clone()),
                 ..RedriveFilter::default()
             },
+            true,
         )
     })
     .unwrap();
-    assert_eq!(
-        report,
-        RedriveReport {
-            redriven: 1,
-            superseded: 1,
-            ..RedriveReport::default()
-        }
+    assert!(other_key.redriven.is_empty());
+    assert_eq!(other_key.filtered_out, 2);
+
+    // The sink is behind (stopped) while the operator redrives — twice.
+    sink.stop().await;
+    let redrive = || {
+        block_in_place(|| {
+            api_sink::redrive::redrive(
+                &kafka,
+                f.guarantee,
+                &f.pipeline.topics,
+                &f.store,
+                &fixed,
+                false,
+            )
+        })
+        .unwrap()
+    };
+    let report = redrive();
+    assert_eq!(report.redriven, vec![(a.clone(), 1)]);
+    assert_eq!(report.superseded, 1);
+    let again = redrive();
+    assert!(
+        again.redriven.is_empty(),
+        "a second redrive before the sink caught up publishes again: {again}"
     );
+    assert_eq!((again.already_redriven, again.superseded), (1, 1));
+    let sink = f.start_sink(&SinkOptions::default()).await;
 
     let a_key = &produced[0].idempotency_key;
     assert!(
@@ -460,6 +497,27 @@ async fn redrive_brings_dead_letters_back_except_superseded_ones() {
         "B v1 was sent once (refused), never redriven"
     );
     assert_eq!(f.dead_letters().len(), 2, "no new dead letters");
+
+    // `dead-letters list` tells where each stands now.
+    let letters = block_in_place(|| {
+        snapfeed_runtime::dead_letters::read_letters(
+            &kafka,
+            f.guarantee,
+            &f.pipeline.topics,
+            &f.store,
+        )
+    })
+    .unwrap();
+    let states: BTreeSet<(String, &str)> = letters
+        .iter()
+        .map(|l| (l.letter.key.clone().unwrap(), l.state.as_str()))
+        .collect();
+    assert_eq!(
+        states,
+        [(a.clone(), "delivered"), (b.clone(), "superseded")]
+            .into_iter()
+            .collect()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -490,6 +548,7 @@ async fn redrive_never_sends_an_older_version_after_a_newer_one_still_waiting() 
             &f.pipeline.topics,
             &f.store,
             &RedriveFilter::default(),
+            false,
         )
     })
     .unwrap();

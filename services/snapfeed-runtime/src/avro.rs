@@ -290,6 +290,21 @@ impl SchemaStore {
         self.by_fingerprint.get(fingerprint)
     }
 
+    /// The writer schema of a single-object payload, whatever kind of record it is.
+    pub fn writer(
+        &self,
+        payload: &[u8],
+        location: &MessageLocation,
+    ) -> Result<&Arc<LoadedSchema>, AvroError> {
+        let fingerprint = header_fingerprint(payload, location)?;
+        self.by_fingerprint
+            .get(&fingerprint)
+            .ok_or_else(|| AvroError::UnknownFingerprint {
+                location: location.clone(),
+                fingerprint: hex(&fingerprint),
+            })
+    }
+
     /// The writer schema of a single-object payload, checked to be a version of `expected`.
     pub fn writer_of(
         &self,
@@ -297,14 +312,7 @@ impl SchemaStore {
         expected: &str,
         location: &MessageLocation,
     ) -> Result<&Arc<LoadedSchema>, AvroError> {
-        let fingerprint = header_fingerprint(payload, location)?;
-        let writer =
-            self.by_fingerprint
-                .get(&fingerprint)
-                .ok_or_else(|| AvroError::UnknownFingerprint {
-                    location: location.clone(),
-                    fingerprint: hex(&fingerprint),
-                })?;
+        let writer = self.writer(payload, location)?;
         if writer.name != expected {
             return Err(AvroError::WrongSchema {
                 location: location.clone(),

@@ -22,12 +22,11 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 
-use rdkafka::consumer::BaseConsumer;
 use rdkafka::error::KafkaError;
 use rdkafka::Message;
 
 use crate::avro::{MessageLocation, SchemaStore};
-use crate::kafka::{committed_or_beginning, KafkaConfig, ProcessingGuarantee, TopicReader};
+use crate::kafka::{group_positions, KafkaConfig, ProcessingGuarantee, TopicReader};
 use crate::records::{
     AvroRecord, ChangeEvent, ChangeOp, DeadLetter, DeliveryReceipt, FileLedgerEntry, FileStatus,
     RejectedRow,
@@ -353,12 +352,8 @@ fn undecided(
     topic: &str,
 ) -> Result<u64, ReconcileError> {
     let group = format!("{pipeline}.change-detector");
-    let offsets: BaseConsumer = kafka
-        .consumer_config("reconcile", &group, ProcessingGuarantee::AtLeastOnce)
-        .create()
-        .map_err(failed("create a consumer"))?;
     let partitions = reader.partitions(topic).map_err(failed("metadata"))?;
-    let from = committed_or_beginning(&offsets, topic, partitions, kafka.request_timeout())
+    let from = group_positions(kafka, "reconcile", &group, topic, partitions)
         .map_err(failed("committed offsets"))?;
     reader
         .read_from(topic, &from, |_| {})

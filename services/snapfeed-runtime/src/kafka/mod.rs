@@ -24,7 +24,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use serde::{Deserialize, Serialize};
 
 pub use consume::{commit_offsets, consume_until_stopped, ConsumingStage};
-pub use read::{committed_or_beginning, TopicReader};
+pub use read::{committed_or_beginning, group_positions, TopicReader};
 pub use settings::KafkaConfig;
 pub use writer::{Acknowledgement, Consumed, GuaranteedWriter, OutgoingRecord, WriteError};
 

@@ -15,6 +15,7 @@
 //! the last error seen.
 
 use std::collections::BTreeSet;
+use std::ops::ControlFlow;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -52,6 +53,21 @@ pub fn committed_or_beginning<C: rdkafka::consumer::ConsumerContext>(
             (partition, offset)
         })
         .collect())
+}
+
+/// [`committed_or_beginning`] of `group` on `topic`, through a short-lived member of the
+/// group that never joins it (`client` names it). Blocking.
+pub fn group_positions(
+    kafka: &KafkaConfig,
+    client: &str,
+    group: &str,
+    topic: &str,
+    partitions: i32,
+) -> KafkaResult<Vec<(i32, Offset)>> {
+    let consumer: BaseConsumer = kafka
+        .consumer_config(client, group, ProcessingGuarantee::AtLeastOnce)
+        .create()?;
+    committed_or_beginning(&consumer, topic, partitions, kafka.request_timeout())
 }
 
 /// How long one poll waits for the next message.
@@ -96,6 +112,21 @@ impl TopicReader {
             .map_or(0, |t| t.partitions().len() as i32))
     }
 
+    /// Per partition of `topic`, the first offset whose timestamp is at or after `millis`, or
+    /// the end where none is (Kafka's ListOffsets by timestamp). Blocking.
+    pub fn offsets_for_time(&self, topic: &str, millis: i64) -> KafkaResult<Vec<(i32, Offset)>> {
+        let mut query = TopicPartitionList::new();
+        for partition in 0..self.partitions(topic)? {
+            query.add_partition_offset(topic, partition, Offset::Offset(millis))?;
+        }
+        let found = self.consumer.offsets_for_times(query, self.timeout)?;
+        Ok(found
+            .elements_for_topic(topic)
+            .iter()
+            .map(|e| (e.partition(), e.offset()))
+            .collect())
+    }
+
     /// Reads every partition of `topic` from the beginning to its end, calling `each` per
     /// message (in offset order within a partition). Returns the messages read. Blocking.
     pub fn read_all(
@@ -130,6 +161,19 @@ impl TopicReader {
         from: &[(i32, Offset)],
         mut each: impl FnMut(&BorrowedMessage<'_>),
     ) -> KafkaResult<u64> {
+        self.read_until(topic, from, |message| {
+            each(message);
+            ControlFlow::Continue(())
+        })
+    }
+
+    /// [`TopicReader::read_from`], stopping early when `each` breaks. Blocking.
+    pub fn read_until(
+        &self,
+        topic: &str,
+        from: &[(i32, Offset)],
+        mut each: impl FnMut(&BorrowedMessage<'_>) -> ControlFlow<()>,
+    ) -> KafkaResult<u64> {
         if from.is_empty() {
             return Ok(0);
         }
@@ -149,7 +193,7 @@ impl TopicReader {
         &self,
         topic: &str,
         partitions: &[i32],
-        each: &mut impl FnMut(&BorrowedMessage<'_>),
+        each: &mut impl FnMut(&BorrowedMessage<'_>) -> ControlFlow<()>,
     ) -> KafkaResult<u64> {
         let mut open: BTreeSet<i32> = partitions.iter().copied().collect();
         let (mut read, mut last_progress, mut last_error) = (0u64, Instant::now(), None);
@@ -162,7 +206,9 @@ impl TopicReader {
                 {
                     last_progress = Instant::now();
                     read += 1;
-                    each(&message);
+                    if each(&message).is_break() {
+                        return Ok(read);
+                    }
                 }
                 Some(Ok(_)) | None => {}
                 Some(Err(KafkaError::PartitionEOF(partition))) => {

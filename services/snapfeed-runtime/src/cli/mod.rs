@@ -1,5 +1,6 @@
 //! The binary edge shared by the three services: `--config`, the common subcommands (`run`,
-//! `check-config`, `init-topics`), the tokio runtime, logging, signals and exit codes.
+//! `check-config`, `init-topics`, and the operator's `reconcile`, `trace`, `tail`,
+//! `dead-letters list` in `cli/operator.rs`), the tokio runtime, logging, signals and exit codes.
 //!
 //! Exit codes: 0 success (including a drained shutdown), 1 the stage failed, 2 bad config or
 //! usage, 130 a second signal interrupted draining.
@@ -13,6 +14,8 @@ use crate::service::{self, HasCommonSections};
 use crate::shutdown::{self, Shutdown};
 use crate::telemetry;
 use crate::topics;
+
+mod operator;
 
 /// Options every binary takes.
 #[derive(Debug, clap::Args)]
@@ -67,6 +70,14 @@ pub enum CommonCommand {
     /// updated, deleted, unchanged; delivered, dead-lettered, pending — read from the
     /// pipeline's topics. Exit 0 only when every change of it is delivered.
     Reconcile(ReconcileArgs),
+    /// One record's life across the topics, oldest first: its rows, the detector's verdicts
+    /// and versions, deliveries and dead letters. Values only with --show-values.
+    Trace(operator::TraceArgs),
+    /// Decode a pipeline topic to JSON lines (health data redacted unless --show-values).
+    Tail(operator::TailArgs),
+    /// The dead letters and where each stands (open, redriven, delivered, superseded, …).
+    #[command(subcommand)]
+    DeadLetters(operator::DeadLettersCommand),
 }
 
 /// `reconcile --file NAME | --snapshot ID`.
@@ -148,50 +159,11 @@ where
                 }
             })
         }
-        CommonCommand::Reconcile(args) => execute_reconcile(config.common(), &args),
+        CommonCommand::Reconcile(args) => operator::reconcile(config.common(), &args),
+        CommonCommand::Trace(args) => operator::trace(config.common(), &args),
+        CommonCommand::Tail(args) => operator::tail(config.common(), &args),
+        CommonCommand::DeadLetters(command) => operator::dead_letters(config.common(), &command),
         CommonCommand::Run => run_with(service, config, run),
-    }
-}
-
-/// `reconcile`: prints the reconciliation; 0 when reconciled, 1 when not (or it failed).
-fn execute_reconcile(common: service::CommonSections<'_>, args: &ReconcileArgs) -> ExitCode {
-    use crate::reconcile::{reconcile, ReconcileOptions, ReconcileTarget};
-    let target = match (&args.file, &args.snapshot) {
-        (Some(file), _) => ReconcileTarget::File(file.clone()),
-        (None, Some(snapshot)) => ReconcileTarget::Snapshot(snapshot.clone()),
-        (None, None) => {
-            eprintln!("error: reconcile needs --file NAME or --snapshot ID");
-            return ExitCode::from(2);
-        }
-    };
-    let schemas = match crate::avro::SchemaStore::load_dir(&common.pipeline.schemas_dir) {
-        Ok(schemas) => schemas,
-        Err(error) => {
-            eprintln!("error: {error}");
-            return ExitCode::from(2);
-        }
-    };
-    match reconcile(
-        common.kafka,
-        &common.pipeline.name,
-        &common.topic_names(),
-        &schemas,
-        common.pipeline.processing_guarantee,
-        &target,
-        ReconcileOptions::default(),
-    ) {
-        Ok(reconciliation) => {
-            print!("{reconciliation}");
-            if reconciliation.is_reconciled() {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(1)
-            }
-        }
-        Err(error) => {
-            eprintln!("error: {error}");
-            ExitCode::from(1)
-        }
     }
 }
 
