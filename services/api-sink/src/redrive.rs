@@ -56,7 +56,11 @@ pub struct RedriveReport {
 
 impl fmt::Display for RedriveReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let verb = if self.dry_run { "would redrive" } else { "redrove" };
+        let verb = if self.dry_run {
+            "would redrive"
+        } else {
+            "redrove"
+        };
         for (key, version) in &self.redriven {
             writeln!(f, "{verb} {key} v{version}")?;
         }

@@ -390,12 +390,22 @@ async fn redrive_brings_dead_letters_back_except_superseded_ones() {
         ..RedriveFilter::default()
     };
     let dry = block_in_place(|| {
-        api_sink::redrive::redrive(&kafka, f.guarantee, &f.pipeline.topics, &f.store, &fixed, true)
+        api_sink::redrive::redrive(
+            &kafka,
+            f.guarantee,
+            &f.pipeline.topics,
+            &f.store,
+            &fixed,
+            true,
+        )
     })
     .unwrap();
     assert_eq!(dry.redriven, vec![(a.clone(), 1)]);
     assert_eq!(dry.superseded, 1);
-    assert!(dry.to_string().contains(&format!("would redrive {a} v1")), "{dry}");
+    assert!(
+        dry.to_string().contains(&format!("would redrive {a} v1")),
+        "{dry}"
+    );
     assert_eq!(f.read(&f.pipeline.topics.changes).len(), changes_before);
     // --key picks one key's letters.
     let other_key = block_in_place(|| {

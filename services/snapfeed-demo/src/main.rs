@@ -6,8 +6,9 @@
 //! separate binaries do. Then it generates three snapshots (the second with 1% updated and
 //! 0.5% new rows; the third a byte-identical re-delivery of the second, plus a file with bad
 //! rows), drops them into the inbox one after the other, waits until every expected change is
-//! delivered, and prints a reconciliation table read from the services' own metrics. It exits
-//! non-zero when the numbers do not add up (rows → changes → deliveries).
+//! delivered, and prints a reconciliation table read from the services' own metrics, then the
+//! `trace` of one updated record. It exits non-zero when the numbers do not add up (rows →
+//! changes → deliveries) or the trace misses a version or a delivery.
 //!
 //! The parts: `pipeline` starts the broker, the API and the three services; `feed` writes the
 //! snapshots and says what each should cause; `reconcile` drops each into the inbox, waits on
@@ -98,7 +99,8 @@ async fn demo(args: Args) -> DemoResult<bool> {
             reconcile::drop_and_wait(drop, &inbox, &pipeline, &mut seen, stage_timeout).await?,
         );
     }
-    let all_ok = reconcile::summarise(&rows, pipeline.unique_effects(), started);
+    let mut all_ok = reconcile::summarise(&rows, pipeline.unique_effects(), started);
+    all_ok &= reconcile::show_a_trace(&pipeline)?;
 
     if args.keep_running {
         println!("\nstill running (Ctrl-C to stop):");

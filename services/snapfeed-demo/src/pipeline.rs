@@ -12,6 +12,7 @@ use snapfeed_harness::broker::TestBroker;
 use snapfeed_harness::service_process::http_get;
 use snapfeed_harness::stub_api::StubApi;
 use snapfeed_runtime::avro::SchemaStore;
+use snapfeed_runtime::inspect::trace::{trace, Trace, TraceOptions};
 use snapfeed_runtime::kafka::ProcessingGuarantee;
 use snapfeed_runtime::reconcile::{
     reconcile, ReconcileError, ReconcileOptions, ReconcileTarget, Reconciliation,
@@ -192,6 +193,51 @@ impl Pipeline {
             Err(ReconcileError::NotFound { .. }) => Ok(None),
             Err(error) => Err(format!("reconcile --file {file_name}: {error}").into()),
         }
+    }
+
+    /// `trace KEY` of the first key the pipeline updated, values redacted, as an operator
+    /// would run it; `None` when nothing was updated.
+    pub(crate) fn trace_an_updated_key(&self) -> DemoResult<Option<Trace>> {
+        use rdkafka::{Message, Offset};
+        use snapfeed_runtime::kafka::TopicReader;
+        use snapfeed_runtime::records::{AvroRecord, ChangeEvent, ChangeOp};
+        tokio::task::block_in_place(|| {
+            let kafka = self.broker.kafka_config();
+            let guarantee = ProcessingGuarantee::ExactlyOnce;
+            let reader = TopicReader::new(&kafka, "demo", guarantee)?;
+            let from: Vec<(i32, Offset)> = (0..reader.partitions(&self.topics.changes)?)
+                .map(|p| (p, Offset::Beginning))
+                .collect();
+            let mut updated = None;
+            reader.read_until(&self.topics.changes, &from, |m| {
+                let location = snapfeed_runtime::avro::MessageLocation::of(m);
+                match m.payload().map(|p| {
+                    self.schemas
+                        .decode::<ChangeEvent>(p, ChangeEvent::SCHEMA, &location)
+                }) {
+                    Some(Ok(change)) if change.op == ChangeOp::Update => {
+                        updated = Some(change.key);
+                        std::ops::ControlFlow::Break(())
+                    }
+                    _ => std::ops::ControlFlow::Continue(()),
+                }
+            })?;
+            let Some(key) = updated else {
+                return Ok(None);
+            };
+            let options = TraceOptions {
+                key,
+                ..TraceOptions::default()
+            };
+            Ok(Some(trace(
+                &kafka,
+                self.name,
+                guarantee,
+                &self.topics,
+                &self.schemas,
+                &options,
+            )?))
+        })
     }
 
     /// Distinct effects the stub API saw (by Idempotency-Key); `None` with `--api-url`.

@@ -274,6 +274,30 @@ pub(crate) fn summarise(rows: &[Row], unique: Option<usize>, started: Instant) -
     all_ok
 }
 
+/// Prints `trace` of an updated record (values redacted); true when it shows what the
+/// operator expects: its rows, both versions, both deliveries.
+pub(crate) fn show_a_trace(pipeline: &Pipeline) -> DemoResult<bool> {
+    use snapfeed_runtime::inspect::trace::Stage;
+    let Some(trace) = pipeline.trace_an_updated_key()? else {
+        println!("\nno record was updated: nothing to trace");
+        return Ok(false);
+    };
+    println!("\n`trace {}` (values redacted):\n{trace}", trace.key);
+    let versions = |stage| {
+        trace
+            .of(stage)
+            .filter_map(|e| e.version)
+            .collect::<BTreeSet<_>>()
+    };
+    let complete = trace.of(Stage::Row).count() >= 2
+        && versions(Stage::Change) == BTreeSet::from([1, 2])
+        && versions(Stage::Delivery) == BTreeSet::from([1, 2]);
+    if !complete {
+        println!("TRACE INCOMPLETE: expected its rows, versions 1 and 2, and both deliveries");
+    }
+    Ok(complete)
+}
+
 async fn wait_for(
     limit: Duration,
     endpoints: &Endpoints,

@@ -31,6 +31,19 @@ fn the_one_command_run_reconciles_rows_changes_and_deliveries() {
         assert!(!line.contains("MISMATCH"), "{line}");
     }
     assert!(stdout.contains("every change delivered once"), "{stdout}");
+    // The operator's trace of an updated record: its rows, both versions, both deliveries,
+    // the changed fields by name only.
+    let trace = stdout
+        .split("(values redacted):")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no trace:\n{stdout}"));
+    assert!(!trace.contains("TRACE INCOMPLETE"), "{trace}");
+    assert!(
+        trace.contains("UPDATE v2") && trace.contains("changed: "),
+        "{trace}"
+    );
+    let delivered = trace.lines().filter(|l| l.contains(" delivered ")).count();
+    assert_eq!(delivered, 2, "{trace}");
     // First snapshot: every row created and delivered.
     let first = stdout.lines().find(|l| l.starts_with("1 initial")).unwrap();
     let columns: Vec<&str> = first.split_whitespace().collect();

@@ -105,7 +105,10 @@ impl LetterFilter {
         self.since
             .is_none_or(|since| l.dead_lettered_at >= since.timestamp_millis())
             && self.status.is_none_or(|status| l.status == Some(status))
-            && self.reason.as_deref().is_none_or(|reason| l.reason == reason)
+            && self
+                .reason
+                .as_deref()
+                .is_none_or(|reason| l.reason == reason)
             && self
                 .key
                 .as_deref()

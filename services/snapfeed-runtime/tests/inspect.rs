@@ -222,13 +222,24 @@ async fn trace_tail_and_dead_letters_read_the_pipeline_back() {
             ..TraceOptions::default()
         };
         let run = |options: &TraceOptions| {
-            trace(&kafka, &pipeline.name, guarantee, &topics, &schemas, options).unwrap()
+            trace(
+                &kafka,
+                &pipeline.name,
+                guarantee,
+                &topics,
+                &schemas,
+                options,
+            )
+            .unwrap()
         };
         let traced = run(&options);
         let text = traced.to_string();
         let rows: Vec<&str> = traced.of(Stage::Row).map(|e| e.detail.as_str()).collect();
         assert_eq!(rows.len(), 2, "{text}");
-        assert!(rows[0].contains("elr_s1.csv line 2") && rows[0].contains("→ CREATE v1"), "{text}");
+        assert!(
+            rows[0].contains("elr_s1.csv line 2") && rows[0].contains("→ CREATE v1"),
+            "{text}"
+        );
         assert!(rows[1].contains("→ UPDATE v2"), "{text}");
         let versions = |stage| traced.of(stage).map(|e| e.version).collect::<Vec<_>>();
         assert_eq!(versions(Stage::Change), [Some(1), Some(2)], "{text}");
@@ -237,16 +248,24 @@ async fn trace_tail_and_dead_letters_read_the_pipeline_back() {
         assert_eq!(versions(Stage::DeadLetter), [], "{text}");
         let update = traced.of(Stage::Change).nth(1).unwrap();
         assert!(
-            update.detail.contains("changed: result; unchanged: 1 fields"),
+            update
+                .detail
+                .contains("changed: result; unchanged: 1 fields"),
             "{text}"
         );
-        assert!(!text.contains("POSITIVE") && !text.contains("NEGATIVE"), "values leaked: {text}");
+        assert!(
+            !text.contains("POSITIVE") && !text.contains("NEGATIVE"),
+            "values leaked: {text}"
+        );
         let shown = run(&TraceOptions {
             values: Values::Shown,
             ..options.clone()
         })
         .to_string();
-        assert!(shown.contains(r#"result: "NEGATIVE" → "POSITIVE""#), "{shown}");
+        assert!(
+            shown.contains(r#"result: "NEGATIVE" → "POSITIVE""#),
+            "{shown}"
+        );
         let everywhere = run(&TraceOptions {
             all_partitions: true,
             ..options.clone()
@@ -335,7 +354,10 @@ async fn trace_tail_and_dead_letters_read_the_pipeline_back() {
             &mut sink,
         )
         .unwrap_err();
-        assert!(matches!(unknown, InspectError::UnknownTopic { .. }), "{unknown}");
+        assert!(
+            matches!(unknown, InspectError::UnknownTopic { .. }),
+            "{unknown}"
+        );
         assert!(unknown.to_string().contains("chnages"));
 
         // dead-letters list: OTHER v1 is open (nothing newer, never redriven or delivered).
@@ -343,7 +365,10 @@ async fn trace_tail_and_dead_letters_read_the_pipeline_back() {
         assert_eq!(letters.len(), 1);
         assert_eq!(letters[0].state, LetterState::Open);
         let line = letters[0].to_string();
-        assert!(line.contains(&format!("open        {OTHER} v1  http_4xx (HTTP 400)")), "{line}");
+        assert!(
+            line.contains(&format!("open        {OTHER} v1  http_4xx (HTTP 400)")),
+            "{line}"
+        );
         assert!(!line.contains("NEGATIVE"), "{line}");
     });
 }

@@ -211,7 +211,11 @@ pub(super) fn tail(common: CommonSections<'_>, args: &TailArgs) -> ExitCode {
 /// `dead-letters list`: one line per letter, then a count per state.
 pub(super) fn dead_letters(common: CommonSections<'_>, command: &DeadLettersCommand) -> ExitCode {
     let DeadLettersCommand::List(args) = command;
-    let since = match args.since.as_deref().map(chrono::DateTime::parse_from_rfc3339) {
+    let since = match args
+        .since
+        .as_deref()
+        .map(chrono::DateTime::parse_from_rfc3339)
+    {
         None => None,
         Some(Ok(time)) => Some(time.with_timezone(&chrono::Utc)),
         Some(Err(error)) => {

@@ -175,16 +175,17 @@ fn object(fields: Vec<(String, Value)>, redact: impl Fn(&str) -> bool) -> Json {
 
 /// The nested single-object payload in field `name` of a record (`None` when null or absent).
 fn nested_bytes(fields: &[(String, Value)], name: &str) -> Option<Vec<u8>> {
-    fields.iter().find(|(n, _)| n == name).and_then(|(_, v)| {
-        match v {
+    fields
+        .iter()
+        .find(|(n, _)| n == name)
+        .and_then(|(_, v)| match v {
             Value::Bytes(bytes) => Some(bytes.clone()),
             Value::Union(_, inner) => match &**inner {
                 Value::Bytes(bytes) => Some(bytes.clone()),
                 _ => None,
             },
             _ => None,
-        }
-    })
+        })
 }
 
 fn nested(

@@ -223,8 +223,7 @@ pub fn trace(
                     format!("→ {} v{}", change.op.as_str(), change.version)
                 }
                 None if decided.iter().any(|(p, offset)| {
-                    *p == m.partition()
-                        && matches!(offset, Offset::Offset(o) if *o > m.offset())
+                    *p == m.partition() && matches!(offset, Offset::Offset(o) if *o > m.offset())
                 }) =>
                 {
                     "→ unchanged".to_string()
@@ -266,21 +265,22 @@ pub fn trace(
             let location = MessageLocation::of(m);
             let (version, detail) = match m.payload() {
                 None => (None, "tombstone (entry removed)".to_string()),
-                Some(p) => match schemas.decode::<DetectorState>(p, DetectorState::SCHEMA, &location)
-                {
-                    Ok(s) => (
-                        Some(s.version),
-                        format!(
-                            "v{}{}  hash {}  last snapshot {}  stream {}",
-                            s.version,
-                            if s.deleted { " (deleted)" } else { "" },
-                            Short(&s.content_hash),
-                            Short(&s.last_snapshot_id),
-                            s.stream
+                Some(p) => {
+                    match schemas.decode::<DetectorState>(p, DetectorState::SCHEMA, &location) {
+                        Ok(s) => (
+                            Some(s.version),
+                            format!(
+                                "v{}{}  hash {}  last snapshot {}  stream {}",
+                                s.version,
+                                if s.deleted { " (deleted)" } else { "" },
+                                Short(&s.content_hash),
+                                Short(&s.last_snapshot_id),
+                                s.stream
+                            ),
                         ),
-                    ),
-                    Err(error) => (None, format!("undecodable: {error}")),
-                },
+                        Err(error) => (None, format!("undecodable: {error}")),
+                    }
+                }
             };
             events.push(TraceEvent {
                 at: time_of(m),
@@ -410,10 +410,7 @@ fn field_changes(
         let names: Vec<&str> = after.iter().map(|(name, _)| name.as_str()).collect();
         return match values {
             Values::Redacted => format!("new record, {} fields", names.len()),
-            Values::Shown => format!(
-                "new record {}",
-                to_json(Value::Record(after.to_vec()))
-            ),
+            Values::Shown => format!("new record {}", to_json(Value::Record(after.to_vec()))),
         };
     };
     let old = |name: &str| {
