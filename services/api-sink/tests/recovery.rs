@@ -585,3 +585,97 @@ async fn redrive_never_sends_an_older_version_after_a_newer_one_still_waiting() 
          order: {versions:?}; redrive: {report})"
     );
 }
+
+/// The operator's commands as the binary runs them, on a dead letter: `dead-letters list`
+/// shows it open, `redrive --dry-run --key` names it and writes nothing, `trace` shows the
+/// change and the letter, `tail` decodes the letter with the record redacted; after a redrive
+/// the list shows it redriven, and `--state open` lists nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_commands_show_a_dead_letter_and_redrive_it_once() {
+    let f = Fixture::new("operator-cli", 2).await;
+    f.stub.add_rule(Rule::body_contains(
+        "POISON",
+        Reply::status(400).with_body(r#"{"error":"rejected"}"#),
+    ));
+    let a = key(7);
+    let sink = f.start_sink(&SinkOptions::default()).await;
+    let produced = f
+        .produce(&[TestChange::new(a.clone(), 1).marked("POISON")])
+        .await;
+    f.wait_dead_letters(1, LIMIT).await;
+    f.wait_committed(&ends(&produced), LIMIT).await;
+    sink.stop().await;
+    let config = f.write_config(&SinkOptions::default(), "127.0.0.1:0", "operator");
+    let run = |args: &[&str]| {
+        let output = Command::new(BINARY)
+            .current_dir(repo_root())
+            .arg("--config")
+            .arg(&config)
+            .args(args)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        (output.status.code(), stdout, stderr)
+    };
+
+    let (code, list, err) = block_in_place(|| run(&["dead-letters", "list"]));
+    assert_eq!(code, Some(0), "{list}\n{err}");
+    assert!(
+        list.contains(&format!("open        {a} v1  http_4xx (HTTP 400)")),
+        "{list}"
+    );
+    assert!(list.contains("1 dead letters listed: open 1"), "{list}");
+
+    let changes_before = f.read(&f.pipeline.topics.changes).len();
+    let (code, dry, err) = block_in_place(|| run(&["redrive", "--dry-run", "--key", &a]));
+    assert_eq!(code, Some(0), "{dry}\n{err}");
+    assert!(dry.contains(&format!("would redrive {a} v1")), "{dry}");
+    assert_eq!(f.read(&f.pipeline.topics.changes).len(), changes_before);
+
+    let (code, traced, err) = block_in_place(|| run(&["trace", &a]));
+    assert_eq!(code, Some(0), "{traced}\n{err}");
+    assert!(
+        traced.contains("CREATE v1") && traced.contains("dead-letter"),
+        "{traced}"
+    );
+    assert!(
+        !traced.contains("POISON"),
+        "record values in the trace: {traced}"
+    );
+    let (code, _, _) = block_in_place(|| run(&["trace", "LAB-99999"]));
+    assert_eq!(code, Some(1), "nothing found is exit 1");
+
+    let (code, tailed, err) = block_in_place(|| run(&["tail", "dead-letters", "--limit", "1"]));
+    assert_eq!(code, Some(0), "{tailed}\n{err}");
+    let line: serde_json::Value = serde_json::from_str(tailed.lines().next().unwrap()).unwrap();
+    assert_eq!(line["value"]["key"], a.as_str());
+    assert_eq!(line["value"]["response_excerpt"], "redacted");
+    assert!(
+        !tailed.contains("POISON"),
+        "record values in tail: {tailed}"
+    );
+    let (code, shown, _) =
+        block_in_place(|| run(&["tail", "dead-letters", "--limit", "1", "--show-values"]));
+    assert_eq!(code, Some(0));
+    assert!(
+        shown.contains("POISON"),
+        "--show-values shows the record: {shown}"
+    );
+    let (code, _, err) = block_in_place(|| run(&["tail", "chnages"]));
+    assert_eq!(code, Some(2), "an unknown topic is a usage error");
+    assert!(err.contains("unknown topic \"chnages\""), "{err}");
+
+    let (code, out, err) = block_in_place(|| run(&["redrive", "--key", &a]));
+    assert_eq!(code, Some(0), "{out}\n{err}");
+    assert!(out.contains(&format!("redrove {a} v1")), "{out}");
+    let (_, again, _) = block_in_place(|| run(&["redrive"]));
+    assert!(
+        again.contains("redriven 0, skipped: superseded 0, already redriven 1"),
+        "{again}"
+    );
+    let (_, list, _) = block_in_place(|| run(&["dead-letters", "list"]));
+    assert!(list.contains(&format!("redriven    {a} v1")), "{list}");
+    let (_, open, _) = block_in_place(|| run(&["dead-letters", "list", "--state", "open"]));
+    assert!(open.contains("0 dead letters listed"), "{open}");
+}
