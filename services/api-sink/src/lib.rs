@@ -27,6 +27,7 @@ mod consume;
 pub mod deliver;
 pub mod metrics;
 pub mod offsets;
+mod preflight;
 pub mod receipts;
 pub mod redrive;
 pub mod request;

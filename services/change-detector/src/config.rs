@@ -110,3 +110,18 @@ impl StageSection for DetectorConfig {
         Ok(())
     }
 }
+
+impl snapfeed_runtime::preflight::ServiceChecks for ChangeDetectorConfig {
+    /// The mapping (the detector hashes the dataset's fields).
+    fn service_checks<'a>(
+        &'a self,
+        schemas: Option<&'a snapfeed_runtime::avro::SchemaStore>,
+    ) -> impl std::future::Future<Output = Vec<snapfeed_runtime::preflight::Check>> + 'a {
+        let (mapping, _) = snapfeed_runtime::preflight::mapping_check(
+            "detector.dataset_mapping",
+            &self.detector.dataset_mapping,
+            schemas,
+        );
+        std::future::ready(vec![mapping])
+    }
+}

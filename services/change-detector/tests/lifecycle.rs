@@ -7,7 +7,7 @@ use std::process::Command;
 
 use snapfeed_harness::broker::repo_root;
 use snapfeed_harness::lifecycle::{
-    assert_binary_lifecycle, assert_check_config_redacts_secrets,
+    assert_binary_lifecycle, assert_check_config_redacts_secrets, assert_preflight,
     assert_wrong_config_value_is_named,
 };
 
@@ -135,4 +135,9 @@ fn init_topics_creates_missing_topics_with_their_policies_and_verifies_them() {
         "{stdout}"
     );
     assert!(stdout.contains("co-partitioned"), "{stdout}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_config_connect_checks_broker_topics_and_mapping() {
+    assert_preflight(Path::new(BINARY), "change-detector", &[]).await;
 }

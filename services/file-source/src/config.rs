@@ -299,3 +299,22 @@ impl StageSection for SourceConfig {
         Ok(())
     }
 }
+
+impl snapfeed_runtime::preflight::ServiceChecks for FileSourceConfig {
+    /// The mapping, and the inbox and its work, processed and failed directories.
+    fn service_checks<'a>(
+        &'a self,
+        schemas: Option<&'a snapfeed_runtime::avro::SchemaStore>,
+    ) -> impl std::future::Future<Output = Vec<snapfeed_runtime::preflight::Check>> + 'a {
+        use snapfeed_runtime::preflight::{directory_check, mapping_check};
+        let source = &self.source;
+        let checks = vec![
+            mapping_check("source.dataset_mapping", &source.dataset_mapping, schemas).0,
+            directory_check("source.inbox", &source.inbox, false),
+            directory_check("source.work_dir", &source.work_dir(), true),
+            directory_check("source.processed_dir", &source.processed_dir(), true),
+            directory_check("source.failed_dir", &source.failed_dir(), true),
+        ];
+        std::future::ready(checks)
+    }
+}

@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use snapfeed_harness::lifecycle::{
-    assert_binary_lifecycle, assert_check_config_redacts_secrets,
+    assert_binary_lifecycle, assert_check_config_redacts_secrets, assert_preflight,
     assert_wrong_config_value_is_named,
 };
 
@@ -33,4 +33,18 @@ fn check_config_prints_the_effective_config_with_secrets_redacted() {
 #[test]
 fn a_wrong_config_value_fails_at_start_naming_key_value_and_expectation() {
     assert_wrong_config_value_is_named(Path::new(BINARY), "file-source");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_config_connect_checks_broker_topics_and_mapping() {
+    let inbox = tempfile::tempdir().unwrap();
+    assert_preflight(
+        Path::new(BINARY),
+        "file-source",
+        &[(
+            "SNAPFEED_SOURCE__INBOX".to_string(),
+            inbox.path().display().to_string(),
+        )],
+    )
+    .await;
 }

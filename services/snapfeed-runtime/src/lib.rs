@@ -33,6 +33,7 @@ pub mod inspect;
 pub mod kafka;
 pub mod metrics;
 pub mod partition;
+pub mod preflight;
 pub mod reconcile;
 pub mod record_key;
 pub mod records;

@@ -463,13 +463,23 @@ impl TestBroker {
             .set("bootstrap.servers", &self.bootstrap)
             .create()
             .expect("admin client");
+        // As `init-topics` creates them: cleanup policy and retention from the spec.
+        let retention: Vec<Option<String>> = specs
+            .iter()
+            .map(|s| s.retention_ms.map(|ms| ms.to_string()))
+            .collect();
         let topics: Vec<NewTopic<'_>> = specs
             .iter()
-            .map(|spec| {
+            .zip(&retention)
+            .map(|(spec, retention)| {
                 let topic = NewTopic::new(&spec.name, spec.partitions, TopicReplication::Fixed(1));
-                match spec.cleanup_policy {
+                let topic = match spec.cleanup_policy {
                     CleanupPolicy::Compact => topic.set("cleanup.policy", "compact"),
                     CleanupPolicy::Delete => topic.set("cleanup.policy", "delete"),
+                };
+                match retention {
+                    Some(ms) => topic.set("retention.ms", ms),
+                    None => topic,
                 }
             })
             .collect();

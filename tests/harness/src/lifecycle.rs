@@ -6,6 +6,8 @@
 //!   file;
 //! - [`assert_check_config_redacts_secrets`]: `check-config` prints the effective config with
 //!   secrets redacted;
+//! - [`assert_preflight`]: `check-config --connect` passes the broker, topics and mapping, and
+//!   names an unreachable broker;
 //! - [`assert_wrong_config_value_is_named`]: a value of the wrong type stops it at start (exit
 //!   2), naming the key, the value, what was expected and the environment variable it came from.
 //!
@@ -56,6 +58,65 @@ pub async fn assert_binary_lifecycle(binary: &Path, service: &str, extra_env: &[
     assert!(
         took < Duration::from_secs(10),
         "took {took:?} to exit after SIGTERM"
+    );
+}
+
+/// `<binary> --config deploy/config/<service>.toml check-config --connect` against the test
+/// broker, with the pipeline's topics created: the broker, every topic and the mapping pass, and
+/// the exit code agrees with the report (`extra_env` makes the service's own checks pass too:
+/// then exit 0 is required, except on the mock cluster, which cannot describe topic configs).
+/// Then with the broker unreachable: exit 1, the broker check failed, named in the summary.
+pub async fn assert_preflight(binary: &Path, service: &str, extra_env: &[(String, String)]) {
+    let broker = crate::broker::TestBroker::from_env();
+    let pipeline = broker.pipeline(&format!("preflight-{service}"), 2).await;
+    let mut env = service_env(&broker, &pipeline.name);
+    env.extend_from_slice(extra_env);
+    env.push(("SNAPFEED_KAFKA__REQUEST_TIMEOUT_MS".into(), "3000".into()));
+    let run = |env: &[(String, String)]| {
+        let output = Command::new(binary)
+            .current_dir(repo_root())
+            .args([
+                "--config",
+                &format!("deploy/config/{service}.toml"),
+                "check-config",
+                "--connect",
+            ])
+            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .output()
+            .expect("run check-config --connect");
+        (
+            output.status.code(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+        )
+    };
+    let (code, report) = tokio::task::block_in_place(|| run(&env));
+    let starts = |prefix: &str| report.lines().any(|l| l.starts_with(prefix));
+    assert!(starts("ok    broker"), "{report}");
+    assert!(starts("ok    co-partitioning"), "{report}");
+    assert!(
+        starts(&format!("ok    topic {}.changes", pipeline.name)),
+        "{report}"
+    );
+    assert!(starts("ok    mapping "), "{report}");
+    let failed = report.lines().any(|l| l.starts_with("FAIL"));
+    assert_eq!(code, Some(if failed { 1 } else { 0 }), "{report}");
+    if broker.kind() != crate::broker::BrokerKind::Mock {
+        assert!(!failed, "{report}");
+    }
+
+    let closed = crate::endpoint::free_addr().to_string();
+    env.push(("SNAPFEED_KAFKA__BOOTSTRAP_SERVERS".into(), closed.clone()));
+    let (code, report) = tokio::task::block_in_place(|| run(&env));
+    assert_eq!(code, Some(1), "{report}");
+    assert!(
+        report
+            .lines()
+            .any(|l| l.starts_with("FAIL  broker") && l.contains(&closed)),
+        "{report}"
+    );
+    assert!(
+        report.contains("preflight FAILED") && report.contains("broker"),
+        "{report}"
     );
 }
 

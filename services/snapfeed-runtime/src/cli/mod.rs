@@ -62,8 +62,9 @@ pub struct ReplayArgs {
 pub enum CommonCommand {
     /// Run the service until SIGTERM/SIGINT (the default).
     Run,
-    /// Validate the config and print the effective config, secrets redacted.
-    CheckConfig,
+    /// Validate the config and print the effective config, secrets redacted; with --connect,
+    /// check everything the service needs (secrets, broker, topics, API), one line per check.
+    CheckConfig(CheckConfigArgs),
     /// Create missing topics and verify existing ones (partitions, co-partitioning).
     InitTopics,
     /// Where every row of a snapshot went — rows read, rejected (by reason), sent; created,
@@ -78,6 +79,16 @@ pub enum CommonCommand {
     /// The dead letters and where each stands (open, redriven, delivered, superseded, …).
     #[command(subcommand)]
     DeadLetters(operator::DeadLettersCommand),
+}
+
+/// `check-config [--connect]`.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct CheckConfigArgs {
+    /// Also load the mapping, schemas and templates, resolve every secret reference (never
+    /// printed), reach the broker (topics, partitioning, compaction, retention) and the API;
+    /// exit 1 naming each failed check.
+    #[arg(long)]
+    pub connect: bool,
 }
 
 /// `reconcile --file NAME | --snapshot ID`.
@@ -120,7 +131,7 @@ pub fn execute_common<C, F, Fut, E>(
     run: F,
 ) -> ExitCode
 where
-    C: ServiceConfig + HasCommonSections,
+    C: ServiceConfig + HasCommonSections + crate::preflight::ServiceChecks,
     F: FnOnce(C, Shutdown) -> Fut,
     Fut: Future<Output = Result<(), E>>,
     E: std::fmt::Display,
@@ -130,16 +141,32 @@ where
         Err(code) => return code,
     };
     match command {
-        CommonCommand::CheckConfig => match config::redacted_toml(&config) {
-            Ok(text) => {
-                println!("# effective {service} configuration (secrets redacted)\n{text}");
+        CommonCommand::CheckConfig(CheckConfigArgs { connect: true }) => {
+            telemetry::init(config.common().log);
+            let runtime = match runtime() {
+                Ok(runtime) => runtime,
+                Err(code) => return code,
+            };
+            let preflight = runtime.block_on(crate::preflight::preflight(service, &config));
+            println!("# {service} preflight\n{preflight}");
+            if preflight.passed() {
                 ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
             }
-            Err(error) => {
-                eprintln!("error: {error}");
-                ExitCode::from(2)
+        }
+        CommonCommand::CheckConfig(CheckConfigArgs { connect: false }) => {
+            match config::redacted_toml(&config) {
+                Ok(text) => {
+                    println!("# effective {service} configuration (secrets redacted)\n{text}");
+                    ExitCode::SUCCESS
+                }
+                Err(error) => {
+                    eprintln!("error: {error}");
+                    ExitCode::from(2)
+                }
             }
-        },
+        }
         CommonCommand::InitTopics => {
             telemetry::init(config.common().log);
             let runtime = match runtime() {
@@ -267,7 +294,8 @@ Next: start the three services, each with its own config (any order; each waits 
   file-source --config file-source.toml
   change-detector --config change-detector.toml
   api-sink --config api-sink.toml
-`<service> --config <file> check-config` prints what a service will use (secrets redacted);
+`<service> --config <file> check-config --connect` checks each one's secrets, topics and API
+first; `check-config` alone prints what a service will use (secrets redacted);
 /readyz on each one's [http] listen address says when it is ready. Then drop a snapshot file
 into file-source's inbox (source.inbox).";
 
