@@ -87,6 +87,10 @@ pub struct SinkConfig {
     /// answer of any kind) for this long.
     #[serde(default = "default_unreachable_not_ready_after_ms")]
     pub unreachable_not_ready_after_ms: u64,
+    /// How often librdkafka reports the consumer lag per partition of `changes` (the
+    /// `consumer_lag` gauge: changes consumed-or-not but not yet delivered and committed).
+    #[serde(default = "default_lag_interval_ms")]
+    pub lag_interval_ms: u64,
 }
 
 fn default_request_timeout_ms() -> u64 {
@@ -106,6 +110,9 @@ fn default_response_excerpt_bytes() -> usize {
 }
 fn default_unreachable_not_ready_after_ms() -> u64 {
     60_000
+}
+fn default_lag_interval_ms() -> u64 {
+    15_000
 }
 
 impl SinkConfig {
@@ -136,6 +143,13 @@ impl SinkConfig {
         }
         self.validate_profile()?;
         self.auth.validate()?;
+        if self.lag_interval_ms == 0 {
+            return Err(ConfigError::invalid(
+                "sink.lag_interval_ms",
+                "0",
+                "a positive number of milliseconds",
+            ));
+        }
         if self.request_timeout_ms == 0 {
             return Err(ConfigError::invalid(
                 "sink.request_timeout_ms",

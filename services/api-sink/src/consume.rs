@@ -98,6 +98,10 @@ impl ClientContext for SinkContext {
     fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
         client_log::forward_error("consumer", &error, reason);
     }
+
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        self.sink.metrics().record_lag(&statistics, &self.topic);
+    }
 }
 
 impl ConsumerContext for SinkContext {

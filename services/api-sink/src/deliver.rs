@@ -309,6 +309,13 @@ impl Sink {
 }
 
 impl Sink {
+    /// The sink's metrics (the consumer context records the lag into them).
+    pub(crate) fn metrics(&self) -> &SinkMetrics {
+        &self.metrics
+    }
+}
+
+impl Sink {
     /// A lane stalls (`+1`) or its stall ends (`-1`); the count is reported as
     /// `stalled_lanes` and `/readyz` `outcomes_recorded` under the same lock, so a concurrent
     /// stall and release never leave readiness at the wrong value.

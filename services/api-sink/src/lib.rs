@@ -147,7 +147,11 @@ pub async fn run(config: ApiSinkConfig, shutdown: Shutdown) -> Result<(), ApiSin
         runtime.drain,
         runtime.kafka.request_timeout(),
     );
-    let consumer = runtime.subscribe(&topic, context, |_| {})?;
+    let lag_interval_ms = config.sink.lag_interval_ms.to_string();
+    let consumer = runtime.subscribe(&topic, context, |settings| {
+        // Lag per partition comes from librdkafka's statistics, at this interval.
+        settings.set("statistics.interval.ms", lag_interval_ms);
+    })?;
     runtime.readiness.set(CONNECTED, true);
     let drain = runtime.drain;
     let stage = StageThread::spawn("api-sink-consumer", move |stop| {

@@ -1,7 +1,9 @@
 //! api-sink metrics (`snapfeed_api_sink_…`). Labels come from small fixed sets — never keys,
 //! URLs or error strings.
 
-use prometheus::{Counter, Gauge, Histogram, IntCounter, IntCounterVec, IntGauge, Registry};
+use prometheus::{
+    Counter, Gauge, Histogram, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Registry,
+};
 use snapfeed_runtime::metrics::MetricsBuilder;
 
 use crate::retry::{Classification, Decision};
@@ -48,7 +50,20 @@ pub struct SinkMetrics {
     pub unrecordable_outcomes: IntCounterVec,
     /// Lanes stopped at an outcome they could not record.
     pub stalled_lanes: IntGauge,
+    /// Per partition of `changes` (label `partition`): changes not yet delivered and
+    /// committed, from librdkafka's statistics every `sink.lag_interval_ms`. Only the
+    /// partitions this instance is assigned.
+    pub consumer_lag: IntGaugeVec,
+    /// From the file's claim by file-source to the change's delivery (seconds): the change's
+    /// `detected_at`, which is its snapshot record's timestamp — the time file-source claimed
+    /// the file — to the receipt.
+    pub end_to_end: Histogram,
 }
+
+/// Buckets of [`SinkMetrics::end_to_end`]: a second to six hours (a file every 30 minutes).
+pub const END_TO_END_BUCKETS: &[f64] = &[
+    1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0, 21600.0,
+];
 
 impl SinkMetrics {
     /// Creates and registers the metrics.
@@ -143,7 +158,35 @@ impl SinkMetrics {
                 "stalled_lanes",
                 "Lanes stopped at a change whose outcome could not be recorded.",
             )?,
+            consumer_lag: metrics.gauges(
+                "consumer_lag",
+                "Changes not yet delivered and committed, per assigned partition of changes.",
+                "partition",
+            )?,
+            end_to_end: metrics.histogram(
+                "end_to_end_seconds",
+                "From the file's claim by file-source to the change's delivery.",
+                END_TO_END_BUCKETS,
+            )?,
         })
+    }
+
+    /// Sets `consumer_lag` from librdkafka's statistics: the assigned partitions of `topic`
+    /// (a partition no longer assigned loses its series).
+    pub fn record_lag(&self, statistics: &rdkafka::Statistics, topic: &str) {
+        self.consumer_lag.reset();
+        let Some(topic) = statistics.topics.get(topic) else {
+            return;
+        };
+        for (partition, stats) in &topic.partitions {
+            // librdkafka reports -1 for partitions it does not consume (and the internal -1
+            // partition).
+            if *partition >= 0 && stats.consumer_lag >= 0 {
+                self.consumer_lag
+                    .with_label_values(&[&partition.to_string()])
+                    .set(stats.consumer_lag);
+            }
+        }
     }
 
     /// Counts one attempt's request (by outcome) and, for a failure that is retried or ends

@@ -11,6 +11,7 @@ use std::collections::BTreeSet;
 use common::*;
 use file_source::ingest::FileOutcome;
 use file_source::FileSourceError;
+use rdkafka::Message;
 use snapfeed_harness::generator::{Dirt, Snapshot, WriteOptions};
 use snapfeed_harness::messages::header;
 use snapfeed_runtime::headers;
@@ -235,6 +236,47 @@ fn snapshot_times(fx: &Fixture, name: &str) -> BTreeSet<Option<String>> {
         .filter(|m| header(*m, headers::FILE_NAME).as_deref() == Some(name))
         .map(|m| header(m, headers::SNAPSHOT_TIME))
         .collect()
+}
+
+/// The claim time reaches the detector and the sink through the record timestamps: every
+/// record of a file (rows, rejects, snapshot-end markers) carries the time file-source claimed
+/// the file — the ledger's `started_at` — whatever the time of its send.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_record_of_a_file_is_stamped_with_the_files_claim_time() {
+    let fx = Fixture::new("fs-claimtime", 3).await;
+    let file = fx.write_incoming(
+        &Snapshot::initial(200, 21),
+        "claimed.csv",
+        &WriteOptions {
+            dirt: Dirt {
+                bad_dates: 3,
+                ..Default::default()
+            },
+            ..WriteOptions::default()
+        },
+    );
+    // Small transactions: the file is sent over several sends, over time.
+    ingest(fx.config("rows_per_transaction = 50"), vec![file.path])
+        .await
+        .unwrap();
+    let started: BTreeSet<i64> = fx.ledger(true).iter().map(|e| e.started_at).collect();
+    assert_eq!(started.len(), 1, "{started:?}");
+    let claimed = *started.iter().next().unwrap();
+    let stamps = |topic: &str| -> BTreeSet<Option<i64>> {
+        fx.read(topic, false)
+            .iter()
+            .map(|m| m.timestamp().to_millis())
+            .collect()
+    };
+    assert_eq!(
+        stamps(&fx.pipeline.topics.snapshots),
+        BTreeSet::from([Some(claimed)]),
+        "rows and markers"
+    );
+    assert_eq!(
+        stamps(&fx.pipeline.topics.rejects),
+        BTreeSet::from([Some(claimed)])
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -34,6 +34,7 @@ pub mod kafka;
 pub mod metrics;
 pub mod partition;
 pub mod preflight;
+pub mod process_metrics;
 pub mod reconcile;
 pub mod record_key;
 pub mod records;

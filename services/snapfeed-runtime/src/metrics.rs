@@ -5,7 +5,8 @@
 //! here — never keys, file names or error strings.
 
 use prometheus::{
-    Counter, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    Counter, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry,
 };
 
 /// Creates metrics named `snapfeed_<service>_<name>` and registers them.
@@ -55,6 +56,14 @@ impl<'r> MetricsBuilder<'r> {
             counters.with_label_values(&[value]);
         }
         Ok(counters)
+    }
+
+    /// An integer gauge with one label whose values come and go (e.g. assigned partitions).
+    pub fn gauges(&self, name: &str, help: &str, label: &str) -> prometheus::Result<IntGaugeVec> {
+        self.register(IntGaugeVec::new(
+            Opts::new(self.name(name), help),
+            &[label],
+        )?)
     }
 
     /// An integer gauge.

@@ -79,7 +79,7 @@ pub struct ChangeEvent {
     pub record_schema: String,
     /// Provenance.
     pub source: Provenance,
-    /// When the detector saw it.
+    /// Its snapshot record's timestamp: when file-source claimed the file (see the schema).
     pub detected_at: TimestampMillis,
 }
 

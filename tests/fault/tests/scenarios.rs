@@ -122,9 +122,7 @@ fn decided(proc: &Proc) -> f64 {
         .iter()
         .filter_map(|outcome| {
             let series = format!("snapfeed_change_detector_records_total{{outcome=\"{outcome}\"}}");
-            text.lines()
-                .find_map(|line| line.strip_prefix(series.as_str()))
-                .and_then(|value| value.trim().parse::<f64>().ok())
+            snapfeed_harness::metrics::metric(&text, &series)
         })
         .sum()
 }
@@ -915,8 +913,5 @@ fn metric_of(proc: &Proc, series: &str) -> f64 {
     let Some((200, text)) = block_in_place(|| proc.process.get("/metrics")) else {
         return 0.0;
     };
-    text.lines()
-        .find_map(|line| line.strip_prefix(series))
-        .and_then(|value| value.trim().parse::<f64>().ok())
-        .unwrap_or(0.0)
+    snapfeed_harness::metrics::metric(&text, series).unwrap_or(0.0)
 }

@@ -36,6 +36,7 @@ const BUILDER_METHODS: &[(&str, MetricKind)] = &[
     (".counter(", MetricKind::Plain),
     (".float_gauge(", MetricKind::Plain),
     (".float_counter(", MetricKind::Plain),
+    (".gauges(", MetricKind::Plain),
     (".gauge(", MetricKind::Plain),
 ];
 

@@ -179,6 +179,10 @@ impl Sink {
         self.metrics
             .last_delivery
             .set(receipt.delivered_at as f64 / 1000.0);
+        if event.detected_at > 0 {
+            let seconds = (receipt.delivered_at - event.detected_at).max(0) as f64 / 1000.0;
+            self.metrics.end_to_end.observe(seconds);
+        }
         Ok(OutcomeRecord {
             topic: OutcomeTopic::Deliveries,
             key: receipt.key,

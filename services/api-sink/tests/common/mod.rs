@@ -46,6 +46,8 @@ pub struct TestChange {
     pub key: String,
     pub version: i64,
     pub marker: Option<String>,
+    /// How long before the produce its file was claimed (`detected_at` = now − this).
+    pub claimed_ms_ago: i64,
 }
 
 impl TestChange {
@@ -54,11 +56,18 @@ impl TestChange {
             key: key.into(),
             version,
             marker: None,
+            claimed_ms_ago: 0,
         }
     }
 
     pub fn marked(mut self, marker: impl Into<String>) -> TestChange {
         self.marker = Some(marker.into());
+        self
+    }
+
+    /// Its file was claimed this long ago.
+    pub fn claimed_ago(mut self, ago: Duration) -> TestChange {
+        self.claimed_ms_ago = ago.as_millis() as i64;
         self
     }
 }
@@ -324,7 +333,7 @@ impl Fixture {
                 snapshot_id: "test-snapshot".into(),
                 stream: "test".into(),
             },
-            detected_at: now_millis(),
+            detected_at: now_millis() - change.claimed_ms_ago,
         };
         self.store
             .current(ChangeEvent::SCHEMA)

@@ -91,6 +91,8 @@ fn abandon(writer: &GuaranteedWriter, error: IngestError) -> IngestError {
 struct FileSender<'c> {
     ctx: &'c IngestContext<'c>,
     origin: Provenance<'c>,
+    /// When the file was claimed (kept across a resume): the timestamp of every record of
+    /// it, so the detector's `detected_at` and api-sink's end-to-end latency start there.
     started_at: i64,
     ledger_schema: std::sync::Arc<LoadedSchema>,
     reject_schema: std::sync::Arc<LoadedSchema>,
@@ -185,7 +187,8 @@ impl FileSender<'_> {
                     self.ctx.writer.send(
                         OutgoingRecord::new(&topics.snapshots, key.as_str().as_bytes(), payload)
                             .partition(partition)
-                            .headers(self.origin.headers(Some(row.line))),
+                            .headers(self.origin.headers(Some(row.line)))
+                            .timestamp(self.started_at),
                     )?;
                 }
                 self.counts.sent += 1;
@@ -199,7 +202,8 @@ impl FileSender<'_> {
                     let key = format!("{}:{}", self.origin.file.hash, row.line);
                     self.ctx.writer.send(
                         OutgoingRecord::new(&topics.rejects, key.as_bytes(), &payload)
-                            .headers(self.origin.headers(Some(row.line))),
+                            .headers(self.origin.headers(Some(row.line)))
+                            .timestamp(self.started_at),
                     )?;
                 }
                 self.counts.rejected += 1;
@@ -242,7 +246,8 @@ impl FileSender<'_> {
                     &payload,
                 )
                 .partition(partition)
-                .headers(self.origin.marker_headers()),
+                .headers(self.origin.marker_headers())
+                .timestamp(self.started_at),
             )?;
         }
         writer.acknowledge()?;

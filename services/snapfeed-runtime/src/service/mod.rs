@@ -92,6 +92,9 @@ pub enum RuntimeError {
     Interrupted,
 }
 
+/// The constant label every metric of a service carries: the pipeline's name.
+pub const PIPELINE_LABEL: &str = "pipeline";
+
 /// The running frame around a stage.
 #[derive(Debug)]
 pub struct ServiceRuntime {
@@ -124,7 +127,18 @@ impl ServiceRuntime {
         shutdown: Shutdown,
     ) -> Result<ServiceRuntime, RuntimeError> {
         let schemas = Arc::new(SchemaStore::load_dir(&common.pipeline.schemas_dir)?);
-        let registry = Registry::new();
+        // Every series carries `pipeline="<name>"`, so several pipelines share one Prometheus
+        // (and one dashboard, with a pipeline selector).
+        let registry = Registry::new_custom(
+            None,
+            Some(
+                [(PIPELINE_LABEL.to_string(), common.pipeline.name.clone())]
+                    .into_iter()
+                    .collect(),
+            ),
+        )
+        .map_err(RuntimeError::Metrics)?;
+        crate::process_metrics::register(&registry).map_err(RuntimeError::Metrics)?;
         let build_info = IntGauge::with_opts(
             Opts::new(
                 format!("snapfeed_{}_build_info", metric_service(service)),

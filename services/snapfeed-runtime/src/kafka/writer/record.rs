@@ -19,6 +19,8 @@ pub struct OutgoingRecord<'a> {
     pub payload: Option<&'a [u8]>,
     /// Provenance or control headers.
     pub headers: Option<OwnedHeaders>,
+    /// Record timestamp (ms since the epoch); `None`: the producer's clock at the send.
+    pub timestamp: Option<i64>,
 }
 
 impl<'a> OutgoingRecord<'a> {
@@ -30,7 +32,14 @@ impl<'a> OutgoingRecord<'a> {
             key,
             payload: Some(payload),
             headers: None,
+            timestamp: None,
         }
+    }
+
+    /// With this timestamp (ms since the epoch) instead of the time of the send.
+    pub fn timestamp(mut self, millis: i64) -> OutgoingRecord<'a> {
+        self.timestamp = Some(millis);
+        self
     }
 
     /// To this partition.
@@ -59,6 +68,9 @@ impl<'a> OutgoingRecord<'a> {
         }
         if let Some(headers) = headers {
             record = record.headers(headers);
+        }
+        if let Some(timestamp) = self.timestamp {
+            record = record.timestamp(timestamp);
         }
         record
     }
