@@ -199,6 +199,7 @@ async fn a_snapshot_with_a_dead_letter_and_a_pending_change_is_not_reconciled() 
         assert_eq!(named(&s.pending), vec![("C".to_string(), 1)]);
         assert!(!found.is_reconciled());
         let text = found.to_string();
+        println!("{text}");
         assert!(text.contains("B v2 (changes[0]@1, http_4xx 400)"), "{text}");
         assert!(text.contains("pending:         C v1"), "{text}");
         assert!(text.contains("NOT RECONCILED"), "{text}");
