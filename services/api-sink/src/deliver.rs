@@ -42,7 +42,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use rdkafka::message::Headers;
 use snapfeed_runtime::avro::SchemaStore;
 use snapfeed_runtime::dataset::Dataset;
 use snapfeed_runtime::health::Readiness;
@@ -87,17 +86,7 @@ pub(crate) struct Incoming {
 impl Incoming {
     /// From a consumed message.
     pub(crate) fn from_message<M: rdkafka::Message>(message: &M) -> Incoming {
-        let redrive_count = message
-            .headers()
-            .and_then(|headers| {
-                headers
-                    .iter()
-                    .find(|h| h.key == REDRIVE_COUNT_HEADER)
-                    .and_then(|h| h.value)
-                    .and_then(|v| std::str::from_utf8(v).ok())
-                    .and_then(|v| v.parse().ok())
-            })
-            .unwrap_or(0);
+        let redrive_count = snapfeed_runtime::dead_letters::redrive_count(message);
         Incoming {
             partition: message.partition(),
             offset: message.offset(),

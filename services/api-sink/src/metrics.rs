@@ -51,8 +51,8 @@ pub struct SinkMetrics {
     /// Lanes stopped at an outcome they could not record.
     pub stalled_lanes: IntGauge,
     /// Per partition of `changes` (label `partition`): changes not yet delivered and
-    /// committed, from librdkafka's statistics every `sink.lag_interval_ms`. Only the
-    /// partitions this instance is assigned.
+    /// committed, from librdkafka's statistics every `sink.lag_interval_ms` (transaction
+    /// markers not counted: see `undelivered`). Only the partitions this instance is assigned.
     pub consumer_lag: IntGaugeVec,
     /// From the file's claim by file-source to the change's delivery (seconds): the change's
     /// `detected_at`, which is its snapshot record's timestamp — the time file-source claimed
@@ -181,11 +181,25 @@ impl SinkMetrics {
         for (partition, stats) in &topic.partitions {
             // librdkafka reports -1 for partitions it does not consume (and the internal -1
             // partition).
-            if *partition >= 0 && stats.consumer_lag >= 0 {
-                self.consumer_lag
-                    .with_label_values(&[&partition.to_string()])
-                    .set(stats.consumer_lag);
+            if *partition < 0 || stats.consumer_lag < 0 {
+                continue;
             }
+            // The last stable offset (read_committed); the high watermark where it is unknown.
+            let end = if stats.ls_offset >= 0 {
+                stats.ls_offset
+            } else {
+                stats.hi_offset
+            };
+            let lag = undelivered(
+                end,
+                stats.next_offset,
+                stats.app_offset,
+                stats.committed_offset,
+                stats.consumer_lag,
+            );
+            self.consumer_lag
+                .with_label_values(&[&partition.to_string()])
+                .set(lag);
         }
     }
 
@@ -208,5 +222,43 @@ impl SinkMetrics {
     fn count_retry(&self, reason: &str) {
         self.requests.with_label_values(&["transient"]).inc();
         self.retries.with_label_values(&[reason]).inc();
+    }
+}
+
+/// Changes of a partition not yet delivered and committed, from librdkafka's offsets: `end`
+/// (the last stable offset), the fetch position `next`, the application's position `app`
+/// (last message handed over + 1; negative before the first) and the `committed` offset.
+///
+/// librdkafka's own `consumer_lag` (end − committed) never reaches 0 on a transactional topic:
+/// the commit marker after the last change takes an offset the sink never commits past. So
+/// while everything handed over is committed, the lag is what is left to fetch (end − next;
+/// the fetch position moves past markers); otherwise end − committed.
+fn undelivered(end: i64, next: i64, app: i64, committed: i64, consumer_lag: i64) -> i64 {
+    if end < 0 || next < 0 {
+        return consumer_lag.max(0);
+    }
+    if app < 0 || committed >= app {
+        (end - next).max(0)
+    } else {
+        (end - committed.max(0)).max(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::undelivered;
+
+    #[test]
+    fn a_transaction_marker_is_not_lag() {
+        // Changes 0..=9 delivered and committed (10); the commit marker at 10; end 11.
+        assert_eq!(undelivered(11, 11, 10, 10, 1), 0);
+        // The same after a restart, before anything is consumed.
+        assert_eq!(undelivered(11, 11, -1001, 10, 1), 0);
+        // Not fetched yet: 5 changes past the position.
+        assert_eq!(undelivered(16, 11, 10, 10, 6), 5);
+        // Fetched and handed over, not delivered: from the committed offset.
+        assert_eq!(undelivered(16, 16, 15, 10, 6), 6);
+        // Unknown offsets: librdkafka's figure.
+        assert_eq!(undelivered(-1, -1, -1, -1, 3), 3);
     }
 }

@@ -18,10 +18,9 @@ use std::collections::HashMap;
 use std::fmt;
 
 use chrono::{DateTime, Utc};
-use rdkafka::message::BorrowedMessage;
 use rdkafka::Message;
 
-use crate::avro::{MessageLocation, SchemaStore};
+use crate::avro::{AvroError, MessageLocation, SchemaStore};
 use crate::inspect::{header, millis_text, InspectError};
 use crate::kafka::{KafkaConfig, ProcessingGuarantee, TopicReader};
 use crate::records::{AvroRecord, ChangeEvent, DeadLetter, DeliveryReceipt};
@@ -209,15 +208,17 @@ pub fn read_letters(
         .read_all(&topics.deliveries, |m| {
             let Some(payload) = m.payload() else { return };
             let location = MessageLocation::of(m);
-            // `deliveries` also carries replay markers: only receipts count.
-            if let Ok(receipt) =
-                schemas.decode::<DeliveryReceipt>(payload, DeliveryReceipt::SCHEMA, &location)
-            {
-                if let Some(seen) = keys.get_mut(&receipt.key) {
-                    if (200..300).contains(&receipt.status) {
-                        seen.delivered.push(receipt.version);
+            match schemas.decode::<DeliveryReceipt>(payload, DeliveryReceipt::SCHEMA, &location) {
+                Ok(receipt) => {
+                    if let Some(seen) = keys.get_mut(&receipt.key) {
+                        if (200..300).contains(&receipt.status) {
+                            seen.delivered.push(receipt.version);
+                        }
                     }
                 }
+                // `deliveries` also carries replay markers: only receipts count.
+                Err(AvroError::WrongSchema { .. }) => {}
+                Err(error) => skip("delivery receipt", &location, &error),
             }
         })
         .map_err(crate::inspect::failed("read the deliveries"))?;
@@ -244,7 +245,8 @@ impl Seen {
     }
 }
 
-fn redrive_count(message: &BorrowedMessage<'_>) -> i32 {
+/// How often the change in `message` was redriven ([`REDRIVE_COUNT_HEADER`]; 0 without it).
+pub fn redrive_count<M: Message>(message: &M) -> i32 {
     header(message, REDRIVE_COUNT_HEADER)
         .and_then(|v| v.parse().ok())
         .unwrap_or(0)

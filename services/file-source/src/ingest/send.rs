@@ -121,8 +121,11 @@ fn send_chunks(
     let mut sender = FileSender {
         ctx,
         origin: Provenance::of(ctx.config, file, validation.snapshot_time),
+        // Claimed when first started: a resumed file keeps its claim time; a file that failed
+        // before (and is dropped in again) or is new is claimed now.
         started_at: ledger
             .get(&file.hash)
+            .filter(|e| e.status == FileStatus::InProgress)
             .map(|e| e.started_at)
             .unwrap_or_else(now_millis),
         ledger_schema: ctx.schemas.current(FileLedgerEntry::SCHEMA)?,

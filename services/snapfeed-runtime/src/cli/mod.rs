@@ -17,6 +17,8 @@ use crate::topics;
 
 mod operator;
 
+pub use operator::{emit, LetterFilterArgs};
+
 /// Options every binary takes.
 #[derive(Debug, clap::Args)]
 pub struct GlobalArgs {
@@ -186,10 +188,24 @@ where
                 }
             })
         }
-        CommonCommand::Reconcile(args) => operator::reconcile(config.common(), &args),
-        CommonCommand::Trace(args) => operator::trace(config.common(), &args),
-        CommonCommand::Tail(args) => operator::tail(config.common(), &args),
-        CommonCommand::DeadLetters(command) => operator::dead_letters(config.common(), &command),
+        // Logs (to stderr: a skipped undecodable record, a broker retry) for the operator
+        // commands too; their output goes to stdout.
+        CommonCommand::Reconcile(args) => {
+            telemetry::init(config.common().log);
+            operator::reconcile(config.common(), &args)
+        }
+        CommonCommand::Trace(args) => {
+            telemetry::init(config.common().log);
+            operator::trace(config.common(), &args)
+        }
+        CommonCommand::Tail(args) => {
+            telemetry::init(config.common().log);
+            operator::tail(config.common(), &args)
+        }
+        CommonCommand::DeadLetters(command) => {
+            telemetry::init(config.common().log);
+            operator::dead_letters(config.common(), &command)
+        }
         CommonCommand::Run => run_with(service, config, run),
     }
 }

@@ -59,9 +59,9 @@ pub enum DeadLettersCommand {
     List(DeadLettersListArgs),
 }
 
-/// `dead-letters list`.
-#[derive(Debug, Clone, clap::Args)]
-pub struct DeadLettersListArgs {
+/// Which dead letters: the filters `dead-letters list` and `api-sink redrive` share.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct LetterFilterArgs {
     /// Only letters dead-lettered at or after this RFC 3339 time.
     #[arg(long)]
     pub since: Option<String>,
@@ -74,9 +74,61 @@ pub struct DeadLettersListArgs {
     /// Only letters of this record key.
     #[arg(long)]
     pub key: Option<String>,
+}
+
+impl LetterFilterArgs {
+    /// The filter; `Err` names the bad argument.
+    pub fn filter(&self) -> Result<LetterFilter, String> {
+        let since = match self
+            .since
+            .as_deref()
+            .map(chrono::DateTime::parse_from_rfc3339)
+        {
+            None => None,
+            Some(Ok(time)) => Some(time.with_timezone(&chrono::Utc)),
+            Some(Err(error)) => {
+                return Err(format!(
+                    "--since: {error} (expected an RFC 3339 time such as 2026-11-26T08:00:00Z)"
+                ))
+            }
+        };
+        Ok(LetterFilter {
+            since,
+            status: self.status,
+            reason: self.reason.clone(),
+            key: self.key.clone(),
+            state: None,
+        })
+    }
+}
+
+/// `dead-letters list`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DeadLettersListArgs {
+    /// Time, status, reason, key.
+    #[command(flatten)]
+    pub filter: LetterFilterArgs,
     /// Only letters in this state: open, redriven, delivered, superseded, replaced, undecodable.
     #[arg(long)]
     pub state: Option<String>,
+}
+
+/// Writes `text` to stdout; a reader that went away (`… | head`) ends it quietly (exit 0), any
+/// other write error is exit 1. `println!` would panic on the closed pipe.
+pub fn emit(text: &str) -> Result<(), ExitCode> {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    match stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        Ok(()) => Ok(()),
+        Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => Err(ExitCode::SUCCESS),
+        Err(error) => {
+            eprintln!("error: cannot write the output: {error}");
+            Err(ExitCode::from(1))
+        }
+    }
 }
 
 fn values(show: bool) -> Values {
@@ -126,7 +178,9 @@ pub(super) fn reconcile(common: CommonSections<'_>, args: &ReconcileArgs) -> Exi
         ReconcileOptions::default(),
     ) {
         Ok(reconciliation) => {
-            print!("{reconciliation}");
+            if let Err(code) = emit(&reconciliation.to_string()) {
+                return code;
+            }
             if reconciliation.is_reconciled() {
                 ExitCode::SUCCESS
             } else {
@@ -157,21 +211,18 @@ pub(super) fn trace(common: CommonSections<'_>, args: &TraceArgs) -> ExitCode {
         &options,
     ) {
         Ok(trace) if trace.events.is_empty() => {
-            println!(
-                "no record of key {:?} on the pipeline's topics{}",
+            let said = emit(&format!(
+                "no record of key {:?} on the pipeline's topics{}\n",
                 args.key,
                 if args.all_partitions {
                     ""
                 } else {
                     " (its partition only; --all-partitions reads every one)"
                 }
-            );
-            ExitCode::from(1)
+            ));
+            said.err().unwrap_or(ExitCode::from(1))
         }
-        Ok(trace) => {
-            print!("{trace}");
-            ExitCode::SUCCESS
-        }
+        Ok(trace) => emit(&trace.to_string()).err().unwrap_or(ExitCode::SUCCESS),
         Err(error) => failure(error),
     }
 }
@@ -203,6 +254,12 @@ pub(super) fn tail(common: CommonSections<'_>, args: &TailArgs) -> ExitCode {
         &mut stdout.lock(),
     ) {
         Ok(_) => ExitCode::SUCCESS,
+        // The reader went away (`tail … | head`): done.
+        Err(crate::inspect::InspectError::Output(error))
+            if error.kind() == std::io::ErrorKind::BrokenPipe =>
+        {
+            ExitCode::SUCCESS
+        }
         Err(error @ crate::inspect::InspectError::UnknownTopic { .. }) => usage(error.to_string()),
         Err(error) => failure(error),
     }
@@ -211,30 +268,14 @@ pub(super) fn tail(common: CommonSections<'_>, args: &TailArgs) -> ExitCode {
 /// `dead-letters list`: one line per letter, then a count per state.
 pub(super) fn dead_letters(common: CommonSections<'_>, command: &DeadLettersCommand) -> ExitCode {
     let DeadLettersCommand::List(args) = command;
-    let since = match args
-        .since
-        .as_deref()
-        .map(chrono::DateTime::parse_from_rfc3339)
-    {
-        None => None,
-        Some(Ok(time)) => Some(time.with_timezone(&chrono::Utc)),
-        Some(Err(error)) => {
-            return usage(format!(
-                "--since: {error} (expected an RFC 3339 time such as 2026-11-26T08:00:00Z)"
-            ))
-        }
+    let mut filter = match args.filter.filter() {
+        Ok(filter) => filter,
+        Err(problem) => return usage(problem),
     };
-    let state = match args.state.as_deref().map(str::parse::<LetterState>) {
+    filter.state = match args.state.as_deref().map(str::parse::<LetterState>) {
         None => None,
         Some(Ok(state)) => Some(state),
         Some(Err(problem)) => return usage(format!("--state {problem}")),
-    };
-    let filter = LetterFilter {
-        since,
-        status: args.status,
-        reason: args.reason.clone(),
-        key: args.key.clone(),
-        state,
     };
     let schemas = match schemas(&common) {
         Ok(schemas) => schemas,
@@ -247,25 +288,26 @@ pub(super) fn dead_letters(common: CommonSections<'_>, command: &DeadLettersComm
         &schemas,
     ) {
         Ok(letters) => {
+            let mut text = String::new();
             let mut by_state = std::collections::BTreeMap::new();
             for letter in letters.iter().filter(|l| filter.matches(l)) {
-                println!("{letter}");
+                text.push_str(&format!("{letter}\n"));
                 *by_state.entry(letter.state.as_str()).or_insert(0usize) += 1;
             }
             let counts: Vec<String> = by_state
                 .iter()
                 .map(|(state, n)| format!("{state} {n}"))
                 .collect();
-            println!(
-                "{} dead letters listed{}",
+            text.push_str(&format!(
+                "{} dead letters listed{}\n",
                 by_state.values().sum::<usize>(),
                 if counts.is_empty() {
                     String::new()
                 } else {
                     format!(": {}", counts.join(", "))
                 }
-            );
-            ExitCode::SUCCESS
+            ));
+            emit(&text).err().unwrap_or(ExitCode::SUCCESS)
         }
         Err(error) => failure(error),
     }

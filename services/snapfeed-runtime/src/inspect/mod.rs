@@ -301,7 +301,7 @@ pub fn message_json(schemas: &SchemaStore, message: &BorrowedMessage<'_>, values
 }
 
 /// A header's value as text.
-pub fn header<'a>(message: &'a BorrowedMessage<'_>, name: &str) -> Option<&'a str> {
+pub fn header<'a, M: Message>(message: &'a M, name: &str) -> Option<&'a str> {
     message
         .headers()?
         .iter()

@@ -24,7 +24,7 @@ use rdkafka::{Message, Offset};
 
 use super::{decode_fields, failed, header, millis_text, to_json, InspectError, Short, Values};
 use crate::avro::{MessageLocation, SchemaStore};
-use crate::dead_letters::REDRIVE_COUNT_HEADER;
+use crate::dead_letters::redrive_count;
 use crate::headers;
 use crate::kafka::{group_positions, KafkaConfig, ProcessingGuarantee, TopicReader};
 use crate::partition::partition_for_key;
@@ -84,6 +84,25 @@ pub struct TraceEvent {
     pub detail: String,
 }
 
+impl TraceEvent {
+    /// A message of the key that does not decode: its place and the error (which never quotes
+    /// the payload), so a gap in the trace is visible.
+    fn undecodable(
+        stage: Stage,
+        at: i64,
+        location: MessageLocation,
+        error: &crate::avro::AvroError,
+    ) -> TraceEvent {
+        TraceEvent {
+            at,
+            stage,
+            location,
+            version: None,
+            detail: format!("UNDECODABLE: {error}"),
+        }
+    }
+}
+
 /// A record's life, oldest first.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Trace {
@@ -138,8 +157,19 @@ pub fn trace(
     };
     let ours = |m: &BorrowedMessage<'_>| m.key() == Some(key.as_bytes());
     let mut events = Vec::new();
+    let mut undecodable = Vec::new();
 
-    // Changes first: the rows' verdicts refer to them.
+    // The detector's committed offsets before its changes: in exactly_once a row before the
+    // offset has its change in the read below (they commit together), so it is never taken
+    // for "unchanged" because the change came after the read.
+    let detector = format!("{pipeline}.change-detector");
+    let partitions = reader
+        .partitions(&topics.snapshots)
+        .map_err(failed("read metadata"))?;
+    let decided = group_positions(kafka, "trace", &detector, &topics.snapshots, partitions)
+        .map_err(failed("read change-detector's offsets"))?;
+
+    // Changes next: the rows' verdicts refer to them.
     let mut changes: Vec<(MessageLocation, i64, ChangeEvent, i32)> = Vec::new();
     reader
         .read_from(&topics.changes, &from(&topics.changes)?, |m| {
@@ -147,17 +177,22 @@ pub fn trace(
                 return;
             }
             let location = MessageLocation::of(m);
-            if let Some(Ok(change)) = m
+            match m
                 .payload()
                 .map(|p| schemas.decode::<ChangeEvent>(p, ChangeEvent::SCHEMA, &location))
             {
-                let redrive = header(m, REDRIVE_COUNT_HEADER)
-                    .and_then(|v| v.parse().ok())
-                    .unwrap_or(0);
-                changes.push((location, time_of(m), change, redrive));
+                Some(Ok(change)) => changes.push((location, time_of(m), change, redrive_count(m))),
+                Some(Err(error)) => undecodable.push(TraceEvent::undecodable(
+                    Stage::Change,
+                    time_of(m),
+                    location,
+                    &error,
+                )),
+                None => {}
             }
         })
         .map_err(failed("read the changes"))?;
+    events.append(&mut undecodable);
     let mut previous: Option<(i64, Vec<(String, Value)>)> = None;
     for (location, at, change, redrive) in &changes {
         let fields = change.record.as_deref().and_then(|bytes| {
@@ -201,13 +236,7 @@ pub fn trace(
         }
     }
 
-    let detector = format!("{pipeline}.change-detector");
     let snapshot_from = from(&topics.snapshots)?;
-    let partitions = reader
-        .partitions(&topics.snapshots)
-        .map_err(failed("read metadata"))?;
-    let decided = group_positions(kafka, "trace", &detector, &topics.snapshots, partitions)
-        .map_err(failed("read change-detector's offsets"))?;
     reader
         .read_from(&topics.snapshots, &snapshot_from, |m| {
             if !ours(m) || header(m, headers::CONTROL).is_some() {
@@ -300,10 +329,20 @@ pub fn trace(
                 return;
             }
             let location = MessageLocation::of(m);
-            let Some(Ok(r)) = m.payload().map(|p| {
+            let r = match m.payload().map(|p| {
                 schemas.decode::<DeliveryReceipt>(p, DeliveryReceipt::SCHEMA, &location)
-            }) else {
-                return;
+            }) {
+                Some(Ok(r)) => r,
+                Some(Err(error)) => {
+                    events.push(TraceEvent::undecodable(
+                        Stage::Delivery,
+                        time_of(m),
+                        location,
+                        &error,
+                    ));
+                    return;
+                }
+                None => return,
             };
             if r.key != key {
                 return;
@@ -339,11 +378,21 @@ pub fn trace(
                 return;
             }
             let location = MessageLocation::of(m);
-            let Some(Ok(l)) = m
+            let l = match m
                 .payload()
                 .map(|p| schemas.decode::<DeadLetter>(p, DeadLetter::SCHEMA, &location))
-            else {
-                return;
+            {
+                Some(Ok(l)) => l,
+                Some(Err(error)) => {
+                    events.push(TraceEvent::undecodable(
+                        Stage::DeadLetter,
+                        time_of(m),
+                        location,
+                        &error,
+                    ));
+                    return;
+                }
+                None => return,
             };
             if l.key.as_deref() != Some(key) {
                 return;
