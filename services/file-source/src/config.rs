@@ -90,6 +90,11 @@ pub struct SourceConfig {
     /// Interval of progress log lines on long files.
     #[serde(default = "default_progress_interval_ms")]
     pub progress_interval_ms: u64,
+    /// A file claimed this long ago and still in another instance's work directory counts as
+    /// orphaned (the `orphaned_work_files` gauge; `file-source adopt` refuses younger ones
+    /// without `--force`): that instance is probably gone for good.
+    #[serde(default = "default_orphaned_after_ms")]
+    pub orphaned_after_ms: u64,
 }
 
 /// A snapshot stream and the file names that belong to it.
@@ -192,6 +197,9 @@ fn default_quote() -> char {
 }
 fn default_progress_interval_ms() -> u64 {
     5_000
+}
+fn default_orphaned_after_ms() -> u64 {
+    30 * 60 * 1000
 }
 
 impl SourceConfig {

@@ -169,6 +169,87 @@ impl Inbox {
     }
 }
 
+/// A file another instance claimed and left in its work directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OrphanedFile {
+    /// The work directory's name: the instance id (file-name safe).
+    pub instance: String,
+    /// The file.
+    pub path: PathBuf,
+    /// How long ago it was claimed (moved into that directory).
+    pub claimed_ago: Duration,
+}
+
+/// Files in other instances' work directories (not `instance_id`'s) claimed at least
+/// `older_than` ago, by instance then name.
+pub fn orphaned(
+    config: &SourceConfig,
+    instance_id: &str,
+    older_than: Duration,
+) -> std::io::Result<Vec<OrphanedFile>> {
+    let own = instance_work_dir(config, instance_id);
+    let mut found = Vec::new();
+    let entries = match std::fs::read_dir(config.work_dir()) {
+        Ok(entries) => entries,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(found),
+        Err(error) => return Err(error),
+    };
+    for entry in entries {
+        let entry = entry?;
+        let dir = entry.path();
+        if dir == own || !entry.file_type()?.is_dir() {
+            continue;
+        }
+        let instance = entry.file_name().to_string_lossy().into_owned();
+        found.extend(
+            claimed_files(&dir)?
+                .into_iter()
+                .filter(|(_, ago)| *ago >= older_than)
+                .map(|(path, claimed_ago)| OrphanedFile {
+                    instance: instance.clone(),
+                    path,
+                    claimed_ago,
+                }),
+        );
+    }
+    found.sort_by(|a, b| (&a.instance, &a.path).cmp(&(&b.instance, &b.path)));
+    Ok(found)
+}
+
+/// The files of a work directory and how long ago each was claimed: the time of its rename
+/// into the directory (its inode change time; the modification time is the provider's).
+pub fn claimed_files(dir: &Path) -> std::io::Result<Vec<(PathBuf, Duration)>> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let metadata = entry.metadata()?;
+        if metadata.is_file() {
+            files.push((entry.path(), since(claim_time(&metadata))));
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+#[cfg(unix)]
+fn claim_time(metadata: &std::fs::Metadata) -> SystemTime {
+    use std::os::unix::fs::MetadataExt;
+    let (seconds, nanos) = (metadata.ctime(), metadata.ctime_nsec());
+    match (u64::try_from(seconds), u32::try_from(nanos)) {
+        (Ok(seconds), Ok(nanos)) => SystemTime::UNIX_EPOCH + Duration::new(seconds, nanos),
+        _ => SystemTime::UNIX_EPOCH,
+    }
+}
+
+#[cfg(not(unix))]
+fn claim_time(metadata: &std::fs::Metadata) -> SystemTime {
+    metadata.modified().unwrap_or(SystemTime::UNIX_EPOCH)
+}
+
+fn since(time: SystemTime) -> Duration {
+    SystemTime::now().duration_since(time).unwrap_or_default()
+}
+
 /// The work directory of one instance: `<work_dir>/<instance_id>` (the id made file-name safe).
 pub fn instance_work_dir(config: &SourceConfig, instance_id: &str) -> std::path::PathBuf {
     let safe: String = instance_id
@@ -250,6 +331,43 @@ mod tests {
             text.push_str(&format!("marker_suffix = {marker:?}\n"));
         }
         toml::from_str(&text).unwrap()
+    }
+
+    #[test]
+    fn files_in_other_instances_work_directories_are_orphans_once_old_enough() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = config(dir.path(), None);
+        let mut own = Inbox::new(&config, "fs-0");
+        std::fs::write(dir.path().join("mine.csv"), "h\n").unwrap();
+        let candidate = Candidate {
+            name: "mine.csv".into(),
+            path: dir.path().join("mine.csv"),
+            modified: SystemTime::now(),
+        };
+        own.claim(&candidate).unwrap().unwrap();
+        let other = instance_work_dir(&config, "fs-1");
+        std::fs::create_dir_all(&other).unwrap();
+        std::fs::write(other.join("left.csv"), "h\n").unwrap();
+
+        let found = orphaned(&config, "fs-0", Duration::ZERO).unwrap();
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].instance, "fs-1");
+        assert_eq!(found[0].path, other.join("left.csv"));
+        // Just claimed: not an orphan under a real bound; this instance's own file never is.
+        assert!(orphaned(&config, "fs-0", Duration::from_secs(3600))
+            .unwrap()
+            .is_empty());
+        assert_eq!(
+            orphaned(&config, "fs-1", Duration::ZERO).unwrap()[0].instance,
+            "fs-0"
+        );
+        // No work directory at all: nothing.
+        let empty = tempfile::tempdir().unwrap();
+        assert!(
+            orphaned(&self::config(empty.path(), None), "fs-0", Duration::ZERO)
+                .unwrap()
+                .is_empty()
+        );
     }
 
     #[test]

@@ -1,14 +1,15 @@
 //! The ingestion ledger: the compacted `files` topic, one entry per file content hash, read
-//! back in full at start. It answers "was this content already ingested?" (COMPLETED → skip)
+//! back in full at start and caught up before each file (other instances write to it too). It answers "was this content already ingested?" (COMPLETED → skip)
 //! and "where does an interrupted file resume?" (IN_PROGRESS → after `rows_committed`).
 //!
 //! Entries are written by the ingest in the same transaction as the rows they account for, so
 //! a `read_committed` reader never sees a checkpoint ahead of its rows.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use rdkafka::error::KafkaError;
-use rdkafka::Message;
+use rdkafka::message::BorrowedMessage;
+use rdkafka::{Message, Offset};
 use snapfeed_runtime::avro::{MessageLocation, SchemaStore};
 use snapfeed_runtime::kafka::TopicReader;
 use snapfeed_runtime::records::{AvroRecord, FileLedgerEntry, FileStatus};
@@ -17,6 +18,8 @@ use snapfeed_runtime::records::{AvroRecord, FileLedgerEntry, FileStatus};
 #[derive(Debug, Default, Clone)]
 pub struct Ledger {
     entries: HashMap<String, FileLedgerEntry>,
+    /// Per partition of `files`, the next offset to read: where [`Ledger::catch_up`] goes on.
+    read_to: BTreeMap<i32, i64>,
 }
 
 /// What the ledger says about a file.
@@ -71,26 +74,52 @@ impl Ledger {
         schemas: &SchemaStore,
     ) -> Result<Ledger, KafkaError> {
         let mut ledger = Ledger::default();
-        reader.read_all(topic, |message| {
-            let Some(payload) = message.payload() else {
-                // Tombstone: the entry was deleted.
-                if let Some(Ok(hash)) = message.key_view::<str>() {
-                    ledger.entries.remove(hash);
-                }
-                return;
-            };
-            let location = MessageLocation {
-                topic: topic.to_string(),
-                partition: message.partition(),
-                offset: message.offset(),
-            };
-            match schemas.decode::<FileLedgerEntry>(payload, FileLedgerEntry::SCHEMA, &location) {
-                Ok(entry) => ledger.record(entry),
-                Err(error) => {
-                    tracing::warn!(message = "Skipping unreadable ledger entry.", %error)
-                }
-            }
-        })?;
+        reader.read_all(topic, |message| ledger.apply(message, topic, schemas))?;
         Ok(ledger)
+    }
+
+    /// Reads what was written to `topic` since the last read (blocking): the entries other
+    /// instances committed meanwhile — a file they completed (so a re-delivery of it is a
+    /// duplicate here too), or the checkpoint of one they left unfinished (so it resumes
+    /// there, e.g. after `file-source adopt`). Returns the entries read.
+    pub fn catch_up(
+        &mut self,
+        reader: &TopicReader,
+        topic: &str,
+        schemas: &SchemaStore,
+    ) -> Result<u64, KafkaError> {
+        let from: Vec<(i32, Offset)> = (0..reader.partitions(topic)?)
+            .map(|partition| {
+                let offset = self
+                    .read_to
+                    .get(&partition)
+                    .map_or(Offset::Beginning, |next| Offset::Offset(*next));
+                (partition, offset)
+            })
+            .collect();
+        reader.read_from(topic, &from, |message| self.apply(message, topic, schemas))
+    }
+
+    fn apply(&mut self, message: &BorrowedMessage<'_>, topic: &str, schemas: &SchemaStore) {
+        self.read_to
+            .insert(message.partition(), message.offset() + 1);
+        let Some(payload) = message.payload() else {
+            // Tombstone: the entry was deleted.
+            if let Some(Ok(hash)) = message.key_view::<str>() {
+                self.entries.remove(hash);
+            }
+            return;
+        };
+        let location = MessageLocation {
+            topic: topic.to_string(),
+            partition: message.partition(),
+            offset: message.offset(),
+        };
+        match schemas.decode::<FileLedgerEntry>(payload, FileLedgerEntry::SCHEMA, &location) {
+            Ok(entry) => self.record(entry),
+            Err(error) => {
+                tracing::warn!(message = "Skipping unreadable ledger entry.", %error)
+            }
+        }
     }
 }

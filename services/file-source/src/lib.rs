@@ -20,6 +20,7 @@
 //! thread, through [`FileSource::process`], so they behave the same. The library never prints:
 //! the binary reports outcomes.
 
+pub mod adopt;
 pub mod config;
 pub mod convert;
 pub mod inbox;

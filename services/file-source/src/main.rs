@@ -22,6 +22,19 @@ enum Command {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+    /// Hand the files another instance claimed and never finished (its work directory) back
+    /// to the inbox, fencing its producer first (exactly_once): they are resumed from their
+    /// checkpoints by the instance whose shard they belong to.
+    Adopt {
+        /// The other instance's id (`pipeline.instance_id`: its work directory's name).
+        instance: String,
+        /// Its `source.instance_index` (names its transactional id); default: this config's.
+        #[arg(long)]
+        instance_index: Option<u32>,
+        /// Also take files it claimed less than `source.orphaned_after_ms` ago.
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -30,6 +43,28 @@ fn main() -> ExitCode {
     match cli.command.unwrap_or(Command::Common(CommonCommand::Run)) {
         Command::Common(command) => {
             execute_common(file_source::SERVICE, config_path, command, file_source::run)
+        }
+        Command::Adopt {
+            instance,
+            instance_index,
+            force,
+        } => {
+            let config = match load_config::<file_source::FileSourceConfig>(config_path) {
+                Ok(config) => config,
+                Err(code) => return code,
+            };
+            snapfeed_runtime::telemetry::init(&config.log);
+            let index = instance_index.unwrap_or(config.source.instance_index);
+            match file_source::adopt::adopt(&config, &instance, index, force) {
+                Ok(adopted) => {
+                    println!("{adopted}");
+                    ExitCode::SUCCESS
+                }
+                Err(error) => {
+                    eprintln!("error: {error}");
+                    ExitCode::from(1)
+                }
+            }
         }
         Command::Ingest { files } => {
             let config = match load_config::<file_source::FileSourceConfig>(config_path) {

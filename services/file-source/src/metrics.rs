@@ -1,7 +1,7 @@
 //! file-source metrics (`snapfeed_file_source_…`). Labels come from small fixed sets — never
 //! file names, keys or error strings.
 
-use prometheus::{Gauge, Histogram, IntCounter, IntCounterVec, Registry};
+use prometheus::{Gauge, Histogram, IntCounter, IntCounterVec, IntGauge, Registry};
 use snapfeed_runtime::metrics::MetricsBuilder;
 
 /// The metrics of one file-source instance.
@@ -17,6 +17,9 @@ pub struct SourceMetrics {
     pub file_duration: Histogram,
     /// Unix time of the last successful ingest: alert when it stops moving (stale inbox).
     pub last_success: Gauge,
+    /// Files waiting in another instance's work directory, claimed over
+    /// `source.orphaned_after_ms` ago: that instance is gone (`file-source adopt INSTANCE`).
+    pub orphaned_work_files: IntGauge,
 }
 
 impl SourceMetrics {
@@ -45,6 +48,10 @@ impl SourceMetrics {
             last_success: metrics.float_gauge(
                 "last_success_timestamp_seconds",
                 "Unix time of the last successfully ingested file.",
+            )?,
+            orphaned_work_files: metrics.gauge(
+                "orphaned_work_files",
+                "Files claimed long ago by another instance and still in its work directory.",
             )?,
         })
     }

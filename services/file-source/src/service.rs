@@ -43,7 +43,10 @@ pub struct FileSource {
     writer: Arc<GuaranteedWriter>,
     /// Which files are done or half-done; updated as entries are committed.
     ledger: Ledger,
-    metrics: SourceMetrics,
+    /// Catches the ledger up before each file.
+    ledger_reader: TopicReader,
+    /// `snapfeed_file_source_…`.
+    pub(crate) metrics: SourceMetrics,
 }
 
 impl std::fmt::Debug for FileSource {
@@ -96,7 +99,7 @@ impl FileSource {
         runtime.readiness.set(CONNECTED, true);
 
         runtime.readiness.set(LEDGER_LOADED, false);
-        let ledger = load_ledger(&config, &runtime).await?;
+        let (ledger, ledger_reader) = load_ledger(&config, &runtime).await?;
         tracing::info!(message = "Ledger loaded.", files = ledger.len());
         runtime.readiness.set(LEDGER_LOADED, true);
 
@@ -108,6 +111,7 @@ impl FileSource {
             dataset,
             writer,
             ledger,
+            ledger_reader,
             metrics,
         };
         Ok(Some((runtime, source)))
@@ -117,6 +121,15 @@ impl FileSource {
     /// it to where its outcome says. `stop` interrupts it at the next row. Blocking.
     pub fn process(&mut self, path: &Path, stop: &AtomicBool) -> Result<FileOutcome, IngestError> {
         let started = Instant::now();
+        // What other instances committed since: a file they completed, a checkpoint of one
+        // they left (handed back by `adopt`). Without it the file is ingested from what this
+        // instance knows — at worst again, which the detector absorbs.
+        if let Err(error) =
+            self.ledger
+                .catch_up(&self.ledger_reader, &self.topics.files, &self.schemas)
+        {
+            tracing::warn!(message = "Cannot catch the ledger up; going on with what this instance knows.", %error);
+        }
         let ctx = IngestContext {
             config: &self.config.source,
             topics: &self.topics,
@@ -201,10 +214,11 @@ impl FileSource {
 }
 
 /// Reads the whole `files` ledger back, off the async workers.
+/// The ledger, and the reader that keeps it caught up.
 async fn load_ledger(
     config: &FileSourceConfig,
     runtime: &ServiceRuntime,
-) -> Result<Ledger, FileSourceError> {
+) -> Result<(Ledger, TopicReader), FileSourceError> {
     let reader = TopicReader::new(&config.kafka, SERVICE, config.pipeline.processing_guarantee)
         .map_err(|source| FileSourceError::Kafka {
             context: "create ledger reader",
@@ -212,11 +226,13 @@ async fn load_ledger(
         })?;
     let (files_topic, schemas) = (runtime.topics.files.clone(), runtime.schemas.clone());
     // Never assigned to a group: dropping the reader does not wait on a coordinator.
-    tokio::task::spawn_blocking(move || Ledger::load(&reader, &files_topic, &schemas))
-        .await
-        .unwrap_or(Err(rdkafka::error::KafkaError::Canceled))
-        .map_err(|source| FileSourceError::Kafka {
-            context: "load ledger",
-            source,
-        })
+    tokio::task::spawn_blocking(move || {
+        Ledger::load(&reader, &files_topic, &schemas).map(|ledger| (ledger, reader))
+    })
+    .await
+    .unwrap_or(Err(rdkafka::error::KafkaError::Canceled))
+    .map_err(|source| FileSourceError::Kafka {
+        context: "load ledger",
+        source,
+    })
 }

@@ -45,7 +45,9 @@ fn watch_until_stopped(
     let mut pending: Vec<PathBuf> = inbox
         .unfinished()
         .map_err(io(&source.config.source.work_dir()))?;
+    let mut orphans = OrphanWatch::default();
     while !stop.load(Ordering::Relaxed) {
+        orphans.check(source);
         if pending.is_empty() {
             for candidate in inbox
                 .scan(Instant::now())
@@ -86,6 +88,55 @@ fn watch_until_stopped(
         sleep_unless_stopped(poll, stop);
     }
     Ok(())
+}
+
+/// How often other instances' work directories are looked at.
+const ORPHAN_CHECK: Duration = Duration::from_secs(10);
+
+/// Files another instance claimed long ago and left in its work directory: counted in the
+/// `orphaned_work_files` gauge, and logged (instance and count, once per change) so an
+/// operator knows to run `file-source adopt INSTANCE` if that instance is gone for good.
+#[derive(Debug, Default)]
+struct OrphanWatch {
+    last_check: Option<Instant>,
+    last_count: usize,
+}
+
+impl OrphanWatch {
+    fn check(&mut self, source: &FileSource) {
+        if self
+            .last_check
+            .is_some_and(|at| at.elapsed() < ORPHAN_CHECK)
+        {
+            return;
+        }
+        self.last_check = Some(Instant::now());
+        let config = &source.config;
+        let older_than = Duration::from_millis(config.source.orphaned_after_ms);
+        let found = match crate::inbox::orphaned(
+            &config.source,
+            &config.pipeline.instance_id(),
+            older_than,
+        ) {
+            Ok(found) => found,
+            Err(error) => {
+                tracing::warn!(message = "Cannot look at other instances' work directories.", %error);
+                return;
+            }
+        };
+        source.metrics.orphaned_work_files.set(found.len() as i64);
+        if found.len() != self.last_count && !found.is_empty() {
+            let mut instances: Vec<&str> = found.iter().map(|o| o.instance.as_str()).collect();
+            instances.dedup();
+            tracing::warn!(
+                message = "Files claimed by another instance wait in its work directory; if that instance is gone for good, run `file-source adopt <instance>` to hand them back to the inbox.",
+                files = found.len(),
+                instances = ?instances,
+                older_than_ms = config.source.orphaned_after_ms
+            );
+        }
+        self.last_count = found.len();
+    }
 }
 
 /// Ingests `paths` once, in order, until `stop`; hands each outcome to `report` as its file

@@ -40,6 +40,14 @@ pub struct KafkaConfig {
     /// Consumer group session timeout (librdkafka default: 45000).
     #[serde(default = "default_session_timeout_ms")]
     pub session_timeout_ms: u64,
+    /// Kafka static membership (KIP-345) for the stages' group consumers: `group.instance.id`
+    /// = `<group>.<pipeline.instance_id>`, so an instance restarted under the same id within
+    /// `session_timeout_ms` gets its partitions back without a group-wide rebalance. Needs an
+    /// instance id that is stable across restarts and unique per instance (a StatefulSet's pod
+    /// name, a fixed id): two live instances with the same id fence each other. A static member
+    /// that stops does not leave the group: its partitions wait `session_timeout_ms` for it.
+    #[serde(default)]
+    pub static_membership: bool,
     /// Upper bound for one blocking metadata or coordinator call at start-up and shutdown.
     #[serde(default = "default_request_timeout_ms")]
     pub request_timeout_ms: u64,
@@ -89,6 +97,10 @@ const OWNED_PROPERTIES: &[(&str, &str)] = &[
     (
         "transactional.id",
         "derived from the service and its instance",
+    ),
+    (
+        "group.instance.id",
+        "set kafka.static_membership instead (derived from pipeline.instance_id)",
     ),
     ("enable.idempotence", "always on"),
     ("isolation.level", "follows pipeline.processing_guarantee"),

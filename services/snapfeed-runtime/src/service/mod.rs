@@ -92,6 +92,11 @@ pub enum RuntimeError {
     Interrupted,
 }
 
+/// The `group.instance.id` of an instance of a stage under `kafka.static_membership`.
+pub fn static_member_id(group: &str, instance_id: &str) -> String {
+    format!("{group}.{instance_id}")
+}
+
 /// The constant label every metric of a service carries: the pipeline's name.
 pub const PIPELINE_LABEL: &str = "pipeline";
 
@@ -257,6 +262,12 @@ impl ServiceRuntime {
         let mut settings =
             self.kafka
                 .consumer_config(self.service, &group, self.pipeline.processing_guarantee);
+        if self.kafka.static_membership {
+            settings.set(
+                "group.instance.id",
+                static_member_id(&group, &self.pipeline.instance_id()),
+            );
+        }
         tune(&mut settings);
         let consumer: BaseConsumer<C> =
             settings
@@ -271,7 +282,12 @@ impl ServiceRuntime {
                 context: "subscribe",
                 source,
             })?;
-        tracing::info!(message = "Consuming.", group = %group, topic);
+        tracing::info!(
+            message = "Consuming.",
+            group = %group,
+            topic,
+            static_member = self.kafka.static_membership
+        );
         Ok(consumer)
     }
 
