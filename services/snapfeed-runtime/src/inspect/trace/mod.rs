@@ -31,6 +31,10 @@ use crate::partition::partition_for_key;
 use crate::records::{AvroRecord, ChangeEvent, DeadLetter, DeliveryReceipt, DetectorState};
 use crate::topics::TopicNames;
 
+mod fields;
+
+use fields::field_changes;
+
 /// What to trace.
 #[derive(Debug, Clone, Default)]
 pub struct TraceOptions {
@@ -103,6 +107,24 @@ impl TraceEvent {
     }
 }
 
+/// The value of `m` (a message of the traced key) as `T`; a value that does not decode becomes
+/// an UNDECODABLE event of `stage` in `events` (a tombstone is nothing). `None` for both.
+fn decoded<T: AvroRecord + serde::de::DeserializeOwned>(
+    schemas: &SchemaStore,
+    m: &BorrowedMessage<'_>,
+    stage: Stage,
+    events: &mut Vec<TraceEvent>,
+) -> Option<T> {
+    let location = MessageLocation::of(m);
+    match schemas.decode::<T>(m.payload()?, T::SCHEMA, &location) {
+        Ok(value) => Some(value),
+        Err(error) => {
+            events.push(TraceEvent::undecodable(stage, time_of(m), location, &error));
+            None
+        }
+    }
+}
+
 /// A record's life, oldest first.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Trace {
@@ -157,7 +179,6 @@ pub fn trace(
     };
     let ours = |m: &BorrowedMessage<'_>| m.key() == Some(key.as_bytes());
     let mut events = Vec::new();
-    let mut undecodable = Vec::new();
 
     // The detector's committed offsets before its changes: in exactly_once a row before the
     // offset has its change in the read below (they commit together), so it is never taken
@@ -176,23 +197,11 @@ pub fn trace(
             if !ours(m) {
                 return;
             }
-            let location = MessageLocation::of(m);
-            match m
-                .payload()
-                .map(|p| schemas.decode::<ChangeEvent>(p, ChangeEvent::SCHEMA, &location))
-            {
-                Some(Ok(change)) => changes.push((location, time_of(m), change, redrive_count(m))),
-                Some(Err(error)) => undecodable.push(TraceEvent::undecodable(
-                    Stage::Change,
-                    time_of(m),
-                    location,
-                    &error,
-                )),
-                None => {}
+            if let Some(change) = decoded::<ChangeEvent>(schemas, m, Stage::Change, &mut events) {
+                changes.push((MessageLocation::of(m), time_of(m), change, redrive_count(m)));
             }
         })
         .map_err(failed("read the changes"))?;
-    events.append(&mut undecodable);
     let mut previous: Option<(i64, Vec<(String, Value)>)> = None;
     for (location, at, change, redrive) in &changes {
         let fields = change.record.as_deref().and_then(|bytes| {
@@ -328,22 +337,11 @@ pub fn trace(
             if !ours(m) {
                 return;
             }
-            let location = MessageLocation::of(m);
-            let r = match m.payload().map(|p| {
-                schemas.decode::<DeliveryReceipt>(p, DeliveryReceipt::SCHEMA, &location)
-            }) {
-                Some(Ok(r)) => r,
-                Some(Err(error)) => {
-                    events.push(TraceEvent::undecodable(
-                        Stage::Delivery,
-                        time_of(m),
-                        location,
-                        &error,
-                    ));
-                    return;
-                }
-                None => return,
+            let Some(r) = decoded::<DeliveryReceipt>(schemas, m, Stage::Delivery, &mut events)
+            else {
+                return;
             };
+            let location = MessageLocation::of(m);
             if r.key != key {
                 return;
             }
@@ -377,23 +375,10 @@ pub fn trace(
             if !ours(m) {
                 return;
             }
-            let location = MessageLocation::of(m);
-            let l = match m
-                .payload()
-                .map(|p| schemas.decode::<DeadLetter>(p, DeadLetter::SCHEMA, &location))
-            {
-                Some(Ok(l)) => l,
-                Some(Err(error)) => {
-                    events.push(TraceEvent::undecodable(
-                        Stage::DeadLetter,
-                        time_of(m),
-                        location,
-                        &error,
-                    ));
-                    return;
-                }
-                None => return,
+            let Some(l) = decoded::<DeadLetter>(schemas, m, Stage::DeadLetter, &mut events) else {
+                return;
             };
+            let location = MessageLocation::of(m);
             if l.key.as_deref() != Some(key) {
                 return;
             }
@@ -447,98 +432,4 @@ pub fn trace(
 /// The message's timestamp, 0 when it has none.
 fn time_of(m: &BorrowedMessage<'_>) -> i64 {
     m.timestamp().to_millis().unwrap_or(0)
-}
-
-/// Which fields differ from the version before, by name (and value, when shown).
-fn field_changes(
-    before: Option<&[(String, Value)]>,
-    after: &[(String, Value)],
-    values: Values,
-) -> String {
-    let Some(before) = before else {
-        let names: Vec<&str> = after.iter().map(|(name, _)| name.as_str()).collect();
-        return match values {
-            Values::Redacted => format!("new record, {} fields", names.len()),
-            Values::Shown => format!("new record {}", to_json(Value::Record(after.to_vec()))),
-        };
-    };
-    let old = |name: &str| {
-        before
-            .iter()
-            .find(|(n, _)| n == name)
-            .map_or(&Value::Null, |(_, v)| v)
-    };
-    let mut changed = Vec::new();
-    let mut unchanged = 0usize;
-    for (name, value) in after {
-        if unwrap_union(old(name)) == unwrap_union(value) {
-            unchanged += 1;
-        } else {
-            changed.push(match values {
-                Values::Redacted => name.clone(),
-                Values::Shown => format!(
-                    "{name}: {} → {}",
-                    to_json(old(name).clone()),
-                    to_json(value.clone())
-                ),
-            });
-        }
-    }
-    format!(
-        "changed: {}; unchanged: {unchanged} fields",
-        if changed.is_empty() {
-            "none".to_string()
-        } else {
-            changed.join(", ")
-        }
-    )
-}
-
-fn unwrap_union(value: &Value) -> &Value {
-    match value {
-        Value::Union(_, inner) => inner,
-        other => other,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn record(result: &str) -> Vec<(String, Value)> {
-        vec![
-            ("patient_id".into(), Value::String("P1".into())),
-            (
-                "result".into(),
-                Value::Union(1, Box::new(Value::String(result.into()))),
-            ),
-        ]
-    }
-
-    #[test]
-    fn changed_fields_are_named_and_values_only_shown_when_asked() {
-        let (old, new) = (record("NEGATIVE"), record("POSITIVE"));
-        let redacted = field_changes(Some(&old), &new, Values::Redacted);
-        assert_eq!(redacted, "changed: result; unchanged: 1 fields");
-        assert!(!redacted.contains("POSITIVE"));
-        let shown = field_changes(Some(&old), &new, Values::Shown);
-        assert!(shown.contains("\"NEGATIVE\" → \"POSITIVE\""), "{shown}");
-        let created = field_changes(None, &new, Values::Redacted);
-        assert_eq!(created, "new record, 2 fields");
-        assert!(!created.contains("P1"));
-    }
-
-    #[test]
-    fn a_field_the_older_version_lacked_counts_as_changed_only_if_set() {
-        let old = vec![("patient_id".to_string(), Value::String("P1".into()))];
-        let mut new = old.clone();
-        new.push((
-            "ordering_provider".to_string(),
-            Value::Union(0, Box::new(Value::Null)),
-        ));
-        assert_eq!(
-            field_changes(Some(&old), &new, Values::Redacted),
-            "changed: none; unchanged: 2 fields"
-        );
-    }
 }
