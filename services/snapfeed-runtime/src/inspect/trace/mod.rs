@@ -169,13 +169,18 @@ pub fn trace(
 ) -> Result<Trace, InspectError> {
     let reader = TopicReader::new(kafka, "trace", guarantee).map_err(failed("create a reader"))?;
     let key = options.key.as_str();
-    let from = |topic: &str| -> Result<Vec<(i32, Offset)>, InspectError> {
-        let count = reader.partitions(topic).map_err(failed("read metadata"))?;
-        Ok(if options.all_partitions {
+    // Where to read a topic of `count` partitions: the key's partition, or all of them.
+    let places = |count: i32| -> Vec<(i32, Offset)> {
+        if options.all_partitions {
             (0..count).map(|p| (p, Offset::Beginning)).collect()
         } else {
             vec![(partition_for_key(key.as_bytes(), count), Offset::Beginning)]
-        })
+        }
+    };
+    let from = |topic: &str| -> Result<Vec<(i32, Offset)>, InspectError> {
+        Ok(places(
+            reader.partitions(topic).map_err(failed("read metadata"))?,
+        ))
     };
     let ours = |m: &BorrowedMessage<'_>| m.key() == Some(key.as_bytes());
     let mut events = Vec::new();
@@ -245,7 +250,7 @@ pub fn trace(
         }
     }
 
-    let snapshot_from = from(&topics.snapshots)?;
+    let snapshot_from = places(partitions);
     reader
         .read_from(&topics.snapshots, &snapshot_from, |m| {
             if !ours(m) || header(m, headers::CONTROL).is_some() {
