@@ -7,7 +7,9 @@ use snapfeed_runtime::metrics::MetricsBuilder;
 #[derive(Debug, Clone)]
 pub struct DetectorMetrics {
     /// Snapshot records by outcome: `unchanged`, `created`, `updated`, `deleted`, `corrupt`,
-    /// `stale` (of a snapshot older than the newest applied for its stream: passed over).
+    /// `stale` (of a snapshot older than the newest applied for its stream, read after it:
+    /// passed over), `replayed` (of an older snapshot read again — an offset reset, or a
+    /// restart in at_least_once — decided already when first read: passed over).
     pub records: IntCounterVec,
     /// Keys held in memory over the assigned partitions.
     pub state_keys: IntGauge,
@@ -22,7 +24,8 @@ pub struct DetectorMetrics {
     /// Snapshots whose deletes were refused by the guard.
     pub delete_guard_tripped: IntCounter,
     /// Snapshot-end markers by verdict: `complete`, `incomplete`, `stale` (older than the
-    /// newest snapshot applied for its stream: deletes nothing).
+    /// newest snapshot applied for its stream: deletes nothing), `replayed` (an older marker
+    /// read again: decided already).
     pub snapshots: IntCounterVec,
     /// Records not yet processed on the assigned partitions (sum).
     pub consumer_lag: IntGauge,
@@ -48,6 +51,8 @@ pub struct RecordOutcomes {
     pub corrupt: IntCounter,
     /// Of a snapshot older than the newest applied: passed over.
     pub stale: IntCounter,
+    /// Of an older snapshot read again, decided when first read: passed over.
+    pub replayed: IntCounter,
 }
 
 impl DetectorMetrics {
@@ -65,6 +70,7 @@ impl DetectorMetrics {
                 "deleted",
                 "corrupt",
                 "stale",
+                "replayed",
             ],
         )?;
         let counter = |outcome: &str| records.with_label_values(&[outcome]);
@@ -75,6 +81,7 @@ impl DetectorMetrics {
             deleted: counter("deleted"),
             corrupt: counter("corrupt"),
             stale: counter("stale"),
+            replayed: counter("replayed"),
         };
         Ok(DetectorMetrics {
             state_keys: metrics
@@ -105,7 +112,7 @@ impl DetectorMetrics {
                 "snapshots_total",
                 "Snapshot-end markers, by verdict.",
                 "verdict",
-                &["complete", "incomplete", "stale"],
+                &["complete", "incomplete", "stale", "replayed"],
             )?,
             consumer_lag: metrics.gauge(
                 "consumer_lag",

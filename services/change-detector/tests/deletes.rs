@@ -6,7 +6,7 @@
 
 mod common;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use common::*;
 use snapfeed_harness::generator::{Snapshot, SnapshotDelta};
@@ -216,6 +216,8 @@ async fn deletes_never_cross_snapshot_streams() {
 async fn a_snapshot_older_than_the_newest_applied_changes_and_deletes_nothing() {
     const STALE_RECORDS: &str = "snapfeed_change_detector_records_total{outcome=\"stale\"}";
     const STALE_MARKERS: &str = "snapfeed_change_detector_snapshots_total{verdict=\"stale\"}";
+    const REPLAYED_RECORDS: &str = "snapfeed_change_detector_records_total{outcome=\"replayed\"}";
+    const REPLAYED_MARKERS: &str = "snapfeed_change_detector_snapshots_total{verdict=\"replayed\"}";
     let taken = |hour: i64| 1_800_000_000_000 + hour * 3_600_000;
     let fixture = Fixture::new("cd-order", 3).await;
     let detector = fixture.start_detector(&with_deletes(0.5)).await;
@@ -242,10 +244,12 @@ async fn a_snapshot_older_than_the_newest_applied_changes_and_deletes_nothing() 
     // The first snapshot again, restored from a backup: without the guard its rows would
     // roll the updated keys back, re-create the removed ones and delete the added ones.
     let rows = |s: &Snapshot| s.rows().len() as f64;
-    fixture.publish(
-        &s1,
-        &PublishOptions::file("elr_01_restored.csv").taken_at(taken(1)),
-    );
+    let restored = fixture
+        .publish(
+            &s1,
+            &PublishOptions::file("elr_01_restored.csv").taken_at(taken(1)),
+        )
+        .snapshot_id;
     fixture
         .wait_caught_up(&[detector.endpoint()], CATCH_UP)
         .await;
@@ -260,6 +264,19 @@ async fn a_snapshot_older_than_the_newest_applied_changes_and_deletes_nothing() 
         3.0,
         "one marker per partition"
     );
+    // What `reconcile` reads: the late file passed over, on every partition, with its rows.
+    let passed_over = fixture.stale_snapshots();
+    assert_eq!(passed_over.len(), 3, "{passed_over:?}");
+    assert!(passed_over.values().all(|s| s.snapshot_id == restored
+        && s.newest_snapshot_id == r2.snapshot_id
+        && s.file_name == "elr_01_restored.csv"));
+    assert_eq!(
+        passed_over
+            .values()
+            .map(|s| s.rows_in_partition)
+            .sum::<i64>() as f64,
+        rows(&s1)
+    );
     detector.stop().await;
 
     // A restarted detector still knows the newest snapshot (from `state`).
@@ -271,10 +288,12 @@ async fn a_snapshot_older_than_the_newest_applied_changes_and_deletes_nothing() 
         },
         2212,
     );
-    fixture.publish(
-        &older,
-        &PublishOptions::file("elr_01b.csv").taken_at(taken(1) + 60_000),
-    );
+    let older_id = fixture
+        .publish(
+            &older,
+            &PublishOptions::file("elr_01b.csv").taken_at(taken(1) + 60_000),
+        )
+        .snapshot_id;
     let (s3, delta) = s2.next(
         SnapshotDelta {
             added: 0.01,
@@ -287,7 +306,9 @@ async fn a_snapshot_older_than_the_newest_applied_changes_and_deletes_nothing() 
         .wait_caught_up(&[detector.endpoint()], CATCH_UP)
         .await;
     // At least the older file's rows; more where the broker lets the new instance start
-    // before the last commit (the in-process one): replayed old records are stale as well.
+    // before the last commit (the in-process one): the restored copy, read again after s2
+    // began, is late again (its entry is rewritten the same); the first s1 was read before
+    // s2 began, so it is replayed, not late.
     assert!(detector.metric(STALE_RECORDS) >= rows(&older));
     assert_eq!(
         fixture.changes().len(),
@@ -297,6 +318,46 @@ async fn a_snapshot_older_than_the_newest_applied_changes_and_deletes_nothing() 
     assert_exactly_once(
         &fixture.changes_of(&r3),
         &ids(&delta.created, ChangeOp::Create, 1),
+    );
+    let late: BTreeSet<String> = fixture
+        .stale_snapshots()
+        .into_keys()
+        .map(|(id, _)| id)
+        .collect();
+    assert_eq!(
+        late,
+        BTreeSet::from([restored.clone(), older_id]),
+        "only the late files are recorded as passed over, never an applied one"
+    );
+    detector.stop().await;
+
+    // An operator's replay of everything: each older record was read before the newest (s3)
+    // began, so it is replayed — passed over, not late: no alert, no entry, no change.
+    fixture.replay_from_earliest();
+    let detector = fixture.start_detector(&with_deletes(0.5)).await;
+    fixture
+        .wait_caught_up(&[detector.endpoint()], CATCH_UP)
+        .await;
+    assert_eq!(detector.metric(STALE_RECORDS), 0.0, "a replay is not late");
+    assert_eq!(detector.metric(STALE_MARKERS), 0.0);
+    assert_eq!(
+        detector.metric(REPLAYED_RECORDS),
+        2.0 * rows(&s1) + rows(&s2) + rows(&older)
+    );
+    assert_eq!(
+        detector.metric(REPLAYED_MARKERS),
+        4.0 * 3.0,
+        "four older snapshots, three partitions"
+    );
+    assert_eq!(
+        fixture.changes().len(),
+        applied + delta.created.len(),
+        "a replay re-emits nothing"
+    );
+    assert_eq!(
+        fixture.stale_snapshots().len(),
+        6,
+        "two late files, three partitions"
     );
     detector.stop().await;
 }

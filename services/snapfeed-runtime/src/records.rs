@@ -124,6 +124,14 @@ pub struct StreamProgress {
     pub snapshot_time: TimestampMillis,
     /// The file it came from.
     pub file_name: String,
+    /// Offset on `snapshots` (this partition) of the first record that applied it; `-1` when
+    /// unknown. An older snapshot's record below it was decided before: a replay, not late.
+    #[serde(default = "unknown_offset")]
+    pub first_offset: i64,
+}
+
+fn unknown_offset() -> i64 {
+    -1
 }
 
 impl AvroRecord for StreamProgress {
@@ -137,6 +145,42 @@ pub const STREAM_PROGRESS_KEY_PREFIX: &str = "\u{0}stream-progress\u{0}";
 /// The `<p>.state` key of `stream`'s progress.
 pub fn stream_progress_key(stream: &str) -> String {
     format!("{STREAM_PROGRESS_KEY_PREFIX}{stream}")
+}
+
+/// A snapshot the detector passed over on one partition because a newer one of its stream was
+/// already applied there: a control entry of `<p>.state` under [`stale_snapshot_key`], written
+/// when its end marker is read, so `reconcile` can say where its rows went.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StaleSnapshot {
+    /// Snapshot stream.
+    pub stream: String,
+    /// The snapshot passed over.
+    pub snapshot_id: String,
+    /// The file it came from.
+    pub file_name: String,
+    /// When it was taken.
+    pub snapshot_time: TimestampMillis,
+    /// The newer snapshot already applied.
+    pub newest_snapshot_id: String,
+    /// When that one was taken.
+    pub newest_snapshot_time: TimestampMillis,
+    /// Its data rows on this partition (the end marker's count).
+    pub rows_in_partition: i64,
+    /// When its end marker was read (the marker's timestamp).
+    pub decided_at: TimestampMillis,
+}
+
+impl AvroRecord for StaleSnapshot {
+    const SCHEMA: &'static str = "snapfeed.StaleSnapshot";
+}
+
+/// The first bytes of a [`StaleSnapshot`] key on `<p>.state` (never a record key: see
+/// [`STREAM_PROGRESS_KEY_PREFIX`]).
+pub const STALE_SNAPSHOT_KEY_PREFIX: &str = "\u{0}stale-snapshot\u{0}";
+
+/// The `<p>.state` key of a passed-over snapshot.
+pub fn stale_snapshot_key(snapshot_id: &str) -> String {
+    format!("{STALE_SNAPSHOT_KEY_PREFIX}{snapshot_id}")
 }
 
 /// The partition count one partition of `<p>.state` was written for: a control entry under

@@ -52,6 +52,7 @@ fn every_schema_parses_and_every_record_kind_is_present() {
         ChangeEvent::SCHEMA,
         DetectorState::SCHEMA,
         StreamProgress::SCHEMA,
+        StaleSnapshot::SCHEMA,
         FileLedgerEntry::SCHEMA,
         RejectedRow::SCHEMA,
         SnapshotEnd::SCHEMA,
@@ -111,6 +112,54 @@ fn current_lab_result_reads_data_written_by_its_previous_version() {
     assert_eq!(read.specimen_collection_date, 18_700);
     assert_eq!(read.accession_number, "ACC1");
     assert_eq!(read.device_id, None);
+}
+
+#[test]
+fn a_stream_progress_entry_of_the_first_version_reads_with_an_unknown_first_offset() {
+    let store = store();
+    let v1 = LoadedSchema::parse(
+        &std::fs::read_to_string(schemas_dir().join("history/stream_progress.v1.avsc")).unwrap(),
+        Path::new("history/stream_progress.v1.avsc"),
+    )
+    .unwrap();
+    let written = v1
+        .encode(&serde_json::json!({
+            "stream": "lab-a",
+            "snapshot_id": "s-1",
+            "snapshot_time": 1_796_293_800_000_i64,
+            "file_name": "elr_20261203_103000.csv",
+        }))
+        .unwrap();
+    let read: StreamProgress = store
+        .decode(&written, StreamProgress::SCHEMA, &at(0))
+        .unwrap();
+    assert_eq!(read.snapshot_id, "s-1");
+    assert_eq!(read.first_offset, -1, "unknown: every older record is late");
+}
+
+#[test]
+fn a_stale_snapshot_entry_round_trips_under_its_reserved_key() {
+    let store = store();
+    let stale = StaleSnapshot {
+        stream: "lab-a".into(),
+        snapshot_id: "s-0930".into(),
+        file_name: "elr_20261203_093000.csv".into(),
+        snapshot_time: 1_796_290_200_000,
+        newest_snapshot_id: "s-1000".into(),
+        newest_snapshot_time: 1_796_292_000_000,
+        rows_in_partition: 1_234,
+        decided_at: 1_796_293_000_000,
+    };
+    let bytes = store
+        .current(StaleSnapshot::SCHEMA)
+        .unwrap()
+        .encode(&stale)
+        .unwrap();
+    let back: StaleSnapshot = store.decode(&bytes, StaleSnapshot::SCHEMA, &at(3)).unwrap();
+    assert_eq!(back, stale);
+    let key = stale_snapshot_key("s-0930");
+    assert_eq!(key.strip_prefix(STALE_SNAPSHOT_KEY_PREFIX), Some("s-0930"));
+    assert!(key.strip_prefix(STREAM_PROGRESS_KEY_PREFIX).is_none());
 }
 
 fn v1_field_names(schema: &LoadedSchema) -> Vec<String> {
@@ -404,6 +453,7 @@ fn a_stream_progress_entry_round_trips_under_its_reserved_key() {
         snapshot_id: "cd".repeat(32),
         snapshot_time: 1_796_293_800_000,
         file_name: "elr_20261203_103000.csv".into(),
+        first_offset: 4_711,
     };
     let bytes = store
         .current(StreamProgress::SCHEMA)

@@ -13,8 +13,8 @@ use rdkafka::Message;
 use snapfeed_runtime::avro::{AvroError, MessageLocation, SchemaStore};
 use snapfeed_runtime::headers;
 use snapfeed_runtime::records::{
-    now_millis, AvroRecord, ChangeEvent, DetectorState, Provenance, RejectedRow, StateLayout,
-    StreamProgress,
+    now_millis, AvroRecord, ChangeEvent, DetectorState, Provenance, RejectedRow, StaleSnapshot,
+    StateLayout, StreamProgress,
 };
 
 use super::decide::Change;
@@ -137,6 +137,11 @@ impl Envelopes {
         self.schemas
             .current(StreamProgress::SCHEMA)?
             .encode(progress)
+    }
+
+    /// The `state` control entry recording a snapshot passed over as stale.
+    pub fn stale_snapshot(&self, stale: &StaleSnapshot) -> Result<Vec<u8>, AvroError> {
+        self.schemas.current(StaleSnapshot::SCHEMA)?.encode(stale)
     }
 
     /// The `state` control entry saying `partition` was written for `partitions`.

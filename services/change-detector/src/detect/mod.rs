@@ -121,6 +121,8 @@ pub struct Detector {
     tripped_snapshots: OncePerSnapshot,
     /// Stale snapshots already logged (each is logged once, not once per partition).
     stale_snapshots: OncePerSnapshot,
+    /// Replayed older snapshots already logged.
+    replayed_snapshots: OncePerSnapshot,
     /// Records by outcome, batches, snapshots, the delete guard.
     metrics: DetectorMetrics,
     /// Set by a fatal error: nothing more is done, and the stage stops with it.
@@ -145,6 +147,7 @@ impl Detector {
             config,
             tripped_snapshots: OncePerSnapshot::default(),
             stale_snapshots: OncePerSnapshot::default(),
+            replayed_snapshots: OncePerSnapshot::default(),
             metrics,
             failed: None,
         }
@@ -189,7 +192,7 @@ impl Detector {
         let meta = RecordMeta::from_message(message);
         // Interned once per record: the guard and the decision both need it.
         let stream = self.partitions.stream_id(meta.stream);
-        if self.is_stale(partition, stream, &meta)? {
+        if self.passes_over(partition, stream, &meta, message)? {
             self.batch.consumed(partition, message.offset());
             return Ok(());
         }

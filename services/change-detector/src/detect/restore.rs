@@ -26,7 +26,8 @@ use snapfeed_runtime::avro::{MessageLocation, SchemaStore};
 use snapfeed_runtime::health::Readiness;
 use snapfeed_runtime::kafka::TopicReader;
 use snapfeed_runtime::records::{
-    AvroRecord, DetectorState, StateLayout, StreamProgress, STREAM_PROGRESS_KEY_PREFIX,
+    AvroRecord, DetectorState, StateLayout, StreamProgress, STALE_SNAPSHOT_KEY_PREFIX,
+    STREAM_PROGRESS_KEY_PREFIX,
 };
 
 use super::layout::{Found, LayoutMismatch, LayoutSeen, STATE_LAYOUT_KEY};
@@ -419,6 +420,7 @@ impl StateReader {
                 streams.id(stream),
                 &progress.snapshot_id,
                 progress.snapshot_time,
+                progress.first_offset,
             ),
             // Without it an old snapshot could roll records back: say so loudly, but a bad
             // entry must not keep the partition from starting either.
@@ -461,6 +463,10 @@ impl StateReader {
             }
             if key == STATE_LAYOUT_KEY {
                 layout.recorded = self.layout_entry(message).or(layout.recorded);
+                return;
+            }
+            if key.starts_with(STALE_SNAPSHOT_KEY_PREFIX) {
+                // For `reconcile`: nothing the detector decides with.
                 return;
             }
             let Some(payload) = message.payload() else {

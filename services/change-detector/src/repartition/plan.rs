@@ -1,13 +1,15 @@
 //! The re-keying plan, pure: from `state` as read, the writes that make it fit the new
 //! partition count — moved keys copied to their partition, then tombstoned on the old one; the
-//! newest snapshot per stream on every partition; a layout entry per partition.
+//! newest snapshot per stream on every partition; a layout entry per partition. Entries of
+//! passed-over (stale) snapshots stay where they are: facts about that partition's history.
 
 use std::collections::{BTreeMap, HashMap};
 
 use snapfeed_runtime::avro::{MessageLocation, SchemaStore};
 use snapfeed_runtime::partition::partition_for_key;
 use snapfeed_runtime::records::{
-    now_millis, AvroRecord, DetectorState, StateLayout, StreamProgress, STREAM_PROGRESS_KEY_PREFIX,
+    now_millis, AvroRecord, DetectorState, StateLayout, StreamProgress, STALE_SNAPSHOT_KEY_PREFIX,
+    STREAM_PROGRESS_KEY_PREFIX,
 };
 
 use super::{schemas_failed, unreadable, RepartitionError, RepartitionReport};
@@ -51,8 +53,10 @@ pub(super) fn plan(
     };
     // key → every partition holding a live entry for it.
     let mut holders: BTreeMap<&str, Vec<Held<'_>>> = BTreeMap::new();
-    // stream → (newest progress time, its entry).
-    let mut newest: BTreeMap<String, (i64, &[u8])> = BTreeMap::new();
+    // stream → the newest snapshot applied on any partition.
+    let mut newest: BTreeMap<String, StreamProgress> = BTreeMap::new();
+    // (stream, partition) → the time of the newest snapshot recorded there.
+    let mut recorded: HashMap<(String, i32), i64> = HashMap::new();
     for (&partition, entries) in found {
         for (key, (offset, value)) in entries {
             let Some(value) = value else { continue };
@@ -66,12 +70,15 @@ pub(super) fn plan(
                 let progress: StreamProgress = schemas
                     .decode(value, StreamProgress::SCHEMA, &location)
                     .map_err(unreadable)?;
+                recorded.insert((stream.to_string(), partition), progress.snapshot_time);
                 let slot = newest
                     .entry(stream.to_string())
-                    .or_insert((progress.snapshot_time, value));
-                if progress.snapshot_time > slot.0 {
-                    *slot = (progress.snapshot_time, value);
+                    .or_insert_with(|| progress.clone());
+                if progress.snapshot_time > slot.snapshot_time {
+                    *slot = progress;
                 }
+            } else if key.starts_with(STALE_SNAPSHOT_KEY_PREFIX) {
+                continue;
             } else {
                 holders
                     .entry(key)
@@ -107,19 +114,26 @@ pub(super) fn plan(
             });
         }
     }
-    for (stream, (_, entry)) in &newest {
+    let progress_schema = schemas
+        .current(StreamProgress::SCHEMA)
+        .map_err(schemas_failed)?;
+    for (stream, progress) in &newest {
         report.streams += 1;
         let key = format!("{STREAM_PROGRESS_KEY_PREFIX}{stream}");
+        // Its first offset is a place on the partition it came from: elsewhere unknown (an
+        // older record read there counts as late until the next snapshot begins).
+        let copy = StreamProgress {
+            first_offset: -1,
+            ..progress.clone()
+        };
+        let copy = progress_schema.encode(&copy).map_err(schemas_failed)?;
         for partition in 0..partitions {
-            let current = found
-                .get(&partition)
-                .and_then(|entries| entries.get(&key))
-                .and_then(|(_, value)| value.as_deref());
-            if current != Some(*entry) {
+            let current = recorded.get(&(stream.clone(), partition));
+            if current != Some(&progress.snapshot_time) {
                 copies.push(Write {
                     partition,
                     key: key.clone(),
-                    value: Some(entry.to_vec()),
+                    value: Some(copy.clone()),
                 });
             }
         }
@@ -195,12 +209,13 @@ mod tests {
             .unwrap()
     }
 
-    fn progress(schemas: &SchemaStore, time: i64) -> Vec<u8> {
+    fn progress(schemas: &SchemaStore, time: i64, first_offset: i64) -> Vec<u8> {
         let progress = StreamProgress {
             stream: "default".into(),
             snapshot_id: format!("s{time}"),
             snapshot_time: time,
             file_name: "f.csv".into(),
+            first_offset,
         };
         schemas
             .current(StreamProgress::SCHEMA)
@@ -239,8 +254,10 @@ mod tests {
         put(3, &twice, entry(&schemas, 4));
         put(7, &twice, entry(&schemas, 2));
         let stream_key = format!("{STREAM_PROGRESS_KEY_PREFIX}default");
-        put(0, &stream_key, progress(&schemas, 100));
-        put(1, &stream_key, progress(&schemas, 200));
+        put(0, &stream_key, progress(&schemas, 100, 0));
+        put(1, &stream_key, progress(&schemas, 200, 40));
+        let stale_key = format!("{STALE_SNAPSHOT_KEY_PREFIX}s50");
+        put(2, &stale_key, progress(&schemas, 50, 9));
 
         let (writes, report) = plan(&found, &schemas, "p.state", 8).unwrap();
         assert_eq!((report.keys, report.moved, report.tombstones), (3, 2, 2));
@@ -264,9 +281,14 @@ mod tests {
         for partition in (0..8).filter(|p| *p != 1) {
             assert_eq!(
                 value_at(partition, &stream_key),
-                Some(Some(progress(&schemas, 200)))
+                Some(Some(progress(&schemas, 200, -1))),
+                "its first offset belongs to partition 1"
             );
         }
+        assert!(
+            writes.iter().all(|w| w.key != stale_key),
+            "a stale snapshot's entry stays where it is"
+        );
         // Every tombstone comes after every copy: a crash in between leaves no key without
         // an entry.
         let first_tombstone = writes.iter().position(|w| w.value.is_none()).unwrap();

@@ -66,8 +66,17 @@ pub(super) struct SnapshotProgress {
     snapshot_id: String,
     generation: u32,
     distinct_seen: u64,
-    /// The newest snapshot applied: its time and id (restored from `state`).
-    newest: Option<(i64, String)>,
+    /// The newest snapshot applied (restored from `state`).
+    newest: Option<Newest>,
+}
+
+/// The newest snapshot applied for a stream on one partition.
+#[derive(Debug, Clone)]
+struct Newest {
+    time: i64,
+    snapshot_id: String,
+    /// Offset of the first record that applied it; -1 when unknown.
+    first_offset: i64,
 }
 
 /// Where a snapshot's time stands against the newest one applied for its stream.
@@ -77,7 +86,13 @@ pub enum SnapshotOrder {
     Current,
     /// Newer than any applied: decided as usual, and it becomes the newest (to be recorded).
     Newer,
-    /// Older than the newest applied: it changes and deletes nothing.
+    /// Older than the newest applied, and read *before* the newest began on this partition
+    /// (offset below its first record): decided when it was read the first time — read again
+    /// after an at_least_once crash or an offset reset. It changes and deletes nothing, and is
+    /// not late.
+    Replayed,
+    /// Older than the newest applied and read after it (a file re-sent from a backup, files
+    /// arriving out of order): it changes and deletes nothing.
     Stale {
         /// The newest applied snapshot's time.
         newest_time: i64,
@@ -96,34 +111,48 @@ impl PartitionState {
         &mut self.progress[index]
     }
 
-    /// Where a snapshot taken at `time` stands in `stream` on this partition; a newer one
-    /// becomes the newest. The ordering guard: a snapshot older than the newest applied is
-    /// stale — a file re-sent from a backup, files arriving out of order, or a replay of old
-    /// records — and must not roll records back.
-    pub fn order_snapshot(&mut self, stream: u32, snapshot_id: &str, time: i64) -> SnapshotOrder {
+    /// Where a record at `offset` of a snapshot taken at `time` stands in `stream` on this
+    /// partition; a newer snapshot becomes the newest, from this offset. The ordering guard: a
+    /// snapshot older than the newest applied must not roll records back — it is stale when
+    /// read after the newest began (late), replayed when read before it (already decided).
+    pub fn order_snapshot(
+        &mut self,
+        stream: u32,
+        snapshot_id: &str,
+        time: i64,
+        offset: i64,
+    ) -> SnapshotOrder {
         let progress = self.progress_mut(stream);
         match &progress.newest {
-            Some((newest, id)) if time < *newest => SnapshotOrder::Stale {
-                newest_time: *newest,
-                newest_id: id.clone(),
+            Some(newest) if time < newest.time && offset < newest.first_offset => {
+                SnapshotOrder::Replayed
+            }
+            Some(newest) if time < newest.time => SnapshotOrder::Stale {
+                newest_time: newest.time,
+                newest_id: newest.snapshot_id.clone(),
             },
-            Some((newest, _)) if time == *newest => SnapshotOrder::Current,
+            Some(newest) if time == newest.time => SnapshotOrder::Current,
             _ => {
-                progress.newest = Some((time, snapshot_id.to_string()));
+                progress.newest = Some(Newest {
+                    time,
+                    snapshot_id: snapshot_id.to_string(),
+                    first_offset: offset,
+                });
                 SnapshotOrder::Newer
             }
         }
     }
 
-    /// The newest snapshot applied in `stream` from its `state` entry (the later of two wins).
-    pub fn restore_newest(&mut self, stream: u32, snapshot_id: &str, time: i64) {
+    /// The newest snapshot applied in `stream` from its `state` entry (the later of two wins);
+    /// `first_offset` -1 when the entry does not know it.
+    pub fn restore_newest(&mut self, stream: u32, snapshot_id: &str, time: i64, first_offset: i64) {
         let progress = self.progress_mut(stream);
-        if progress
-            .newest
-            .as_ref()
-            .is_none_or(|(newest, _)| time >= *newest)
-        {
-            progress.newest = Some((time, snapshot_id.to_string()));
+        if progress.newest.as_ref().is_none_or(|n| time >= n.time) {
+            progress.newest = Some(Newest {
+                time,
+                snapshot_id: snapshot_id.to_string(),
+                first_offset,
+            });
         }
     }
 
@@ -227,23 +256,67 @@ mod tests {
     #[test]
     fn an_older_snapshot_is_stale_an_equal_or_newer_one_is_not() {
         let mut state = PartitionState::default();
-        assert_eq!(state.order_snapshot(0, "s2", 200), SnapshotOrder::Newer);
-        assert_eq!(state.order_snapshot(0, "s2", 200), SnapshotOrder::Current);
-        assert_eq!(state.order_snapshot(0, "s1", 100), stale(200, "s2"));
+        assert_eq!(state.order_snapshot(0, "s2", 200, 10), SnapshotOrder::Newer);
+        assert_eq!(
+            state.order_snapshot(0, "s2", 200, 11),
+            SnapshotOrder::Current
+        );
+        assert_eq!(state.order_snapshot(0, "s1", 100, 12), stale(200, "s2"));
         // Another file taken at the same time is not older.
-        assert_eq!(state.order_snapshot(0, "s2b", 200), SnapshotOrder::Current);
-        assert_eq!(state.order_snapshot(0, "s3", 300), SnapshotOrder::Newer);
-        assert_eq!(state.order_snapshot(0, "s2", 200), stale(300, "s3"));
+        assert_eq!(
+            state.order_snapshot(0, "s2b", 200, 13),
+            SnapshotOrder::Current
+        );
+        assert_eq!(state.order_snapshot(0, "s3", 300, 14), SnapshotOrder::Newer);
+        assert_eq!(state.order_snapshot(0, "s2", 200, 15), stale(300, "s3"));
         // Streams are ordered apart: another lab's older export is its own business.
-        assert_eq!(state.order_snapshot(1, "b1", 100), SnapshotOrder::Newer);
+        assert_eq!(state.order_snapshot(1, "b1", 100, 16), SnapshotOrder::Newer);
+    }
+
+    #[test]
+    fn an_older_record_read_before_the_newest_began_is_replayed_not_late() {
+        let mut state = PartitionState::default();
+        assert_eq!(
+            state.order_snapshot(0, "s3", 300, 100),
+            SnapshotOrder::Newer
+        );
+        // Offsets below 100 were read before s3 began here: an offset reset, or the tail of
+        // s2 re-read after an at_least_once crash that had already recorded s3.
+        assert_eq!(
+            state.order_snapshot(0, "s2", 200, 99),
+            SnapshotOrder::Replayed
+        );
+        assert_eq!(
+            state.order_snapshot(0, "s1", 100, 0),
+            SnapshotOrder::Replayed
+        );
+        // The same old snapshot written after s3 began is late.
+        assert_eq!(state.order_snapshot(0, "s2", 200, 100), stale(300, "s3"));
+        assert_eq!(state.order_snapshot(0, "s2", 200, 150), stale(300, "s3"));
+        // Replayed records of the newest itself are decided as usual (unchanged, by content).
+        assert_eq!(
+            state.order_snapshot(0, "s3", 300, 50),
+            SnapshotOrder::Current
+        );
     }
 
     #[test]
     fn the_newest_comes_back_from_state_entries() {
         let mut state = PartitionState::default();
-        state.restore_newest(0, "s3", 300);
-        state.restore_newest(0, "s2", 200);
-        assert_eq!(state.order_snapshot(0, "s2", 250), stale(300, "s3"));
-        assert_eq!(state.order_snapshot(0, "s4", 400), SnapshotOrder::Newer);
+        state.restore_newest(0, "s3", 300, 40);
+        state.restore_newest(0, "s2", 200, 20);
+        assert_eq!(state.order_snapshot(0, "s2", 250, 50), stale(300, "s3"));
+        assert_eq!(
+            state.order_snapshot(0, "s2", 250, 39),
+            SnapshotOrder::Replayed
+        );
+        assert_eq!(state.order_snapshot(0, "s4", 400, 60), SnapshotOrder::Newer);
+    }
+
+    #[test]
+    fn an_entry_that_does_not_know_its_first_offset_makes_every_older_record_late() {
+        let mut state = PartitionState::default();
+        state.restore_newest(0, "s3", 300, -1);
+        assert_eq!(state.order_snapshot(0, "s2", 200, 0), stale(300, "s3"));
     }
 }

@@ -34,7 +34,9 @@ use snapfeed_runtime::avro::SchemaStore;
 use snapfeed_runtime::headers;
 use snapfeed_runtime::kafka::ProcessingGuarantee;
 use snapfeed_runtime::partition::partition_for_key;
-use snapfeed_runtime::records::{AvroRecord, ChangeEvent, ChangeOp, RejectedRow};
+use snapfeed_runtime::records::{
+    AvroRecord, ChangeEvent, ChangeOp, RejectedRow, StaleSnapshot, STALE_SNAPSHOT_KEY_PREFIX,
+};
 use tokio::task::block_in_place;
 
 /// The change-detector binary (for crash tests).
@@ -309,6 +311,49 @@ impl Fixture {
             .collect()
     }
 
+    /// The stale-snapshot entries on `state` (the last per partition and snapshot): where the
+    /// detector passed a late snapshot over.
+    pub fn stale_snapshots(&self) -> BTreeMap<(String, i32), StaleSnapshot> {
+        let messages = block_in_place(|| {
+            self.broker
+                .read_to_end(&self.pipeline.topics.state, self.committed_only())
+        });
+        messages
+            .iter()
+            .filter(|m| key_text(*m).starts_with(STALE_SNAPSHOT_KEY_PREFIX))
+            .map(|m| {
+                let stale: StaleSnapshot = decode(&self.store, m, StaleSnapshot::SCHEMA);
+                ((stale.snapshot_id.clone(), m.partition()), stale)
+            })
+            .collect()
+    }
+
+    /// Moves the detector group's offsets back to the start of `snapshots` (no detector may
+    /// be running): the replay an operator does. Gap: librdkafka's mock cluster has no group
+    /// listing, which `replay` needs to refuse a live group; there the group never has offsets
+    /// in exactly_once (see [`Fixture::offsets_are_stored`]), so the next detector reads from
+    /// the start all the same.
+    pub fn replay_from_earliest(&self) {
+        if self.broker.kind() == BrokerKind::Mock {
+            assert!(
+                !self.offsets_are_stored(),
+                "the mock cluster cannot replay a group with stored offsets"
+            );
+            return;
+        }
+        let group = format!("{}.change-detector", self.pipeline.name);
+        block_in_place(|| {
+            snapfeed_runtime::replay::replay(
+                &self.broker.kafka_config(),
+                "test",
+                &group,
+                &self.pipeline.topics.snapshots,
+                &snapfeed_runtime::replay::ReplayTarget::Earliest,
+            )
+        })
+        .expect("replay from earliest");
+    }
+
     /// `(partition, offset, is a data record)` of every message on `snapshots` (data: not a
     /// snapshot-end marker).
     pub fn snapshot_layout(&self) -> Vec<(i32, i64, bool)> {
@@ -516,7 +561,14 @@ fn progress(endpoints: &[Endpoint]) -> (f64, f64) {
         let Some((200, text)) = block_in_place(|| http_get(endpoint.http, "/metrics")) else {
             continue;
         };
-        for outcome in ["unchanged", "created", "updated", "corrupt", "stale"] {
+        for outcome in [
+            "unchanged",
+            "created",
+            "updated",
+            "corrupt",
+            "stale",
+            "replayed",
+        ] {
             decided += metric(
                 &text,
                 &format!("snapfeed_change_detector_records_total{{outcome=\"{outcome}\"}}"),

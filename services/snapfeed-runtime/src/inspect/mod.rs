@@ -23,7 +23,7 @@ use serde_json::{json, Map, Value as Json};
 use crate::avro::{hex, AvroError, MessageLocation, SchemaStore, SINGLE_OBJECT_HEADER_LEN};
 use crate::records::{
     AvroRecord, ChangeEvent, DeadLetter, DeliveryReceipt, DetectorState, FileLedgerEntry,
-    RejectedRow, SnapshotEnd, StateLayout, StreamProgress,
+    RejectedRow, SnapshotEnd, StaleSnapshot, StateLayout, StreamProgress,
 };
 use crate::topics::TopicNames;
 
@@ -101,7 +101,7 @@ pub fn resolve_topic(topics: &TopicNames, name: &str) -> Result<String, InspectE
 }
 
 /// The record kinds snapfeed defines. Every other schema is a dataset's: health data.
-const SNAPFEED_KINDS: [&str; 9] = [
+const SNAPFEED_KINDS: [&str; 10] = [
     ChangeEvent::SCHEMA,
     DeadLetter::SCHEMA,
     DeliveryReceipt::SCHEMA,
@@ -109,6 +109,7 @@ const SNAPFEED_KINDS: [&str; 9] = [
     FileLedgerEntry::SCHEMA,
     RejectedRow::SCHEMA,
     SnapshotEnd::SCHEMA,
+    StaleSnapshot::SCHEMA,
     StateLayout::SCHEMA,
     StreamProgress::SCHEMA,
 ];
