@@ -4,6 +4,8 @@
 //! - `files` (the ingestion ledger): the file's status, rows read, sent and rejected;
 //! - `rejects`: rejected rows of the snapshot by reason;
 //! - `snapshots` past change-detector's committed offsets: records not decided yet;
+//! - `state`: the partitions where change-detector passed the snapshot over as stale (older
+//!   than the newest applied for its stream — a late file): its rows changed nothing there;
 //! - `changes`: the snapshot's CREATE / UPDATE / DELETE events (unchanged = sent − decided
 //!   into a change, once nothing is left undecided);
 //! - `deliveries` and `dead-letters`: each change delivered (a 2xx receipt for its partition
@@ -14,7 +16,8 @@
 //! 1, naming the change (record key and version — never record contents).
 //!
 //! Cost: one pass over `changes`, `deliveries` and `dead-letters` (their retention), the tail
-//! of `snapshots` past the detector's offsets, and the compacted `files`. Blocking.
+//! of `snapshots` past the detector's offsets, and the compacted `files` and `state` (keys
+//! only, but for the few stale-snapshot entries). Blocking.
 //!
 //! Every service binary has the subcommand (`<service> --config … reconcile`), not a fourth
 //! binary: each already ships with a config naming the pipeline's brokers and topics.
@@ -33,6 +36,7 @@ use crate::records::{
 };
 use crate::topics::TopicNames;
 
+mod passed_over;
 mod report;
 
 /// Which snapshot(s) to reconcile.
@@ -84,6 +88,22 @@ pub struct ChangeRef {
     pub reason: String,
 }
 
+/// A partition where change-detector passed the snapshot over: older than the newest
+/// snapshot of its stream already applied there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PassedOver {
+    /// Partition of `snapshots`.
+    pub partition: i32,
+    /// The snapshot's rows on it.
+    pub rows: i64,
+    /// When the snapshot was taken (ms).
+    pub snapshot_time: i64,
+    /// The newer snapshot applied there.
+    pub newest_snapshot_id: String,
+    /// When that one was taken (ms).
+    pub newest_snapshot_time: i64,
+}
+
 /// Where one snapshot's rows went.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SnapshotReconciliation {
@@ -115,12 +135,20 @@ pub struct SnapshotReconciliation {
     pub dead_lettered: Vec<ChangeRef>,
     /// Changes neither delivered nor dead-lettered yet.
     pub pending: Vec<ChangeRef>,
+    /// Partitions where it was passed over as stale (empty: applied everywhere).
+    pub passed_over: Vec<PassedOver>,
 }
 
 impl SnapshotReconciliation {
-    /// Rows that changed nothing: sent − created − updated (a DELETE is no row), when known.
+    /// Rows that changed nothing though decided: sent − passed over − created − updated (a
+    /// DELETE is no row), when known.
     pub fn unchanged(&self) -> i64 {
-        self.rows_sent - (self.created + self.updated) as i64
+        self.rows_sent - self.rows_passed_over() - (self.created + self.updated) as i64
+    }
+
+    /// Rows passed over as stale (on the partitions where it was).
+    pub fn rows_passed_over(&self) -> i64 {
+        self.passed_over.iter().map(|p| p.rows).sum()
     }
 }
 
@@ -330,6 +358,10 @@ pub fn reconcile(
         } else {
             s.pending.push(change);
         }
+    }
+
+    for (i, partitions) in passed_over::read(&reader, &topics.state, schemas, &index)? {
+        selected[i].passed_over = partitions.into_values().collect();
     }
 
     let undecided = if options.count_undecided {

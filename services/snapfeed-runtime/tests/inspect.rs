@@ -21,7 +21,8 @@ use snapfeed_runtime::inspect::{tail, InspectError, TailFrom, TailOptions, Value
 use snapfeed_runtime::kafka::ProcessingGuarantee;
 use snapfeed_runtime::partition::partition_for_key;
 use snapfeed_runtime::records::{
-    AvroRecord, ChangeEvent, ChangeOp, DeadLetter, DeliveryReceipt, DetectorState, Provenance,
+    stale_snapshot_key, AvroRecord, ChangeEvent, ChangeOp, DeadLetter, DeliveryReceipt,
+    DetectorState, Provenance, StaleSnapshot,
 };
 
 const PARTITIONS: i32 = 2;
@@ -119,12 +120,14 @@ async fn trace_tail_and_dead_letters_read_the_pipeline_back() {
                 },
             )
         };
-        // Snapshot s1: KEY and OTHER are new; snapshot s2: KEY's result changed.
+        // Snapshot s1: KEY and OTHER are new; snapshot s2: KEY's result changed; s0, older
+        // than s2, arrived late and was passed over (its entry on `state` below).
         for (snapshot, key, value, line) in [
             ("s1", KEY, "NEGATIVE", 2),
             ("s1", OTHER, "NEGATIVE", 3),
             ("s2", KEY, "POSITIVE", 2),
             ("s2", OTHER, "NEGATIVE", 3),
+            ("s0", KEY, "NEGATIVE", 2),
         ] {
             send(
                 &topics.snapshots,
@@ -171,6 +174,25 @@ async fn trace_tail_and_dead_letters_read_the_pipeline_back() {
             encode(&schemas, DetectorState::SCHEMA, &state),
             OwnedHeaders::new(),
         );
+        let stale = StaleSnapshot {
+            stream: "default".into(),
+            snapshot_id: "s0".into(),
+            file_name: "elr_s0.csv".into(),
+            snapshot_time: 0,
+            newest_snapshot_id: "s2".into(),
+            newest_snapshot_time: 1,
+            rows_in_partition: 1,
+            decided_at: 0,
+        };
+        // Its own key (one per partition), on the partition of KEY's row.
+        producer
+            .send(
+                BaseRecord::to(&topics.state)
+                    .partition(partition_for_key(KEY.as_bytes(), PARTITIONS))
+                    .key(&stale_snapshot_key("s0"))
+                    .payload(&encode(&schemas, StaleSnapshot::SCHEMA, &stale)),
+            )
+            .unwrap();
         for version in [1, 2] {
             let receipt = DeliveryReceipt {
                 key: KEY.into(),
@@ -235,12 +257,17 @@ async fn trace_tail_and_dead_letters_read_the_pipeline_back() {
         let traced = run(&options);
         let text = traced.to_string();
         let rows: Vec<&str> = traced.of(Stage::Row).map(|e| e.detail.as_str()).collect();
-        assert_eq!(rows.len(), 2, "{text}");
+        assert_eq!(rows.len(), 3, "{text}");
         assert!(
             rows[0].contains("elr_s1.csv line 2") && rows[0].contains("→ CREATE v1"),
             "{text}"
         );
         assert!(rows[1].contains("→ UPDATE v2"), "{text}");
+        assert!(
+            rows[2].contains("elr_s0.csv line 2")
+                && rows[2].contains("→ passed over: older than snapshot s2 already applied"),
+            "{text}"
+        );
         let versions = |stage| traced.of(stage).map(|e| e.version).collect::<Vec<_>>();
         assert_eq!(versions(Stage::Change), [Some(1), Some(2)], "{text}");
         assert_eq!(versions(Stage::Delivery), [Some(1), Some(2)], "{text}");
@@ -333,7 +360,7 @@ async fn trace_tail_and_dead_letters_read_the_pipeline_back() {
             topic: topics.snapshots.clone(),
             ..TailOptions::default()
         });
-        assert_eq!(rows.len(), 4);
+        assert_eq!(rows.len(), 5);
         assert_eq!(rows[0]["value"]["accession"], "redacted");
         assert_eq!(rows[0]["headers"][headers::SNAPSHOT_ID], "s1");
         let letters = lines(&TailOptions {

@@ -14,8 +14,8 @@ use snapfeed_harness::broker::TestBroker;
 use snapfeed_runtime::avro::SchemaStore;
 use snapfeed_runtime::reconcile::{reconcile, ReconcileError, ReconcileOptions, ReconcileTarget};
 use snapfeed_runtime::records::{
-    AvroRecord, ChangeEvent, ChangeOp, DeadLetter, DeliveryReceipt, FileLedgerEntry, FileStatus,
-    Provenance, RejectedRow,
+    stale_snapshot_key, AvroRecord, ChangeEvent, ChangeOp, DeadLetter, DeliveryReceipt,
+    FileLedgerEntry, FileStatus, Provenance, RejectedRow, StaleSnapshot,
 };
 
 const SNAPSHOT: &str = "s-1";
@@ -203,6 +203,52 @@ async fn a_snapshot_with_a_dead_letter_and_a_pending_change_is_not_reconciled() 
         assert!(text.contains("B v2 (changes[0]@1, http_4xx 400)"), "{text}");
         assert!(text.contains("pending:         C v1"), "{text}");
         assert!(text.contains("NOT RECONCILED"), "{text}");
+
+        // A late file: change-detector passed it over on partition 0 (its entry on `state`,
+        // among the other kinds there, which reconcile does not decode).
+        let late = FileLedgerEntry {
+            file_hash: "h0".into(),
+            file_name: "elr_20261130.csv".into(),
+            snapshot_id: "s-late".into(),
+            rows_committed: 3,
+            rows_sent: 3,
+            rows_rejected: 0,
+            rows_total: Some(3),
+            ..ledger.clone()
+        };
+        send(
+            &topics.files,
+            "h0",
+            encode(&schemas, FileLedgerEntry::SCHEMA, &late),
+        );
+        send(&topics.state, "A", b"not decoded by reconcile".to_vec());
+        let stale = StaleSnapshot {
+            stream: "default".into(),
+            snapshot_id: "s-late".into(),
+            file_name: "elr_20261130.csv".into(),
+            snapshot_time: 1_796_034_600_000,
+            newest_snapshot_id: SNAPSHOT.into(),
+            newest_snapshot_time: 1_796_121_000_000,
+            rows_in_partition: 3,
+            decided_at: 0,
+        };
+        send(
+            &topics.state,
+            &stale_snapshot_key("s-late"),
+            encode(&schemas, StaleSnapshot::SCHEMA, &stale),
+        );
+        let found = run(&ReconcileTarget::File("elr_20261130.csv".into())).unwrap();
+        let s = &found.snapshots[0];
+        assert_eq!(s.passed_over.len(), 1);
+        assert_eq!((s.passed_over[0].partition, s.rows_passed_over()), (0, 3));
+        assert_eq!(s.unchanged(), 0, "passed over, not unchanged");
+        assert!(found.is_reconciled(), "every row accounted for");
+        let text = found.to_string();
+        println!("{text}");
+        assert!(
+            text.contains("passed over:     3 rows on partition(s) 0: taken 2026-11-30 10:30:00 UTC, older than snapshot s-1 (taken 2026-12-01 10:30:00 UTC)"),
+            "{text}"
+        );
 
         // A record on `snapshots` no detector has decided (the group has no offsets).
         send(&topics.snapshots, "E", b"undecided".to_vec());

@@ -33,7 +33,10 @@ use snapfeed_harness::generator::{DirtKind, KeyTuple, Snapshot, WrittenFile, COL
 use snapfeed_harness::stub_api::RecordedRequest;
 use snapfeed_runtime::avro::MessageLocation;
 use snapfeed_runtime::kafka::ProcessingGuarantee;
-use snapfeed_runtime::records::{AvroRecord, ChangeEvent, ChangeOp, DeadLetter, RejectedRow};
+use snapfeed_runtime::records::{
+    AvroRecord, ChangeEvent, ChangeOp, DeadLetter, RejectedRow, StaleSnapshot,
+    STALE_SNAPSHOT_KEY_PREFIX,
+};
 use tokio::task::block_in_place;
 
 use crate::rig::{guarantee_name, Rig};
@@ -57,6 +60,10 @@ pub struct Expectation {
     pub redriven: BTreeSet<ChangeId>,
     /// Every row that must be on `rejects`.
     pub rejects: BTreeSet<RejectId>,
+    /// Files the detector must pass over as late (older than the newest applied): their
+    /// stale-snapshot entries on `state`. No other file may have one — a file that was
+    /// applied and then read again (kill -9, at_least_once) is replayed, not late.
+    pub late_files: BTreeSet<String>,
 }
 
 /// Hash of a row's content as the detector compares it: every field but the volatile one.
@@ -457,7 +464,35 @@ impl Ledger {
             sample(extra_rejects)
         );
 
-        // 4. No health data in any log.
+        // 4. Files passed over as late, from their entries on `state`.
+        let late: BTreeSet<String> = block_in_place(|| {
+            rig.broker
+                .read_to_end(&rig.pipeline.topics.state, committed_only)
+        })
+        .iter()
+        .filter(|m| {
+            m.key()
+                .is_some_and(|k| k.starts_with(STALE_SNAPSHOT_KEY_PREFIX.as_bytes()))
+        })
+        .map(|m| {
+            let stale: StaleSnapshot = rig
+                .store
+                .decode(
+                    m.payload().unwrap_or_default(),
+                    StaleSnapshot::SCHEMA,
+                    &location(m),
+                )
+                .expect("a stale-snapshot entry");
+            stale.file_name
+        })
+        .collect();
+        assert_eq!(
+            late, expected.late_files,
+            "{}: files recorded as passed over (late) differ from the expected",
+            rig.scenario
+        );
+
+        // 5. No health data in any log.
         let leaks = rig
             .health
             .scan_files(rig.logs().iter().map(|p| p.as_path()));

@@ -118,7 +118,7 @@ fn decided(proc: &Proc) -> f64 {
     let Some((200, text)) = block_in_place(|| proc.process.get("/metrics")) else {
         return 0.0;
     };
-    ["unchanged", "created", "updated", "stale"]
+    ["unchanged", "created", "updated", "stale", "replayed"]
         .iter()
         .filter_map(|outcome| {
             let series = format!("snapfeed_change_detector_records_total{{outcome=\"{outcome}\"}}");
@@ -879,8 +879,9 @@ async fn s12_an_older_export_arriving_late_changes_nothing_at_the_api() {
         &plain,
     )
     .await;
-    // Not added to `expected`: it must change nothing.
+    // Not added to `expected`'s changes: it must change nothing — only be passed over.
     rig.drop_snapshot(&s2, "elr_20261203_103000.csv", &plain);
+    expected.late_files.insert("elr_20261203_103000.csv".into());
     assert_eq!(
         rig.wait_file_done("elr_20261203_103000.csv", FILE_LIMIT)
             .await,
@@ -904,6 +905,28 @@ async fn s12_an_older_export_arriving_late_changes_nothing_at_the_api() {
         stale,
         s2.rows().len() as f64,
         "the late file's rows passed over"
+    );
+    // The operator's view: `reconcile` says where the late file's rows went.
+    let config = rig.write_config(Service::ChangeDetector, "a");
+    let output = block_in_place(|| {
+        std::process::Command::new(snapfeed_fault::binaries::binary("change-detector"))
+            .current_dir(snapfeed_harness::broker::repo_root())
+            .arg("--config")
+            .arg(&config)
+            .args(["reconcile", "--file", "elr_20261203_103000.csv"])
+            .output()
+            .unwrap()
+    });
+    let said = String::from_utf8_lossy(&output.stdout);
+    println!("FAULT s12-out-of-order: reconcile said:\n{said}");
+    let rows = s2.rows().len();
+    let rows = format!("{},{:03}", rows / 1000, rows % 1000);
+    assert!(
+        said.contains(&format!(
+            "passed over:     {rows} rows on partition(s) 0, 1, 2, 3"
+        )) && said.contains("0 created, 0 updated, 0 deleted"),
+        "{said}\n{}",
+        String::from_utf8_lossy(&output.stderr)
     );
     finish(&rig, &expected, 0, procs).await;
 }

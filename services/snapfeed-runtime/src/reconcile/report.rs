@@ -3,7 +3,7 @@
 
 use std::fmt;
 
-use super::{ChangeRef, Reconciliation};
+use super::{ChangeRef, PassedOver, Reconciliation};
 use crate::records::FileStatus;
 
 fn thousands(n: i64) -> String {
@@ -45,6 +45,49 @@ fn list(changes: &[ChangeRef], with_reason: bool) -> String {
         String::new()
     };
     format!("{}{more}", shown.join("; "))
+}
+
+/// A snapshot time for people: UTC to the second.
+fn time(millis: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(millis)
+        .map(|t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string())
+        .unwrap_or_else(|| format!("{millis} ms"))
+}
+
+/// Where a snapshot was passed over, and because of which newer one (one line per newer
+/// snapshot: partitions may have seen different ones).
+fn passed_over(f: &mut fmt::Formatter<'_>, stream: &str, over: &[PassedOver]) -> fmt::Result {
+    let mut by_newest: Vec<(&str, i64, Vec<i32>, i64)> = Vec::new();
+    for p in over {
+        match by_newest
+            .iter_mut()
+            .find(|(id, _, _, _)| *id == p.newest_snapshot_id)
+        {
+            Some(group) => {
+                group.2.push(p.partition);
+                group.3 += p.rows;
+            }
+            None => by_newest.push((
+                &p.newest_snapshot_id,
+                p.newest_snapshot_time,
+                vec![p.partition],
+                p.rows,
+            )),
+        }
+    }
+    let taken = over.first().map_or(0, |p| p.snapshot_time);
+    for (newest, newest_time, partitions, rows) in by_newest {
+        let partitions: Vec<String> = partitions.iter().map(i32::to_string).collect();
+        writeln!(
+            f,
+            "  passed over:     {} rows on partition(s) {}: taken {}, older than snapshot {newest} (taken {}) already applied for stream {stream} — they changed and deleted nothing",
+            thousands(rows),
+            partitions.join(", "),
+            time(taken),
+            time(newest_time)
+        )?;
+    }
+    Ok(())
 }
 
 impl fmt::Display for Reconciliation {
@@ -90,6 +133,7 @@ impl fmt::Display for Reconciliation {
                 thousands(s.updated as i64),
                 thousands(s.deleted as i64)
             )?;
+            passed_over(f, &s.stream, &s.passed_over)?;
             writeln!(
                 f,
                 "  api-sink:        {} delivered, {} dead-lettered, {} pending",
@@ -131,5 +175,37 @@ mod tests {
         assert_eq!(thousands(500_212), "500,212");
         assert_eq!(thousands(12), "12");
         assert_eq!(thousands(-1_000), "-1,000");
+    }
+
+    #[test]
+    fn a_passed_over_snapshot_names_the_newer_one_and_its_partitions() {
+        use crate::reconcile::SnapshotReconciliation;
+        use crate::records::FileStatus;
+        let over = |partition: i32, rows: i64| PassedOver {
+            partition,
+            rows,
+            snapshot_time: 1_796_293_800_000,
+            newest_snapshot_id: "s-1100".into(),
+            newest_snapshot_time: 1_796_295_600_000,
+        };
+        let late = SnapshotReconciliation {
+            snapshot_id: "s-1030".into(),
+            stream: "lab-a".into(),
+            status: Some(FileStatus::Completed),
+            rows_sent: 30,
+            passed_over: vec![over(0, 10), over(2, 20)],
+            ..SnapshotReconciliation::default()
+        };
+        assert_eq!(late.unchanged(), 0, "passed over is not unchanged");
+        let text = Reconciliation {
+            snapshots: vec![late],
+            undecided: Some(0),
+        }
+        .to_string();
+        assert!(
+            text.contains("passed over:     30 rows on partition(s) 0, 2: taken 2026-12-03 10:30:00 UTC, older than snapshot s-1100 (taken 2026-12-03 11:00:00 UTC) already applied for stream lab-a"),
+            "{text}"
+        );
+        assert!(text.contains("0 unchanged"), "{text}");
     }
 }

@@ -1,7 +1,8 @@
 //! `trace KEY`: one record's life across the pipeline's topics, oldest first.
 //!
 //! - `snapshots`: each row of the key (file, line, snapshot id, snapshot time) and the
-//!   detector's verdict on it — the change it became, `unchanged` (decided: before
+//!   detector's verdict on it — the change it became, `passed over` (its snapshot was late:
+//!   a stale-snapshot entry on the partition of `state`), `unchanged` (decided: before
 //!   change-detector's committed offset, no change), or not decided yet;
 //! - `changes`: each CREATE / UPDATE / DELETE with its version, and which fields changed from
 //!   the version before (by name; values only with `--show-values`); repeats of a version (an
@@ -16,6 +17,7 @@
 //! partition under today's count — `--all-partitions` reads every partition, for history
 //! written before a repartition) and of `dead-letters`, each read once. Blocking.
 
+use std::collections::HashMap;
 use std::fmt;
 
 use apache_avro::types::Value;
@@ -28,7 +30,10 @@ use crate::dead_letters::redrive_count;
 use crate::headers;
 use crate::kafka::{group_positions, KafkaConfig, ProcessingGuarantee, TopicReader};
 use crate::partition::partition_for_key;
-use crate::records::{AvroRecord, ChangeEvent, DeadLetter, DeliveryReceipt, DetectorState};
+use crate::records::{
+    AvroRecord, ChangeEvent, DeadLetter, DeliveryReceipt, DetectorState, StaleSnapshot,
+    STALE_SNAPSHOT_KEY_PREFIX,
+};
 use crate::topics::TopicNames;
 
 mod fields;
@@ -250,6 +255,48 @@ pub fn trace(
         }
     }
 
+    // State before the rows: a row of a snapshot passed over as late (its stale-snapshot entry
+    // on the key's partition) changed nothing though no change names it.
+    let mut passed_over: HashMap<String, String> = HashMap::new();
+    reader
+        .read_from(&topics.state, &from(&topics.state)?, |m| {
+            if let Some(stale) = stale_snapshot(schemas, m) {
+                passed_over.insert(stale.snapshot_id, stale.newest_snapshot_id);
+                return;
+            }
+            if !ours(m) {
+                return;
+            }
+            let location = MessageLocation::of(m);
+            let (version, detail) = match m.payload() {
+                None => (None, "tombstone (entry removed)".to_string()),
+                Some(p) => {
+                    match schemas.decode::<DetectorState>(p, DetectorState::SCHEMA, &location) {
+                        Ok(s) => (
+                            Some(s.version),
+                            format!(
+                                "v{}{}  hash {}  last snapshot {}  stream {}",
+                                s.version,
+                                if s.deleted { " (deleted)" } else { "" },
+                                Short(&s.content_hash),
+                                Short(&s.last_snapshot_id),
+                                s.stream
+                            ),
+                        ),
+                        Err(error) => (None, format!("undecodable: {error}")),
+                    }
+                }
+            };
+            events.push(TraceEvent {
+                at: time_of(m),
+                stage: Stage::State,
+                location,
+                version,
+                detail,
+            });
+        })
+        .map_err(failed("read the state"))?;
+
     let snapshot_from = places(partitions);
     reader
         .read_from(&topics.snapshots, &snapshot_from, |m| {
@@ -265,6 +312,10 @@ pub fn trace(
                 Some((_, _, change, _)) => {
                     format!("→ {} v{}", change.op.as_str(), change.version)
                 }
+                None if passed_over.contains_key(snapshot) => format!(
+                    "→ passed over: older than snapshot {} already applied (a late file)",
+                    Short(&passed_over[snapshot])
+                ),
                 None if decided.iter().any(|(p, offset)| {
                     *p == m.partition() && matches!(offset, Offset::Offset(o) if *o > m.offset())
                 }) =>
@@ -299,41 +350,6 @@ pub fn trace(
             });
         })
         .map_err(failed("read the snapshots"))?;
-
-    reader
-        .read_from(&topics.state, &from(&topics.state)?, |m| {
-            if !ours(m) {
-                return;
-            }
-            let location = MessageLocation::of(m);
-            let (version, detail) = match m.payload() {
-                None => (None, "tombstone (entry removed)".to_string()),
-                Some(p) => {
-                    match schemas.decode::<DetectorState>(p, DetectorState::SCHEMA, &location) {
-                        Ok(s) => (
-                            Some(s.version),
-                            format!(
-                                "v{}{}  hash {}  last snapshot {}  stream {}",
-                                s.version,
-                                if s.deleted { " (deleted)" } else { "" },
-                                Short(&s.content_hash),
-                                Short(&s.last_snapshot_id),
-                                s.stream
-                            ),
-                        ),
-                        Err(error) => (None, format!("undecodable: {error}")),
-                    }
-                }
-            };
-            events.push(TraceEvent {
-                at: time_of(m),
-                stage: Stage::State,
-                location,
-                version,
-                detail,
-            });
-        })
-        .map_err(failed("read the state"))?;
 
     // A receipt goes to its change's partition — the key's, the topics being co-partitioned —
     // or, where they are not, to its key's partition of `deliveries`: the key's either way.
@@ -432,6 +448,15 @@ pub fn trace(
         key: key.to_string(),
         events,
     })
+}
+
+/// A stale-snapshot control entry of `state` (any key's: it is per partition).
+fn stale_snapshot(schemas: &SchemaStore, m: &BorrowedMessage<'_>) -> Option<StaleSnapshot> {
+    let key = std::str::from_utf8(m.key()?).ok()?;
+    key.strip_prefix(STALE_SNAPSHOT_KEY_PREFIX)?;
+    schemas
+        .decode::<StaleSnapshot>(m.payload()?, StaleSnapshot::SCHEMA, &MessageLocation::of(m))
+        .ok()
 }
 
 /// The message's timestamp, 0 when it has none.
