@@ -9,7 +9,7 @@
 //! the topic here).
 //!
 //! Run: `cargo bench -p file-source --bench ingest -- [--rows 500000] [--partitions 4]
-//! [--runs 3] [--inputs plain,gzip,zstd]`.
+//! [--runs 3] [--inputs plain,gzip,zstd] [--rows-per-transaction 50000]`.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // bench code: a panic is a failed run
 
 use std::time::{Duration, Instant};
@@ -27,6 +27,8 @@ struct Args {
     partitions: i32,
     runs: usize,
     inputs: Vec<String>,
+    /// `source.rows_per_transaction` (default 50,000).
+    rows_per_transaction: u64,
 }
 
 fn args() -> Args {
@@ -35,6 +37,7 @@ fn args() -> Args {
         partitions: 4,
         runs: 3,
         inputs: vec!["plain".into(), "gzip".into(), "zstd".into()],
+        rows_per_transaction: 50_000,
     };
     let mut given = std::env::args().skip(1);
     while let Some(flag) = given.next() {
@@ -48,6 +51,10 @@ fn args() -> Args {
             "--partitions" => args.partitions = value().parse().expect("--partitions: a number"),
             "--runs" => args.runs = value().parse().expect("--runs: a number"),
             "--inputs" => args.inputs = value().split(',').map(str::to_string).collect(),
+            "--rows-per-transaction" => {
+                args.rows_per_transaction =
+                    value().parse().expect("--rows-per-transaction: a number")
+            }
             "--bench" => {}
             other => panic!("unknown argument {other:?}"),
         }
@@ -55,7 +62,12 @@ fn args() -> Args {
     args
 }
 
-fn config(broker: &TestBroker, pipeline: &str, inbox: &std::path::Path) -> FileSourceConfig {
+fn config(
+    broker: &TestBroker,
+    pipeline: &str,
+    inbox: &std::path::Path,
+    rows_per_transaction: u64,
+) -> FileSourceConfig {
     let guarantee = match broker.guarantee() {
         ProcessingGuarantee::ExactlyOnce => "exactly_once",
         ProcessingGuarantee::AtLeastOnce => "at_least_once",
@@ -82,6 +94,7 @@ level = "warn"
 inbox = {inbox:?}
 dataset_mapping = {mapping:?}
 progress_interval_ms = 600000
+rows_per_transaction = {rows_per_transaction}
 "#,
         schemas = root.join("schemas").display().to_string(),
         bootstrap = broker.bootstrap(),
@@ -122,11 +135,12 @@ fn main() {
         .unwrap_or_else(|error| panic!("--inputs: {error}"));
     drop(snapshot);
     println!(
-        "file-source ingest bench: {} rows (generated in {:.1} s), broker {}, {:?}, {} partitions, {} runs per input",
+        "file-source ingest bench: {} rows (generated in {:.1} s), broker {}, {:?}, {} rows per transaction, {} partitions, {} runs per input",
         args.rows,
         generated.elapsed().as_secs_f64(),
         broker.kind(),
         broker.guarantee(),
+        args.rows_per_transaction,
         args.partitions,
         args.runs
     );
@@ -143,7 +157,7 @@ fn main() {
             std::fs::create_dir_all(&inbox).unwrap();
             let path = inbox.join(source_path.file_name().unwrap());
             std::fs::copy(source_path, &path).unwrap();
-            let config = config(&broker, &pipeline.name, &inbox);
+            let config = config(&broker, &pipeline.name, &inbox, args.rows_per_transaction);
             let (trigger, shutdown) = snapfeed_runtime::shutdown::channel();
             let (started, cpu_before) = (Instant::now(), process_cpu());
             let outcomes = runtime

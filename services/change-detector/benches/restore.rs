@@ -1,0 +1,188 @@
+//! Restore over the network: `--entries` state entries spread over the `--partitions`
+//! partitions of `state` (each on its key's partition, as the detector writes them), then a
+//! change-detector started in-process — timed by its own `restore_seconds` (assignment →
+//! every assigned partition read to its end and in memory), so the group join, which on Tansu
+//! alone takes ~20 s, is not in the figure. Each run gets a fresh pipeline.
+//!
+//! The broker is the harness's: librdkafka's in-process mock by default, `SNAPFEED_TEST_BROKER=
+//! tansu|nisshi` for a broker process over TCP (`eval "$(.ci/install-brokers)"` installs them).
+//!
+//! Run: `cargo bench -p change-detector --bench restore -- [--entries 200000] [--partitions 4]
+//! [--runs 3]`. `BENCH_KAFKA_EXTRA` is appended to the detector's `[kafka]` section (`\n` for a
+//! line break), to try librdkafka properties, e.g.
+//! `BENCH_KAFKA_EXTRA='[kafka.consumer_options]\n"fetch.queue.backoff.ms" = "1000"\n'` (the
+//! default this bench found to cost a second per queue refill).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // bench code: a panic is a failed run
+
+use std::time::{Duration, Instant};
+
+use change_detector::ChangeDetectorConfig;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use snapfeed_harness::broker::TestBroker;
+use snapfeed_harness::endpoint::free_addr;
+use snapfeed_harness::in_process::InProcessService;
+use snapfeed_harness::schemas::{lab_results_mapping, schemas_dir};
+use snapfeed_harness::service_process::guarantee_name;
+use snapfeed_runtime::avro::SchemaStore;
+use snapfeed_runtime::kafka::ProcessingGuarantee;
+use snapfeed_runtime::partition::partition_for_key;
+use snapfeed_runtime::records::{AvroRecord, DetectorState};
+
+struct Args {
+    entries: usize,
+    partitions: i32,
+    runs: usize,
+}
+
+fn args() -> Args {
+    let mut args = Args {
+        entries: 200_000,
+        partitions: 4,
+        runs: 3,
+    };
+    let mut given = std::env::args().skip(1);
+    while let Some(flag) = given.next() {
+        let mut value = || {
+            given
+                .next()
+                .unwrap_or_else(|| panic!("{flag} needs a value"))
+        };
+        match flag.as_str() {
+            "--entries" => args.entries = value().parse().expect("--entries: a number"),
+            "--partitions" => args.partitions = value().parse().expect("--partitions: a number"),
+            "--runs" => args.runs = value().parse().expect("--runs: a number"),
+            "--bench" => {}
+            other => panic!("unknown argument {other:?}"),
+        }
+    }
+    args
+}
+
+/// Writes `entries` state entries (keys as long as real record keys) to `topic`.
+fn write_state(broker: &TestBroker, topic: &str, entries: usize, partitions: i32) {
+    let schemas = SchemaStore::load_dir(&schemas_dir()).unwrap();
+    let schema = schemas.current(DetectorState::SCHEMA).unwrap();
+    let producer: BaseProducer = broker
+        .kafka_config()
+        .producer_config("bench", ProcessingGuarantee::AtLeastOnce, None)
+        .create()
+        .unwrap();
+    for i in 0..entries {
+        let key = format!("05D{i:07}|ACC{i:09}|94500-6");
+        let state = DetectorState {
+            content_hash: format!("{:032x}", i as u128 * 0x9e37_79b9_7f4a_7c15),
+            version: 1 + (i % 3) as i64,
+            stream: "default".into(),
+            first_seen_at: 1_796_000_000_000,
+            last_changed_at: 1_796_000_000_000,
+            last_snapshot_id: "ab".repeat(32),
+            deleted: false,
+        };
+        let value = schema.encode(&state).unwrap();
+        let partition = partition_for_key(key.as_bytes(), partitions);
+        let mut record = BaseRecord::to(topic)
+            .partition(partition)
+            .key(&key)
+            .payload(&value);
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((_, back)) => {
+                    producer.poll(Duration::from_millis(10));
+                    record = back;
+                }
+            }
+        }
+    }
+    producer.flush(Duration::from_secs(120)).unwrap();
+}
+
+fn config(broker: &TestBroker, pipeline: &str, http: std::net::SocketAddr) -> ChangeDetectorConfig {
+    let text = format!(
+        "[pipeline]\nname = {pipeline:?}\nprocessing_guarantee = {:?}\nschemas_dir = {:?}\n\
+         [kafka]\nbootstrap_servers = {:?}\nrequest_timeout_ms = 30000\n{}\
+         [http]\nlisten = {:?}\n[log]\nlevel = \"warn\"\n\
+         [detector]\ndataset_mapping = {:?}\n",
+        guarantee_name(broker.guarantee()),
+        schemas_dir().display().to_string(),
+        broker.bootstrap(),
+        std::env::var("BENCH_KAFKA_EXTRA")
+            .unwrap_or_default()
+            .replace("\\n", "\n"),
+        http.to_string(),
+        lab_results_mapping().display().to_string(),
+    );
+    toml::from_str(&text).expect("bench config parses")
+}
+
+fn median_min_max(mut values: Vec<f64>) -> (f64, f64, f64) {
+    values.sort_by(f64::total_cmp);
+    (
+        values[values.len() / 2],
+        values[0],
+        values[values.len() - 1],
+    )
+}
+
+fn main() {
+    let args = args();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let broker = TestBroker::from_env();
+        println!(
+            "change-detector restore bench: {} entries, {} partitions, broker {}, {} runs",
+            args.entries,
+            args.partitions,
+            broker.kind(),
+            args.runs
+        );
+        let mut seconds = Vec::new();
+        for run in 1..=args.runs {
+            let pipeline = broker
+                .pipeline(&format!("restore-bench-{run}"), args.partitions)
+                .await;
+            let written = Instant::now();
+            tokio::task::block_in_place(|| {
+                write_state(
+                    &broker,
+                    &pipeline.topics.state,
+                    args.entries,
+                    args.partitions,
+                )
+            });
+            let written = written.elapsed();
+            let http = free_addr();
+            let detector = InProcessService::spawn(
+                "change-detector",
+                http,
+                Duration::from_secs(30),
+                |shutdown| change_detector::run(config(&broker, &pipeline.name, http), shutdown),
+            );
+            detector.wait_ready(Duration::from_secs(300)).await;
+            let restore = detector.metric("snapfeed_change_detector_restore_seconds_sum");
+            let restored = detector.metric("snapfeed_change_detector_restored_entries_total");
+            assert_eq!(
+                restored as usize, args.entries,
+                "every entry written was restored"
+            );
+            println!(
+                "  run {run}: restore {restore:.3} s ({:.0} entries/s); writing them took {:.1} s",
+                restored / restore.max(1e-9),
+                written.as_secs_f64()
+            );
+            seconds.push(restore);
+            detector.stop().await;
+        }
+        let (median, min, max) = median_min_max(seconds);
+        println!(
+            "restore of {} entries on {} partitions ({}): median {median:.3} s (min {min:.3}, max {max:.3})",
+            args.entries,
+            args.partitions,
+            broker.kind()
+        );
+    });
+}
