@@ -277,6 +277,12 @@ async fn a_snapshot_older_than_the_newest_applied_changes_and_deletes_nothing() 
             .sum::<i64>() as f64,
         rows(&s1)
     );
+    assert!(
+        passed_over
+            .values()
+            .all(|s| s.rows_passed_over == s.rows_in_partition),
+        "read whole after the newer one: every row passed over {passed_over:?}"
+    );
     detector.stop().await;
 
     // A restarted detector still knows the newest snapshot (from `state`).

@@ -94,8 +94,11 @@ pub struct ChangeRef {
 pub struct PassedOver {
     /// Partition of `snapshots`.
     pub partition: i32,
-    /// The snapshot's rows on it.
+    /// The snapshot's rows on it (its end marker's count).
     pub rows: i64,
+    /// Of those, the rows passed over (fewer: part of it was applied before the newer snapshot
+    /// began there, or the detector restarted in the middle of it).
+    pub passed_over: i64,
     /// When the snapshot was taken (ms).
     pub snapshot_time: i64,
     /// The newer snapshot applied there.
@@ -143,12 +146,12 @@ impl SnapshotReconciliation {
     /// Rows that changed nothing though decided: sent − passed over − created − updated (a
     /// DELETE is no row), when known.
     pub fn unchanged(&self) -> i64 {
-        self.rows_sent - self.rows_passed_over() - (self.created + self.updated) as i64
+        (self.rows_sent - self.rows_passed_over() - (self.created + self.updated) as i64).max(0)
     }
 
     /// Rows passed over as stale (on the partitions where it was).
     pub fn rows_passed_over(&self) -> i64 {
-        self.passed_over.iter().map(|p| p.rows).sum()
+        self.passed_over.iter().map(|p| p.passed_over).sum()
     }
 }
 

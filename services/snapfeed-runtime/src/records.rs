@@ -166,7 +166,10 @@ pub struct StaleSnapshot {
     pub newest_snapshot_time: TimestampMillis,
     /// Its data rows on this partition (the end marker's count).
     pub rows_in_partition: i64,
-    /// When its end marker was read (the marker's timestamp).
+    /// Of those, the rows passed over as late (fewer when part of it was applied before the
+    /// newer snapshot began here, or after a restart in the middle of it).
+    pub rows_passed_over: i64,
+    /// The end marker's timestamp (a repeated batch writes the same entry).
     pub decided_at: TimestampMillis,
 }
 

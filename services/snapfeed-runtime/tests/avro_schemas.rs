@@ -148,6 +148,7 @@ fn a_stale_snapshot_entry_round_trips_under_its_reserved_key() {
         newest_snapshot_id: "s-1000".into(),
         newest_snapshot_time: 1_796_292_000_000,
         rows_in_partition: 1_234,
+        rows_passed_over: 1_000,
         decided_at: 1_796_293_000_000,
     };
     let bytes = store

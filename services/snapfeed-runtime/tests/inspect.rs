@@ -182,6 +182,7 @@ async fn trace_tail_and_dead_letters_read_the_pipeline_back() {
             newest_snapshot_id: "s2".into(),
             newest_snapshot_time: 1,
             rows_in_partition: 1,
+            rows_passed_over: 1,
             decided_at: 0,
         };
         // Its own key (one per partition), on the partition of KEY's row.

@@ -230,6 +230,7 @@ async fn a_snapshot_with_a_dead_letter_and_a_pending_change_is_not_reconciled() 
             newest_snapshot_id: SNAPSHOT.into(),
             newest_snapshot_time: 1_796_121_000_000,
             rows_in_partition: 3,
+            rows_passed_over: 3,
             decided_at: 0,
         };
         send(

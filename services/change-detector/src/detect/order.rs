@@ -88,9 +88,12 @@ impl Detector {
                 newest_id,
             } => {
                 if meta.is_snapshot_end() {
+                    let passed_over = state.passed_over(stream, meta.snapshot_id);
                     self.metrics.snapshots.with_label_values(&["stale"]).inc();
-                    self.record_stale(partition, meta, message, time, &newest_id, newest_time)?;
+                    let newest = (newest_id.as_str(), newest_time);
+                    self.record_stale(partition, meta, message, time, newest, passed_over)?;
                 } else {
+                    state.count_passed_over(stream, meta.snapshot_id);
                     self.metrics.outcome.stale.inc();
                 }
                 if self.stale_snapshots.first(meta.snapshot_id) {
@@ -110,17 +113,18 @@ impl Detector {
         }
     }
 
-    /// A stale snapshot's end marker: records on `state` that it was passed over here, with
-    /// its row count on this partition, for `reconcile`. A marker that does not decode records
-    /// nothing (said in the log): the snapshot is passed over all the same.
+    /// A stale snapshot's end marker: records on `state` that it was passed over here — its
+    /// rows on this partition and how many of them were passed over (fewer when part of it was
+    /// applied before the newer snapshot began here) — for `reconcile`. A marker that does not
+    /// decode records nothing (said in the log): the snapshot is passed over all the same.
     fn record_stale(
         &mut self,
         partition: i32,
         meta: &RecordMeta<'_>,
         message: &BorrowedMessage<'_>,
         snapshot_time: i64,
-        newest_id: &str,
-        newest_time: i64,
+        (newest_id, newest_time): (&str, i64),
+        passed_over: u64,
     ) -> Result<(), BatchError> {
         let location = location_of(message);
         let marker = match self
@@ -145,6 +149,7 @@ impl Detector {
             newest_snapshot_id: newest_id.to_string(),
             newest_snapshot_time: newest_time,
             rows_in_partition: marker.rows_in_partition,
+            rows_passed_over: passed_over as i64,
             // The marker's own time: a repeated batch writes the same entry.
             decided_at: message.timestamp().to_millis().unwrap_or(0),
         };

@@ -68,6 +68,8 @@ pub(super) struct SnapshotProgress {
     distinct_seen: u64,
     /// The newest snapshot applied (restored from `state`).
     newest: Option<Newest>,
+    /// The late snapshot being passed over here, and its data records passed over so far.
+    passing_over: Option<(String, u64)>,
 }
 
 /// The newest snapshot applied for a stream on one partition.
@@ -154,6 +156,28 @@ impl PartitionState {
                 first_offset,
             });
         }
+    }
+
+    /// Counts one data record of the late snapshot `snapshot_id` passed over.
+    pub fn count_passed_over(&mut self, stream: u32, snapshot_id: &str) {
+        let progress = self.progress_mut(stream);
+        if let Some((id, records)) = &mut progress.passing_over {
+            if id == snapshot_id {
+                *records += 1;
+                return;
+            }
+        }
+        progress.passing_over = Some((snapshot_id.to_string(), 1));
+    }
+
+    /// Data records of the late snapshot `snapshot_id` passed over here, as far as this
+    /// detector read it (a restart in the middle counts only the rest).
+    pub fn passed_over(&self, stream: u32, snapshot_id: &str) -> u64 {
+        self.progress
+            .get(stream as usize)
+            .and_then(|p| p.passing_over.as_ref())
+            .filter(|(id, _)| id == snapshot_id)
+            .map_or(0, |(_, records)| *records)
     }
 
     /// The generation of `snapshot_id` in `stream`: a new snapshot id starts the next one.
@@ -298,6 +322,25 @@ mod tests {
             state.order_snapshot(0, "s3", 300, 50),
             SnapshotOrder::Current
         );
+    }
+
+    #[test]
+    fn records_passed_over_are_counted_per_late_snapshot() {
+        let mut state = PartitionState::default();
+        for _ in 0..3 {
+            state.count_passed_over(0, "s1");
+        }
+        state.count_passed_over(1, "b1");
+        assert_eq!(state.passed_over(0, "s1"), 3);
+        assert_eq!(state.passed_over(1, "b1"), 1);
+        assert_eq!(state.passed_over(0, "s0"), 0, "another snapshot: none");
+        state.count_passed_over(0, "s0");
+        assert_eq!(
+            state.passed_over(0, "s0"),
+            1,
+            "the next late snapshot starts over"
+        );
+        assert_eq!(state.passed_over(0, "s1"), 0);
     }
 
     #[test]

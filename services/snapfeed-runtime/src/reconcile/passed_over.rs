@@ -43,6 +43,7 @@ pub(super) fn read(
                         PassedOver {
                             partition: m.partition(),
                             rows: stale.rows_in_partition,
+                            passed_over: stale.rows_passed_over,
                             snapshot_time: stale.snapshot_time,
                             newest_snapshot_id: stale.newest_snapshot_id,
                             newest_snapshot_time: stale.newest_snapshot_time,

@@ -57,35 +57,48 @@ fn time(millis: i64) -> String {
 /// Where a snapshot was passed over, and because of which newer one (one line per newer
 /// snapshot: partitions may have seen different ones).
 fn passed_over(f: &mut fmt::Formatter<'_>, stream: &str, over: &[PassedOver]) -> fmt::Result {
-    let mut by_newest: Vec<(&str, i64, Vec<i32>, i64)> = Vec::new();
+    // (newer snapshot, its time, partitions, rows passed over, rows in those partitions)
+    let mut by_newest: Vec<(&str, i64, Vec<i32>, i64, i64)> = Vec::new();
     for p in over {
         match by_newest
             .iter_mut()
-            .find(|(id, _, _, _)| *id == p.newest_snapshot_id)
+            .find(|group| group.0 == p.newest_snapshot_id)
         {
             Some(group) => {
                 group.2.push(p.partition);
-                group.3 += p.rows;
+                group.3 += p.passed_over;
+                group.4 += p.rows;
             }
             None => by_newest.push((
                 &p.newest_snapshot_id,
                 p.newest_snapshot_time,
                 vec![p.partition],
+                p.passed_over,
                 p.rows,
             )),
         }
     }
     let taken = over.first().map_or(0, |p| p.snapshot_time);
-    for (newest, newest_time, partitions, rows) in by_newest {
+    for (newest, newest_time, partitions, passed, rows) in by_newest {
         let partitions: Vec<String> = partitions.iter().map(i32::to_string).collect();
+        let count = if passed == rows {
+            format!("{} rows", thousands(passed))
+        } else {
+            format!("{} of {} rows", thousands(passed), thousands(rows))
+        };
         writeln!(
             f,
-            "  passed over:     {} rows on partition(s) {}: taken {}, older than snapshot {newest} (taken {}) already applied for stream {stream} — they changed and deleted nothing",
-            thousands(rows),
+            "  passed over:     {count} on partition(s) {}: taken {}, older than snapshot {newest} (taken {}) already applied for stream {stream} — they changed and deleted nothing",
             partitions.join(", "),
             time(taken),
             time(newest_time)
         )?;
+        if passed < rows {
+            writeln!(
+                f,
+                "                   (the other rows were applied before the newer snapshot began there, or read before a detector restart)"
+            )?;
+        }
     }
     Ok(())
 }
@@ -184,6 +197,7 @@ mod tests {
         let over = |partition: i32, rows: i64| PassedOver {
             partition,
             rows,
+            passed_over: rows,
             snapshot_time: 1_796_293_800_000,
             newest_snapshot_id: "s-1100".into(),
             newest_snapshot_time: 1_796_295_600_000,
@@ -207,5 +221,36 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("0 unchanged"), "{text}");
+    }
+
+    #[test]
+    fn a_partly_applied_snapshot_says_how_much_was_passed_over() {
+        use crate::reconcile::SnapshotReconciliation;
+        let late = SnapshotReconciliation {
+            snapshot_id: "s-1030".into(),
+            stream: "lab-a".into(),
+            rows_sent: 30,
+            created: 4,
+            passed_over: vec![PassedOver {
+                partition: 1,
+                rows: 30,
+                passed_over: 20,
+                snapshot_time: 0,
+                newest_snapshot_id: "s-1100".into(),
+                newest_snapshot_time: 0,
+            }],
+            ..SnapshotReconciliation::default()
+        };
+        assert_eq!(late.unchanged(), 6);
+        let text = Reconciliation {
+            snapshots: vec![late],
+            undecided: Some(0),
+        }
+        .to_string();
+        assert!(
+            text.contains("passed over:     20 of 30 rows on partition(s) 1"),
+            "{text}"
+        );
+        assert!(text.contains("the other rows were applied"), "{text}");
     }
 }

@@ -255,13 +255,13 @@ pub fn trace(
         }
     }
 
-    // State before the rows: a row of a snapshot passed over as late (its stale-snapshot entry
-    // on the key's partition) changed nothing though no change names it.
-    let mut passed_over: HashMap<String, String> = HashMap::new();
+    // State before the rows: a row of a snapshot passed over as late on its partition (a
+    // stale-snapshot entry there) changed nothing though no change names it.
+    let mut passed_over: HashMap<(i32, String), String> = HashMap::new();
     reader
         .read_from(&topics.state, &from(&topics.state)?, |m| {
             if let Some(stale) = stale_snapshot(schemas, m) {
-                passed_over.insert(stale.snapshot_id, stale.newest_snapshot_id);
+                passed_over.insert((m.partition(), stale.snapshot_id), stale.newest_snapshot_id);
                 return;
             }
             if !ours(m) {
@@ -312,10 +312,12 @@ pub fn trace(
                 Some((_, _, change, _)) => {
                     format!("→ {} v{}", change.op.as_str(), change.version)
                 }
-                None if passed_over.contains_key(snapshot) => format!(
-                    "→ passed over: older than snapshot {} already applied (a late file)",
-                    Short(&passed_over[snapshot])
-                ),
+                None if passed_over.contains_key(&(m.partition(), snapshot.to_string())) => {
+                    format!(
+                        "→ passed over: older than snapshot {} already applied (a late file)",
+                        Short(&passed_over[&(m.partition(), snapshot.to_string())])
+                    )
+                }
                 None if decided.iter().any(|(p, offset)| {
                     *p == m.partition() && matches!(offset, Offset::Offset(o) if *o > m.offset())
                 }) =>
