@@ -95,8 +95,12 @@ pub enum StageError {
 struct OncePerSnapshot(HashSet<String>);
 
 impl OncePerSnapshot {
-    /// True the first time `snapshot_id` is seen.
+    /// True the first time `snapshot_id` is seen. Called per passed-over record: a snapshot
+    /// already seen costs a lookup, not an allocation.
     fn first(&mut self, snapshot_id: &str) -> bool {
+        if self.0.contains(snapshot_id) {
+            return false;
+        }
         if self.0.len() >= 1_000 {
             self.0.clear();
         }
@@ -398,5 +402,23 @@ impl Detector {
     pub fn record_lag(&self, statistics: &rdkafka::Statistics) {
         self.partitions
             .record_lag(statistics, self.batch.consumed_topic());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::OncePerSnapshot;
+
+    #[test]
+    fn a_snapshot_is_reported_once_until_a_thousand_others_were() {
+        let mut once = OncePerSnapshot::default();
+        assert!(once.first("s1"));
+        assert!(!once.first("s1"));
+        for i in 0..999 {
+            assert!(once.first(&format!("x{i}")));
+        }
+        assert!(!once.first("s1"), "still remembered at 1,000");
+        assert!(once.first("y"), "the 1,001st forgets the rest");
+        assert!(once.first("s1"));
     }
 }

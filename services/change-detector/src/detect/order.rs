@@ -18,6 +18,7 @@
 //! an aborted batch takes both back, and a restart restores both. A stale snapshot's entry goes
 //! in the batch of its end marker; a repeat overwrites it with the same value.
 
+use prometheus::IntCounter;
 use rdkafka::message::BorrowedMessage;
 use rdkafka::Message;
 use snapfeed_runtime::records::{
@@ -63,14 +64,7 @@ impl Detector {
                 Ok(false)
             }
             SnapshotOrder::Replayed => {
-                if meta.is_snapshot_end() {
-                    self.metrics
-                        .snapshots
-                        .with_label_values(&["replayed"])
-                        .inc();
-                } else {
-                    self.metrics.outcome.replayed.inc();
-                }
+                self.count_passed_over(meta, "replayed", &self.metrics.outcome.replayed);
                 if self.replayed_snapshots.first(meta.snapshot_id) {
                     tracing::info!(
                         message = "Passing over records of an older snapshot read again (decided when first read).",
@@ -89,13 +83,12 @@ impl Detector {
             } => {
                 if meta.is_snapshot_end() {
                     let passed_over = state.passed_over(stream, meta.snapshot_id);
-                    self.metrics.snapshots.with_label_values(&["stale"]).inc();
                     let newest = (newest_id.as_str(), newest_time);
                     self.record_stale(partition, meta, message, time, newest, passed_over)?;
                 } else {
                     state.count_passed_over(stream, meta.snapshot_id);
-                    self.metrics.outcome.stale.inc();
                 }
+                self.count_passed_over(meta, "stale", &self.metrics.outcome.stale);
                 if self.stale_snapshots.first(meta.snapshot_id) {
                     tracing::warn!(
                         message = "Passing over a snapshot older than the newest applied for its stream; it changes and deletes nothing.",
@@ -110,6 +103,16 @@ impl Detector {
                 }
                 Ok(true)
             }
+        }
+    }
+
+    /// Counts a passed-over end marker under `snapshots_total{verdict}`, or a record on
+    /// `records` (its `records_total{outcome}`).
+    fn count_passed_over(&self, meta: &RecordMeta<'_>, verdict: &str, records: &IntCounter) {
+        if meta.is_snapshot_end() {
+            self.metrics.snapshots.with_label_values(&[verdict]).inc();
+        } else {
+            records.inc();
         }
     }
 
