@@ -21,6 +21,8 @@ use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use snapfeed_harness::broker::TestBroker;
 use snapfeed_harness::endpoint::free_addr;
 use snapfeed_harness::in_process::InProcessService;
+use snapfeed_harness::measure::median_min_max;
+use snapfeed_harness::messages::send_waiting;
 use snapfeed_harness::schemas::{lab_results_mapping, schemas_dir};
 use snapfeed_harness::service_process::guarantee_name;
 use snapfeed_runtime::avro::SchemaStore;
@@ -80,19 +82,13 @@ fn write_state(broker: &TestBroker, topic: &str, entries: usize, partitions: i32
         };
         let value = schema.encode(&state).unwrap();
         let partition = partition_for_key(key.as_bytes(), partitions);
-        let mut record = BaseRecord::to(topic)
-            .partition(partition)
-            .key(&key)
-            .payload(&value);
-        loop {
-            match producer.send(record) {
-                Ok(()) => break,
-                Err((_, back)) => {
-                    producer.poll(Duration::from_millis(10));
-                    record = back;
-                }
-            }
-        }
+        send_waiting(
+            &producer,
+            BaseRecord::to(topic)
+                .partition(partition)
+                .key(&key)
+                .payload(&value),
+        );
     }
     producer.flush(Duration::from_secs(120)).unwrap();
 }
@@ -113,15 +109,6 @@ fn config(broker: &TestBroker, pipeline: &str, http: std::net::SocketAddr) -> Ch
         lab_results_mapping().display().to_string(),
     );
     toml::from_str(&text).expect("bench config parses")
-}
-
-fn median_min_max(mut values: Vec<f64>) -> (f64, f64, f64) {
-    values.sort_by(f64::total_cmp);
-    (
-        values[values.len() / 2],
-        values[0],
-        values[values.len() - 1],
-    )
 }
 
 fn main() {

@@ -18,7 +18,7 @@ use file_source::ingest::FileOutcome;
 use file_source::FileSourceConfig;
 use snapfeed_harness::broker::{repo_root, TestBroker};
 use snapfeed_harness::generator::Snapshot;
-use snapfeed_harness::measure::process_cpu;
+use snapfeed_harness::measure::{median_min_max, process_cpu};
 use snapfeed_runtime::config::ServiceConfig;
 use snapfeed_runtime::kafka::ProcessingGuarantee;
 
@@ -107,15 +107,6 @@ rows_per_transaction = {rows_per_transaction}
     let config: FileSourceConfig = toml::from_str(&text).expect("bench config parses");
     ServiceConfig::validate(&config).expect("bench config is valid");
     config
-}
-
-fn median_min_max(mut values: Vec<f64>) -> (f64, f64, f64) {
-    values.sort_by(f64::total_cmp);
-    (
-        values[values.len() / 2],
-        values[0],
-        values[values.len() - 1],
-    )
 }
 
 fn main() {

@@ -326,6 +326,25 @@ impl Rig {
         path
     }
 
+    /// Runs an operator subcommand of `service`'s binary (`<binary> --config … <args>`) with
+    /// instance `instance`'s config, as an operator would, and returns what it printed.
+    /// Blocking: call it from `block_in_place`.
+    pub fn operator_command(
+        &self,
+        service: Service,
+        instance: &str,
+        args: &[&str],
+    ) -> std::process::Output {
+        let config = self.write_config(service, instance);
+        std::process::Command::new(crate::binaries::binary(service.name()))
+            .current_dir(repo_root())
+            .arg("--config")
+            .arg(&config)
+            .args(args)
+            .output()
+            .expect("run the operator command")
+    }
+
     /// Starts `service` (instance id `instance`) from its binary and waits until it is ready.
     pub fn start(&mut self, service: Service, instance: &str) -> Proc {
         let config = self.write_config(service, instance);

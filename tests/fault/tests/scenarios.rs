@@ -637,15 +637,8 @@ async fn s09_poison_change_is_dead_lettered_then_redriven_once_fixed() {
 
     // Fixed: redrive it with the binary, as an operator would.
     rig.stub.clear_rules();
-    let config = rig.write_config(Service::ApiSink, "a");
     let output = block_in_place(|| {
-        std::process::Command::new(snapfeed_fault::binaries::binary("api-sink"))
-            .current_dir(snapfeed_harness::broker::repo_root())
-            .arg("--config")
-            .arg(&config)
-            .args(["redrive", "--status", "400"])
-            .output()
-            .unwrap()
+        rig.operator_command(Service::ApiSink, "a", &["redrive", "--status", "400"])
     });
     assert!(
         output.status.success(),
@@ -907,15 +900,12 @@ async fn s12_an_older_export_arriving_late_changes_nothing_at_the_api() {
         "the late file's rows passed over"
     );
     // The operator's view: `reconcile` says where the late file's rows went.
-    let config = rig.write_config(Service::ChangeDetector, "a");
     let output = block_in_place(|| {
-        std::process::Command::new(snapfeed_fault::binaries::binary("change-detector"))
-            .current_dir(snapfeed_harness::broker::repo_root())
-            .arg("--config")
-            .arg(&config)
-            .args(["reconcile", "--file", "elr_20261203_103000.csv"])
-            .output()
-            .unwrap()
+        rig.operator_command(
+            Service::ChangeDetector,
+            "a",
+            &["reconcile", "--file", "elr_20261203_103000.csv"],
+        )
     });
     let said = String::from_utf8_lossy(&output.stdout);
     println!("FAULT s12-out-of-order: reconcile said:\n{said}");

@@ -420,16 +420,7 @@ impl TestBroker {
                 if let Some(millis) = message.timestamp().to_millis() {
                     record = record.timestamp(millis);
                 }
-                let mut record = record;
-                loop {
-                    match producer.send(record) {
-                        Ok(()) => break,
-                        Err((_, back)) => {
-                            producer.poll(Duration::from_millis(10));
-                            record = back;
-                        }
-                    }
-                }
+                crate::messages::send_waiting(&producer, record);
             }
         }
         producer

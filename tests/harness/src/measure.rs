@@ -3,6 +3,16 @@
 
 use std::time::Duration;
 
+/// `(median, min, max)` of a benchmark's runs (`values` not empty).
+pub fn median_min_max(mut values: Vec<f64>) -> (f64, f64, f64) {
+    values.sort_by(f64::total_cmp);
+    (
+        values[values.len() / 2],
+        values[0],
+        values[values.len() - 1],
+    )
+}
+
 /// CPU time (user + system) of the whole process.
 pub fn process_cpu() -> Duration {
     let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();

@@ -1,10 +1,12 @@
 //! Reading back what a service wrote to a topic: a message's location, its headers as text,
 //! its value decoded with the schema store (either framing, by magic byte), and a consumer
-//! that follows a topic as it is written (to see a service mid-transaction).
+//! that follows a topic as it is written (to see a service mid-transaction) — and
+//! [`send_waiting`], for tests that write many records themselves.
 
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::Headers;
+use rdkafka::message::{Headers, ToBytes};
+use rdkafka::producer::{BaseProducer, BaseRecord};
 use rdkafka::{Message, Offset, TopicPartitionList};
 use snapfeed_runtime::avro::{MessageLocation, SchemaStore};
 
@@ -78,4 +80,22 @@ pub fn decode<T: serde::de::DeserializeOwned>(
     store
         .decode(message.payload().unwrap_or_default(), schema, &location)
         .unwrap_or_else(|e| panic!("{location}: {e}"))
+}
+
+/// Sends `record`, serving delivery reports while librdkafka's queue is full (a test writing
+/// more records than the queue holds). Blocking.
+pub fn send_waiting<K, P>(producer: &BaseProducer, mut record: BaseRecord<'_, K, P>)
+where
+    K: ToBytes + ?Sized,
+    P: ToBytes + ?Sized,
+{
+    loop {
+        match producer.send(record) {
+            Ok(()) => return,
+            Err((_, back)) => {
+                producer.poll(std::time::Duration::from_millis(10));
+                record = back;
+            }
+        }
+    }
 }

@@ -305,26 +305,29 @@ pub fn trace(
             }
             let location = MessageLocation::of(m);
             let snapshot = header(m, headers::SNAPSHOT_ID).unwrap_or("?");
-            let verdict = match changes
+            let late = passed_over.get(&(m.partition(), snapshot.to_string()));
+            let change = changes
                 .iter()
-                .find(|(_, _, c, _)| c.source.snapshot_id == snapshot)
-            {
-                Some((_, _, change, _)) => {
+                .find(|(_, _, c, _)| c.source.snapshot_id == snapshot);
+            let verdict = match (change, late) {
+                (Some((_, _, change, _)), _) => {
                     format!("→ {} v{}", change.op.as_str(), change.version)
                 }
-                None if passed_over.contains_key(&(m.partition(), snapshot.to_string())) => {
-                    format!(
-                        "→ passed over: older than snapshot {} already applied (a late file)",
-                        Short(&passed_over[&(m.partition(), snapshot.to_string())])
-                    )
-                }
-                None if decided.iter().any(|(p, offset)| {
-                    *p == m.partition() && matches!(offset, Offset::Offset(o) if *o > m.offset())
-                }) =>
+                (None, Some(newest)) => format!(
+                    "→ passed over: older than snapshot {} already applied (a late file)",
+                    Short(newest)
+                ),
+                (None, None)
+                    if decided.iter().any(|(p, offset)| {
+                        *p == m.partition()
+                            && matches!(offset, Offset::Offset(o) if *o > m.offset())
+                    }) =>
                 {
                     "→ unchanged".to_string()
                 }
-                None => "→ no change so far (past change-detector's committed offset)".to_string(),
+                (None, None) => {
+                    "→ no change so far (past change-detector's committed offset)".to_string()
+                }
             };
             let mut detail = format!(
                 "{} line {}  snapshot {}{}  {verdict}",
