@@ -1,6 +1,8 @@
-//! api-sink delivery throughput and CPU per delivery against the local stub case API, 4
-//! partitions: N changes are produced to `changes` first, then the sink is started in-process
-//! and timed until the stub has N unique effects (N distinct Idempotency-Keys answered 200).
+//! api-sink delivery throughput and CPU per change against the local stub case API, 4
+//! partitions: N changes (CREATEs of distinct keys) are produced to `changes` first, then the
+//! sink is started in-process and timed until the stub has all N: N distinct Idempotency-Keys
+//! answered 200 (`json`, one request per change), or N CommCare cases (`commcare_case_v2`, bulk
+//! upserts of up to 100 cases — DESIGN's first load; checked: one form per case).
 //!
 //! CPU: the process's CPU time (getrusage) over that window, minus what the stub API and — on
 //! the in-process mock cluster — the broker spent. Both run in this process, on threads of
@@ -9,11 +11,12 @@
 //! from `/proc/self/task/*/stat` (as is the bench's own polling thread). What remains is the
 //! sink: consuming, decoding, building requests, HTTP client, receipts (produce), offset
 //! commits — plus sink start-up (schemas, connecting, joining the group), which is counted in.
-//! Target (DESIGN § Performance targets): ≤ 100 µs of CPU per delivery; throughput bounded by
-//! the API, not by the sink.
+//! Targets (DESIGN § Performance targets): ≤ 100 µs of CPU per delivery; a first load in
+//! CommCare batches ≥ 20k cases/s; throughput bounded by the API, not by the sink.
 //!
-//! Run: `cargo bench -p api-sink --bench deliver` (`SNAPFEED_BENCH_CHANGES` to change N;
-//! `SNAPFEED_TEST_BROKER=nisshi` for a broker process, whose CPU is then outside this process).
+//! Run: `cargo bench -p api-sink --bench deliver [-- --setup json|commcare]`
+//! (`SNAPFEED_BENCH_CHANGES` / `SNAPFEED_BENCH_CASES` change N; `SNAPFEED_TEST_BROKER=nisshi`
+//! for a broker process, whose CPU is then outside this process).
 #![allow(clippy::unwrap_used, clippy::expect_used)] // bench code: a panic is a failed run
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -32,32 +35,75 @@ use snapfeed_runtime::records::{now_millis, AvroRecord, ChangeEvent, ChangeOp, P
 
 const PARTITIONS: i32 = 4;
 const DEFAULT_CHANGES: usize = 20_000;
+const DEFAULT_CASES: usize = 100_000;
+
+/// What the sink sends.
+#[derive(Clone, Copy)]
+enum Profile {
+    /// One JSON request per change (`json`).
+    Json,
+    /// CommCare Case API v2 bulk upserts of up to `batch_max_cases` cases (`commcare_case_v2`).
+    CommCare { batch_max_cases: usize },
+}
 
 /// A sink configuration under test.
 struct Setup {
     label: &'static str,
+    profile: Profile,
     lanes_per_partition: usize,
     max_in_flight: usize,
 }
 
+impl Setup {
+    /// Changes to deliver: `SNAPFEED_BENCH_CHANGES` (default 20k) one by one, or
+    /// `SNAPFEED_BENCH_CASES` (default 100k, DESIGN's first load) in CommCare batches.
+    fn changes(&self) -> usize {
+        let (variable, default) = match self.profile {
+            Profile::Json => ("SNAPFEED_BENCH_CHANGES", DEFAULT_CHANGES),
+            Profile::CommCare { .. } => ("SNAPFEED_BENCH_CASES", DEFAULT_CASES),
+        };
+        std::env::var(variable)
+            .ok()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(default)
+    }
+}
+
 const SETUPS: &[Setup] = &[
     Setup {
-        label: "1 lane/partition (default), max_in_flight 16",
+        label: "json, 1 lane/partition (default), max_in_flight 16",
+        profile: Profile::Json,
         lanes_per_partition: 1,
         max_in_flight: 16,
     },
     Setup {
-        label: "4 lanes/partition, max_in_flight 16",
+        label: "json, 4 lanes/partition, max_in_flight 16",
+        profile: Profile::Json,
         lanes_per_partition: 4,
+        max_in_flight: 16,
+    },
+    Setup {
+        label: "commcare_case_v2 first load, batches of 100, 1 lane/partition",
+        profile: Profile::CommCare {
+            batch_max_cases: 100,
+        },
+        lanes_per_partition: 1,
         max_in_flight: 16,
     },
 ];
 
+/// `--setup json|commcare` runs only the setups of that profile (default: all).
+fn wanted(setup: &Setup) -> bool {
+    let mut args = std::env::args().skip_while(|a| a != "--setup").skip(1);
+    match (args.next().as_deref(), setup.profile) {
+        (None, _) => true,
+        (Some("json"), Profile::Json) | (Some("commcare"), Profile::CommCare { .. }) => true,
+        (Some("json" | "commcare"), _) => false,
+        (Some(other), _) => panic!("--setup: json or commcare, not {other:?}"),
+    }
+}
+
 fn main() {
-    let changes: usize = std::env::var("SNAPFEED_BENCH_CHANGES")
-        .ok()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(DEFAULT_CHANGES);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -80,41 +126,66 @@ fn main() {
         let store = SchemaStore::load_dir(&schemas_dir).unwrap();
         let dataset = DatasetMapping::load(&mapping, &store).unwrap();
         println!(
-            "api-sink deliver bench: {changes} changes, {PARTITIONS} partitions, json profile, \
-             broker {}, {} CPUs",
+            "api-sink deliver bench: {PARTITIONS} partitions, broker {}, {} CPUs",
             broker.kind(),
             std::thread::available_parallelism().map_or(0, |n| n.get())
         );
-        for setup in SETUPS {
+        for setup in SETUPS.iter().filter(|s| wanted(s)) {
+            let changes = setup.changes();
             let pipeline = broker.pipeline("bench", PARTITIONS).await;
             let payloads = encode_changes(&store, &dataset, changes);
             produce(&broker, &pipeline, &payloads).await;
             let base = stub.api.requests().len();
             let effects_before = stub.api.unique_effects();
+            let cases_before = stub.api.case_count();
             let http = free_addr();
             let config = sink_config(&broker, &pipeline, &stub.api.url(), http, setup);
+            println!("\n{}: {changes} changes", setup.label);
 
             let (cpu_before, threads_before) = (process_cpu(), thread_cpu());
             let started = Instant::now();
             let (trigger, shutdown) = snapfeed_runtime::shutdown::channel();
             let task = tokio::spawn(api_sink::run(config, shutdown));
-            // A cheap poll (a length under a lock) until every request has arrived …
-            while !stub
-                .api
-                .wait_for_requests(base + changes, Duration::from_secs(1))
-                .await
-            {
+            // A cheap poll (a length under a lock) until every change has arrived …
+            loop {
+                let arrived = match setup.profile {
+                    Profile::Json => {
+                        stub.api
+                            .wait_for_requests(base + changes, Duration::from_secs(1))
+                            .await
+                    }
+                    Profile::CommCare { .. } => stub.api.case_count() - cases_before >= changes,
+                };
+                if arrived {
+                    break;
+                }
                 assert!(
                     started.elapsed() < Duration::from_secs(600),
-                    "{} of {changes} requests after 600 s",
-                    stub.api.requests().len() - base
+                    "not all {changes} changes at the API after 600 s"
                 );
                 assert!(!task.is_finished(), "api-sink stopped");
+                tokio::time::sleep(Duration::from_millis(5)).await;
             }
             let wall = started.elapsed();
             let (cpu_after, threads_after) = (process_cpu(), thread_cpu());
+            // Start-up (schemas, connecting, joining the group, reading receipts back) ends
+            // with the first request; the steady rate is from there to the last.
+            let requests = stub.api.requests();
+            let first_request = requests[base].at.duration_since(started);
+            let steady = wall.saturating_sub(first_request);
             // … then the exact check: one effect per change, none missing.
-            let effects = stub.api.unique_effects() - effects_before;
+            let effects = match setup.profile {
+                Profile::Json => stub.api.unique_effects() - effects_before,
+                // One form per case: a case submitted twice would be a duplicate.
+                Profile::CommCare { .. } => {
+                    let forms = stub.api.case_forms();
+                    assert!(
+                        forms.values().all(|&n| n == 1),
+                        "a case submitted more than once"
+                    );
+                    forms.len() - cases_before
+                }
+            };
             let metrics = snapfeed_harness::service_process::http_get(http, "/metrics")
                 .map(|(_, body)| body)
                 .unwrap_or_default();
@@ -136,36 +207,41 @@ fn main() {
                 threads_cpu(&threads_before, &threads_after, |tid, _| tid == main_thread);
             let sink_cpu = total.saturating_sub(stub_cpu + broker_cpu + bench_cpu);
             let per = |d: Duration| d.as_secs_f64() * 1e6 / changes as f64;
-            println!("\n{}:", setup.label);
             println!(
-                "  delivered        {effects} unique effects of {changes} in {:.2} s = {:.0} deliveries/s",
+                "  delivered        {effects} unique effects of {changes} in {:.2} s = {:.0} changes/s",
                 wall.as_secs_f64(),
                 changes as f64 / wall.as_secs_f64()
             );
             println!(
-                "  process CPU      {:.2} s = {:.1} µs per delivery",
+                "  steady           first request after {:.2} s (start-up), then {:.2} s = {:.0} changes/s",
+                first_request.as_secs_f64(),
+                steady.as_secs_f64(),
+                changes as f64 / steady.as_secs_f64()
+            );
+            println!(
+                "  process CPU      {:.2} s = {:.1} µs per change",
                 total.as_secs_f64(),
                 per(total)
             );
             println!(
-                "  stub API CPU     {:.2} s = {:.1} µs per request (subtracted)",
+                "  stub API CPU     {:.2} s = {:.1} µs per change (subtracted)",
                 stub_cpu.as_secs_f64(),
                 per(stub_cpu)
             );
             if broker.kind() == BrokerKind::Mock {
                 println!(
-                    "  mock broker CPU  {:.2} s = {:.1} µs per delivery (subtracted)",
+                    "  mock broker CPU  {:.2} s = {:.1} µs per change (subtracted)",
                     broker_cpu.as_secs_f64(),
                     per(broker_cpu)
                 );
             }
             println!(
-                "  bench main CPU   {:.2} s = {:.1} µs per delivery (subtracted)",
+                "  bench main CPU   {:.2} s = {:.1} µs per change (subtracted)",
                 bench_cpu.as_secs_f64(),
                 per(bench_cpu)
             );
             println!(
-                "  api-sink CPU     {:.2} s = {:.1} µs per delivery (target ≤ 100)",
+                "  api-sink CPU     {:.2} s = {:.1} µs per change (target ≤ 100)",
                 sink_cpu.as_secs_f64(),
                 per(sink_cpu)
             );
@@ -175,7 +251,7 @@ fn main() {
             );
             let lanes = PARTITIONS as f64 * setup.lanes_per_partition as f64;
             println!(
-                "  per lane         {:.2} ms per change, of which HTTP request {:.2} ms (mean)",
+                "  per lane         {:.2} ms per change; {count} requests, {:.2} ms each (mean)",
                 wall.as_secs_f64() * 1e3 * lanes / changes as f64,
                 sum * 1e3 / count.max(1.0)
             );
@@ -196,7 +272,7 @@ fn main() {
                 .filter(|(_, cpu)| !cpu.is_zero())
                 .map(|(name, cpu)| format!("{name} {:.1}", per(*cpu)))
                 .collect();
-            println!("  µs/delivery by thread: {}", shown.join(", "));
+            println!("  µs per change by thread: {}", shown.join(", "));
             assert_eq!(effects, changes, "every change delivered exactly once");
         }
     });
@@ -266,8 +342,8 @@ fn sink_config(
         "[pipeline]\nname = {:?}\nprocessing_guarantee = {guarantee:?}\nschemas_dir = {:?}\n\
          [kafka]\nbootstrap_servers = {:?}\nsession_timeout_ms = 6000\n\
          [http]\nlisten = {:?}\n[log]\nlevel = \"warn\"\n[shutdown]\ndrain_timeout_ms = 5000\n\
-         [sink]\napi_url = {api_url:?}\ndataset_mapping = {:?}\nprofile = \"json\"\n\
-         lanes_per_partition = {}\nmax_in_flight = {}\n[sink.json]\npath = \"/changes\"\n",
+         [sink]\napi_url = {api_url:?}\ndataset_mapping = {:?}\nprofile = {:?}\n\
+         lanes_per_partition = {}\nmax_in_flight = {}\n{}",
         pipeline.name,
         repo_root().join("schemas").display().to_string(),
         broker.bootstrap(),
@@ -276,8 +352,23 @@ fn sink_config(
             .join("deploy/config/lab_results.mapping.toml")
             .display()
             .to_string(),
+        match setup.profile {
+            Profile::Json => "json",
+            Profile::CommCare { .. } => "commcare_case_v2",
+        },
         setup.lanes_per_partition,
         setup.max_in_flight,
+        match setup.profile {
+            Profile::Json => "[sink.json]\npath = \"/changes\"\n".to_string(),
+            Profile::CommCare { batch_max_cases } => format!(
+                "[sink.commcare_case_v2]\ndomain = \"lab-demo\"\ncase_type = \"lab_result\"\n\
+                 owner_id = \"owner-1\"\n\
+                 case_name_fields = [\"patient_first_name\", \"patient_last_name\"]\n\
+                 batch_max_cases = {batch_max_cases}\n\
+                 [sink.commcare_case_v2.properties]\npatient_id = \"patient_id\"\n\
+                 result = \"test_result\"\n"
+            ),
+        },
     );
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("api-sink.toml");
@@ -401,13 +492,15 @@ fn threads_cpu(
         .sum()
 }
 
-/// The value of one series (`name{labels}` exactly as exposed) in Prometheus text; 0 if absent.
-fn metric(text: &str, series: &str) -> f64 {
+/// The value of the first series of metric `name` (whatever its labels: every series carries
+/// the `pipeline` label) in Prometheus text; 0 if absent.
+fn metric(text: &str, name: &str) -> f64 {
     text.lines()
         .filter(|line| !line.starts_with('#'))
         .find_map(|line| {
-            let (name, value) = line.rsplit_once(' ')?;
-            (name == series).then(|| value.parse().ok()).flatten()
+            let (series, value) = line.rsplit_once(' ')?;
+            let metric = series.split_once('{').map_or(series, |(metric, _)| metric);
+            (metric == name).then(|| value.parse().ok()).flatten()
         })
         .unwrap_or(0.0)
 }

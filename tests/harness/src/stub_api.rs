@@ -575,6 +575,11 @@ impl StubApi {
         lock(&self.state).cases.forms()
     }
 
+    /// How many CommCare cases exist (cheap: no copy of the store).
+    pub fn case_count(&self) -> usize {
+        lock(&self.state).cases.count()
+    }
+
     /// A CommCare case as `bulk-fetch` shows it.
     pub fn case(&self, external_id: &str) -> Option<serde_json::Value> {
         lock(&self.state).cases.case(external_id)

@@ -117,6 +117,10 @@ impl CaseStore {
     }
 
     /// Forms (accepted bulk entries) per `external_id`.
+    pub(super) fn count(&self) -> usize {
+        self.cases.len()
+    }
+
     pub(super) fn forms(&self) -> BTreeMap<String, usize> {
         self.forms.clone()
     }
