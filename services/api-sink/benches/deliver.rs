@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use api_sink::ApiSinkConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use snapfeed_harness::broker::{repo_root, BrokerKind, TestBroker, TestPipeline};
-use snapfeed_harness::measure::process_cpu;
+use snapfeed_harness::measure::{process_cpu, BenchArgs};
 use snapfeed_harness::stub_api::StubApi;
 use snapfeed_runtime::avro::SchemaStore;
 use snapfeed_runtime::dataset::{Dataset, DatasetMapping, FieldKind, FieldValue};
@@ -93,9 +93,8 @@ const SETUPS: &[Setup] = &[
 ];
 
 /// `--setup json|commcare` runs only the setups of that profile (default: all).
-fn wanted(setup: &Setup) -> bool {
-    let mut args = std::env::args().skip_while(|a| a != "--setup").skip(1);
-    match (args.next().as_deref(), setup.profile) {
+fn wanted(only: Option<&str>, setup: &Setup) -> bool {
+    match (only, setup.profile) {
         (None, _) => true,
         (Some("json"), Profile::Json) | (Some("commcare"), Profile::CommCare { .. }) => true,
         (Some("json" | "commcare"), _) => false,
@@ -104,6 +103,7 @@ fn wanted(setup: &Setup) -> bool {
 }
 
 fn main() {
+    let args = BenchArgs::parse(&["--setup"]);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -130,7 +130,7 @@ fn main() {
             broker.kind(),
             std::thread::available_parallelism().map_or(0, |n| n.get())
         );
-        for setup in SETUPS.iter().filter(|s| wanted(s)) {
+        for setup in SETUPS.iter().filter(|s| wanted(args.text("--setup"), s)) {
             let changes = setup.changes();
             let pipeline = broker.pipeline("bench", PARTITIONS).await;
             let payloads = encode_changes(&store, &dataset, changes);

@@ -14,17 +14,18 @@
 //! default this bench found to cost a second per queue refill).
 #![allow(clippy::unwrap_used, clippy::expect_used)] // bench code: a panic is a failed run
 
+#[path = "support/mod.rs"]
+mod support;
+
 use std::time::{Duration, Instant};
 
-use change_detector::ChangeDetectorConfig;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use snapfeed_harness::broker::TestBroker;
 use snapfeed_harness::endpoint::free_addr;
 use snapfeed_harness::in_process::InProcessService;
-use snapfeed_harness::measure::median_min_max;
+use snapfeed_harness::measure::{median_min_max, BenchArgs};
 use snapfeed_harness::messages::send_waiting;
-use snapfeed_harness::schemas::{lab_results_mapping, schemas_dir};
-use snapfeed_harness::service_process::guarantee_name;
+use snapfeed_harness::schemas::schemas_dir;
 use snapfeed_runtime::avro::SchemaStore;
 use snapfeed_runtime::kafka::ProcessingGuarantee;
 use snapfeed_runtime::partition::partition_for_key;
@@ -37,27 +38,12 @@ struct Args {
 }
 
 fn args() -> Args {
-    let mut args = Args {
-        entries: 200_000,
-        partitions: 4,
-        runs: 3,
-    };
-    let mut given = std::env::args().skip(1);
-    while let Some(flag) = given.next() {
-        let mut value = || {
-            given
-                .next()
-                .unwrap_or_else(|| panic!("{flag} needs a value"))
-        };
-        match flag.as_str() {
-            "--entries" => args.entries = value().parse().expect("--entries: a number"),
-            "--partitions" => args.partitions = value().parse().expect("--partitions: a number"),
-            "--runs" => args.runs = value().parse().expect("--runs: a number"),
-            "--bench" => {}
-            other => panic!("unknown argument {other:?}"),
-        }
+    let given = BenchArgs::parse(&["--entries", "--partitions", "--runs"]);
+    Args {
+        entries: given.get("--entries", 200_000),
+        partitions: given.get("--partitions", 4),
+        runs: given.get("--runs", 3),
     }
-    args
 }
 
 /// Writes `entries` state entries (keys as long as real record keys) to `topic`.
@@ -91,24 +77,6 @@ fn write_state(broker: &TestBroker, topic: &str, entries: usize, partitions: i32
         );
     }
     producer.flush(Duration::from_secs(120)).unwrap();
-}
-
-fn config(broker: &TestBroker, pipeline: &str, http: std::net::SocketAddr) -> ChangeDetectorConfig {
-    let text = format!(
-        "[pipeline]\nname = {pipeline:?}\nprocessing_guarantee = {:?}\nschemas_dir = {:?}\n\
-         [kafka]\nbootstrap_servers = {:?}\nrequest_timeout_ms = 30000\n{}\
-         [http]\nlisten = {:?}\n[log]\nlevel = \"warn\"\n\
-         [detector]\ndataset_mapping = {:?}\n",
-        guarantee_name(broker.guarantee()),
-        schemas_dir().display().to_string(),
-        broker.bootstrap(),
-        std::env::var("BENCH_KAFKA_EXTRA")
-            .unwrap_or_default()
-            .replace("\\n", "\n"),
-        http.to_string(),
-        lab_results_mapping().display().to_string(),
-    );
-    toml::from_str(&text).expect("bench config parses")
 }
 
 fn main() {
@@ -147,7 +115,12 @@ fn main() {
                 "change-detector",
                 http,
                 Duration::from_secs(30),
-                |shutdown| change_detector::run(config(&broker, &pipeline.name, http), shutdown),
+                |shutdown| {
+                    change_detector::run(
+                        support::detector_config(&broker, &pipeline.name, http),
+                        shutdown,
+                    )
+                },
             );
             detector.wait_ready(Duration::from_secs(300)).await;
             let restore = detector.metric("snapfeed_change_detector_restore_seconds_sum");

@@ -18,7 +18,7 @@ use file_source::ingest::FileOutcome;
 use file_source::FileSourceConfig;
 use snapfeed_harness::broker::{repo_root, TestBroker};
 use snapfeed_harness::generator::Snapshot;
-use snapfeed_harness::measure::{median_min_max, process_cpu};
+use snapfeed_harness::measure::{median_min_max, process_cpu, BenchArgs};
 use snapfeed_runtime::config::ServiceConfig;
 use snapfeed_runtime::kafka::ProcessingGuarantee;
 
@@ -32,34 +32,23 @@ struct Args {
 }
 
 fn args() -> Args {
-    let mut args = Args {
-        rows: 500_000,
-        partitions: 4,
-        runs: 3,
-        inputs: vec!["plain".into(), "gzip".into(), "zstd".into()],
-        rows_per_transaction: 50_000,
-    };
-    let mut given = std::env::args().skip(1);
-    while let Some(flag) = given.next() {
-        let mut value = || {
-            given
-                .next()
-                .unwrap_or_else(|| panic!("{flag} needs a value"))
-        };
-        match flag.as_str() {
-            "--rows" => args.rows = value().parse().expect("--rows: a number"),
-            "--partitions" => args.partitions = value().parse().expect("--partitions: a number"),
-            "--runs" => args.runs = value().parse().expect("--runs: a number"),
-            "--inputs" => args.inputs = value().split(',').map(str::to_string).collect(),
-            "--rows-per-transaction" => {
-                args.rows_per_transaction =
-                    value().parse().expect("--rows-per-transaction: a number")
-            }
-            "--bench" => {}
-            other => panic!("unknown argument {other:?}"),
-        }
+    let given = BenchArgs::parse(&[
+        "--rows",
+        "--partitions",
+        "--runs",
+        "--inputs",
+        "--rows-per-transaction",
+    ]);
+    Args {
+        rows: given.get("--rows", 500_000),
+        partitions: given.get("--partitions", 4),
+        runs: given.get("--runs", 3),
+        inputs: given.list(
+            "--inputs",
+            vec!["plain".into(), "gzip".into(), "zstd".into()],
+        ),
+        rows_per_transaction: given.get("--rows-per-transaction", 50_000),
     }
-    args
 }
 
 fn config(

@@ -1,7 +1,71 @@
-//! Small shared helpers of tests and benchmarks: CPU clocks (benchmarks report rates per
-//! CPU-second so a busy machine does not shrink them) and the reproducible test seed.
+//! Small shared helpers of tests and benchmarks: benchmark arguments, CPU clocks (benchmarks
+//! report rates per CPU-second so a busy machine does not shrink them) and the reproducible
+//! test seed.
 
+use std::collections::BTreeMap;
+use std::str::FromStr;
 use std::time::Duration;
+
+/// A benchmark's `--flag value` arguments (cargo's own `--bench` is skipped). An unknown flag,
+/// a flag without a value or a value that does not parse panics with the flag's name: a
+/// benchmark must not silently run something else than asked.
+#[derive(Debug)]
+pub struct BenchArgs {
+    given: BTreeMap<String, String>,
+}
+
+impl BenchArgs {
+    /// The process's arguments; `flags` are the ones this benchmark knows.
+    pub fn parse(flags: &[&str]) -> BenchArgs {
+        let mut given = BTreeMap::new();
+        let mut args = std::env::args().skip(1);
+        while let Some(flag) = args.next() {
+            if flag == "--bench" {
+                continue;
+            }
+            assert!(
+                flags.contains(&flag.as_str()),
+                "unknown argument {flag:?}; this benchmark takes {}",
+                flags.join(", ")
+            );
+            let value = args
+                .next()
+                .unwrap_or_else(|| panic!("{flag} needs a value"));
+            given.insert(flag, value);
+        }
+        BenchArgs { given }
+    }
+
+    /// The text given for `flag`, if it was.
+    pub fn text(&self, flag: &str) -> Option<&str> {
+        self.given.get(flag).map(String::as_str)
+    }
+
+    /// The value of `flag`, or `default` when it was not given.
+    pub fn get<T: FromStr>(&self, flag: &str, default: T) -> T {
+        match self.given.get(flag) {
+            None => default,
+            Some(text) => text
+                .parse()
+                .unwrap_or_else(|_| panic!("{flag}: cannot read {text:?}")),
+        }
+    }
+
+    /// The comma-separated values of `flag`, or `default`.
+    pub fn list<T: FromStr>(&self, flag: &str, default: Vec<T>) -> Vec<T> {
+        match self.given.get(flag) {
+            None => default,
+            Some(text) => text
+                .split(',')
+                .map(|item| {
+                    item.trim()
+                        .parse()
+                        .unwrap_or_else(|_| panic!("{flag}: cannot read {item:?}"))
+                })
+                .collect(),
+        }
+    }
+}
 
 /// `(median, min, max)` of a benchmark's runs (`values` not empty).
 pub fn median_min_max(mut values: Vec<f64>) -> (f64, f64, f64) {
