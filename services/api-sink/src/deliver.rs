@@ -194,13 +194,15 @@ impl Sink {
     /// Builds the shared sink (must be called inside the tokio runtime).
     pub(crate) fn new(parts: SinkParts) -> Result<Sink, reqwest::Error> {
         let config = parts.config;
-        parts.readiness.set(API_REACHABLE, true);
-        parts.readiness.set(OUTCOMES_RECORDED, true);
         let api = Api::new(&config, parts.auth)?;
         parts
             .metrics
             .concurrency_limit
             .set(api.admission.concurrency_limit() as i64);
+        // Ready only once the client and its metrics exist: a scrape right after /readyz
+        // turned 200 once found the in-flight limit not yet exposed.
+        parts.readiness.set(API_REACHABLE, true);
+        parts.readiness.set(OUTCOMES_RECORDED, true);
         Ok(Sink {
             lanes: Lanes::new(config.lanes_per_partition),
             decoder: Decoder::new(parts.dataset, parts.schemas.clone(), &parts.topics),
