@@ -27,6 +27,7 @@ use api_sink::ApiSinkConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use snapfeed_harness::broker::{repo_root, BrokerKind, TestBroker, TestPipeline};
 use snapfeed_harness::measure::{process_cpu, BenchArgs};
+use snapfeed_harness::metrics::metric;
 use snapfeed_harness::stub_api::StubApi;
 use snapfeed_runtime::avro::SchemaStore;
 use snapfeed_runtime::dataset::{Dataset, DatasetMapping, FieldKind, FieldValue};
@@ -62,10 +63,13 @@ impl Setup {
             Profile::Json => ("SNAPFEED_BENCH_CHANGES", DEFAULT_CHANGES),
             Profile::CommCare { .. } => ("SNAPFEED_BENCH_CASES", DEFAULT_CASES),
         };
-        std::env::var(variable)
-            .ok()
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(default)
+        match std::env::var(variable) {
+            Err(_) => default,
+            Ok(text) => match text.parse() {
+                Ok(n) if n > 0 => n,
+                _ => panic!("{variable}: a number of changes above 0, not {text:?}"),
+            },
+        }
     }
 }
 
@@ -94,16 +98,19 @@ const SETUPS: &[Setup] = &[
 
 /// `--setup json|commcare` runs only the setups of that profile (default: all).
 fn wanted(only: Option<&str>, setup: &Setup) -> bool {
-    match (only, setup.profile) {
-        (None, _) => true,
-        (Some("json"), Profile::Json) | (Some("commcare"), Profile::CommCare { .. }) => true,
-        (Some("json" | "commcare"), _) => false,
-        (Some(other), _) => panic!("--setup: json or commcare, not {other:?}"),
-    }
+    matches!(
+        (only, setup.profile),
+        (None, _) | (Some("json"), Profile::Json) | (Some("commcare"), Profile::CommCare { .. })
+    )
 }
 
 fn main() {
     let args = BenchArgs::parse(&["--setup"]);
+    let only = args.text("--setup");
+    assert!(
+        matches!(only, None | Some("json" | "commcare")),
+        "--setup: json or commcare, not {only:?}"
+    );
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -130,7 +137,7 @@ fn main() {
             broker.kind(),
             std::thread::available_parallelism().map_or(0, |n| n.get())
         );
-        for setup in SETUPS.iter().filter(|s| wanted(args.text("--setup"), s)) {
+        for setup in SETUPS.iter().filter(|s| wanted(only, s)) {
             let changes = setup.changes();
             let pipeline = broker.pipeline("bench", PARTITIONS).await;
             let payloads = encode_changes(&store, &dataset, changes);
@@ -176,7 +183,8 @@ fn main() {
             // … then the exact check: one effect per change, none missing.
             let effects = match setup.profile {
                 Profile::Json => stub.api.unique_effects() - effects_before,
-                // One form per case: a case submitted twice would be a duplicate.
+                // One form per case: a case submitted twice would be a duplicate. (The stub
+                // keeps one `forms` entry per case, so its length counts cases.)
                 Profile::CommCare { .. } => {
                     let forms = stub.api.case_forms();
                     assert!(
@@ -246,8 +254,8 @@ fn main() {
                 per(sink_cpu)
             );
             let (sum, count) = (
-                metric(&metrics, "snapfeed_api_sink_request_duration_seconds_sum"),
-                metric(&metrics, "snapfeed_api_sink_request_duration_seconds_count"),
+                metric(&metrics, "snapfeed_api_sink_request_duration_seconds_sum").unwrap_or(0.0),
+                metric(&metrics, "snapfeed_api_sink_request_duration_seconds_count").unwrap_or(0.0),
             );
             let lanes = PARTITIONS as f64 * setup.lanes_per_partition as f64;
             println!(
@@ -490,17 +498,4 @@ fn threads_cpu(
         .filter(|(tid, (comm, _))| pick(**tid, comm))
         .map(|(tid, (_, cpu))| cpu.saturating_sub(before.get(tid).map_or(Duration::ZERO, |b| b.1)))
         .sum()
-}
-
-/// The value of the first series of metric `name` (whatever its labels: every series carries
-/// the `pipeline` label) in Prometheus text; 0 if absent.
-fn metric(text: &str, name: &str) -> f64 {
-    text.lines()
-        .filter(|line| !line.starts_with('#'))
-        .find_map(|line| {
-            let (series, value) = line.rsplit_once(' ')?;
-            let metric = series.split_once('{').map_or(series, |(metric, _)| metric);
-            (metric == name).then(|| value.parse().ok()).flatten()
-        })
-        .unwrap_or(0.0)
 }

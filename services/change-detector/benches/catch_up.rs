@@ -1,8 +1,8 @@
 //! The detector's read rate as a share of what the broker can deliver ("ceiling"): how fast
 //! the change-detector works through a snapshot already on `snapshots` (`--changed` of its
 //! rows updated, the rest unchanged), next to a plain librdkafka consumer — the same client
-//! settings as the detector's (`consumer_config`), no decoding, no state, no producing —
-//! reading the very same records.
+//! settings as the detector's consumer (`consumer_config`, plus `BENCH_KAFKA_EXTRA`), no
+//! decoding, no state, no producing — reading the very same records.
 //!
 //! Per run, on a fresh pipeline: the first snapshot (`--rows` rows) is published with the
 //! harness publisher (file-source's record layout) and a detector builds its state from it,
@@ -17,8 +17,9 @@
 //!
 //! Both are timed from their first record to their last, so neither the group join (~20 s on
 //! Tansu) nor the restore is in the figure: the detector's progress is read from its
-//! `records_total` every 10 ms (100 ms after 2 s), and its rate counted from the first reading
-//! that moved.
+//! `records_total` every 10 ms (every 100 ms once the first reading that moved is 2 s old),
+//! and its rate counted from that first reading. The counter moves as records are decided, so
+//! the commit of the last transaction (tens of ms) is not in the window either.
 //! Checked: exactly the updated rows come out as updates, every other row as unchanged.
 //!
 //! The broker is the harness's (`SNAPFEED_TEST_BROKER=tansu|nisshi`, `eval "$(.ci/install-
@@ -41,7 +42,6 @@ use rdkafka::{Message, Offset, TopicPartitionList};
 use snapfeed_harness::broker::{BrokerKind, TestBroker, TestPipeline};
 use snapfeed_harness::endpoint::free_addr;
 use snapfeed_harness::generator::{Snapshot, SnapshotDelta};
-use snapfeed_harness::in_process::InProcessService;
 use snapfeed_harness::measure::{median_min_max, process_cpu, BenchArgs};
 use snapfeed_harness::metrics::metric;
 use snapfeed_harness::schemas::{lab_results_mapping, load_dataset, schemas_dir};
@@ -158,7 +158,7 @@ async fn run_once(
 
     // The detector's state: the first snapshot, decided and committed.
     tokio::task::block_in_place(|| publisher.publish(initial, &PublishOptions::file("a.csv")));
-    let detector = start_detector(broker, &pipeline).await;
+    let detector = support::start_detector(broker, &pipeline.name, LIMIT).await;
     detector
         .wait_metric_at_least(
             "snapfeed_change_detector_records_total{outcome=\"created\"}",
@@ -184,27 +184,13 @@ async fn run_once(
     }
 }
 
-async fn start_detector(
-    broker: &TestBroker,
-    pipeline: &TestPipeline,
-) -> InProcessService<change_detector::ChangeDetectorError> {
-    let http = free_addr();
-    let config = support::detector_config(broker, &pipeline.name, http);
-    let detector = InProcessService::spawn(
-        "change-detector",
-        http,
-        Duration::from_secs(30),
-        |shutdown| change_detector::run(config, shutdown),
-    );
-    detector.wait_ready(LIMIT).await;
-    detector
-}
-
-/// A consumer with the detector's client settings, for the ceiling reads.
-fn plain_consumer(broker: &TestBroker) -> BaseConsumer {
-    broker
-        .kafka_config()
-        .reader_config("bench-ceiling", broker.guarantee())
+/// A consumer with exactly the detector's client settings (its `[kafka]` section, with
+/// `BENCH_KAFKA_EXTRA`, through `consumer_config`), for the ceiling reads. It is assigned its
+/// partitions and never commits, so it neither joins nor disturbs the detector's group.
+fn plain_consumer(broker: &TestBroker, pipeline: &TestPipeline) -> BaseConsumer {
+    support::detector_config(broker, &pipeline.name, free_addr())
+        .kafka
+        .consumer_config("bench-ceiling", "bench-ceiling", broker.guarantee())
         .create()
         .unwrap()
 }
@@ -227,7 +213,7 @@ fn read_plainly(
     from: &BTreeMap<i32, i64>,
     report: &PublishReport,
 ) -> f64 {
-    let consumer = plain_consumer(broker);
+    let consumer = plain_consumer(broker, pipeline);
     let mut assignment = TopicPartitionList::new();
     for (&partition, &offset) in from {
         assignment
@@ -275,17 +261,11 @@ async fn detector_rate(
     rows: usize,
     updated: usize,
 ) -> f64 {
-    let detector = start_detector(broker, pipeline).await;
+    let detector = support::start_detector(broker, &pipeline.name, LIMIT).await;
     let decided = |text: &str| {
         ["unchanged", "updated", "created"]
             .iter()
-            .map(|outcome| {
-                metric(
-                    text,
-                    &format!("snapfeed_change_detector_records_total{{outcome=\"{outcome}\"}}"),
-                )
-                .unwrap_or(0.0)
-            })
+            .map(|name| records(text, name))
             .sum::<f64>()
     };
     let deadline = Instant::now() + LIMIT;
@@ -312,13 +292,11 @@ async fn detector_rate(
     let cpu = process_cpu();
     let (first_at, first_count, first_cpu) = first.unwrap();
     let seconds = (last.0 - first_at).as_secs_f64();
-    let outcome = |name: &str| {
-        metric(
-            &last.1,
-            &format!("snapfeed_change_detector_records_total{{outcome=\"{name}\"}}"),
-        )
-        .unwrap_or(0.0) as usize
-    };
+    assert!(
+        first_count < rows as f64,
+        "the detector decided all {rows} records before the first reading: too few --rows to time"
+    );
+    let outcome = |name: &str| records(&last.1, name) as usize;
     assert_eq!(outcome("updated"), updated, "updated records");
     assert_eq!(outcome("unchanged"), rows - updated, "unchanged records");
     assert_eq!(outcome("created"), 0, "created records");
@@ -333,4 +311,13 @@ async fn detector_rate(
     );
     detector.stop().await;
     (rows as f64 - first_count) / seconds
+}
+
+/// The detector's `records_total{outcome="<outcome>"}` in its metrics `text`.
+fn records(text: &str, outcome: &str) -> f64 {
+    metric(
+        text,
+        &format!("snapfeed_change_detector_records_total{{outcome=\"{outcome}\"}}"),
+    )
+    .unwrap_or(0.0)
 }

@@ -21,8 +21,6 @@ use std::time::{Duration, Instant};
 
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use snapfeed_harness::broker::TestBroker;
-use snapfeed_harness::endpoint::free_addr;
-use snapfeed_harness::in_process::InProcessService;
 use snapfeed_harness::measure::{median_min_max, BenchArgs};
 use snapfeed_harness::messages::send_waiting;
 use snapfeed_harness::schemas::schemas_dir;
@@ -110,19 +108,8 @@ fn main() {
                 )
             });
             let written = written.elapsed();
-            let http = free_addr();
-            let detector = InProcessService::spawn(
-                "change-detector",
-                http,
-                Duration::from_secs(30),
-                |shutdown| {
-                    change_detector::run(
-                        support::detector_config(&broker, &pipeline.name, http),
-                        shutdown,
-                    )
-                },
-            );
-            detector.wait_ready(Duration::from_secs(300)).await;
+            let detector =
+                support::start_detector(&broker, &pipeline.name, Duration::from_secs(300)).await;
             let restore = detector.metric("snapfeed_change_detector_restore_seconds_sum");
             let restored = detector.metric("snapfeed_change_detector_restored_entries_total");
             assert_eq!(

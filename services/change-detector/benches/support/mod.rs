@@ -1,7 +1,11 @@
-//! What the change-detector benches share: the detector's config.
+//! What the change-detector benches share: the detector's config, and starting one.
 
-use change_detector::ChangeDetectorConfig;
+use std::time::Duration;
+
+use change_detector::{ChangeDetectorConfig, ChangeDetectorError};
 use snapfeed_harness::broker::TestBroker;
+use snapfeed_harness::endpoint::free_addr;
+use snapfeed_harness::in_process::InProcessService;
 use snapfeed_harness::schemas::{lab_results_mapping, schemas_dir};
 use snapfeed_harness::service_process::guarantee_name;
 
@@ -32,4 +36,23 @@ pub fn detector_config(
             .replace("\\n", "\n"),
     );
     toml::from_str(&text).expect("bench config parses")
+}
+
+/// A change-detector for `pipeline` on `broker`, run in-process and ready (`/readyz`: its
+/// state restored) within `limit`.
+pub async fn start_detector(
+    broker: &TestBroker,
+    pipeline: &str,
+    limit: Duration,
+) -> InProcessService<ChangeDetectorError> {
+    let http = free_addr();
+    let config = detector_config(broker, pipeline, http);
+    let detector = InProcessService::spawn(
+        "change-detector",
+        http,
+        Duration::from_secs(30),
+        |shutdown| change_detector::run(config, shutdown),
+    );
+    detector.wait_ready(limit).await;
+    detector
 }

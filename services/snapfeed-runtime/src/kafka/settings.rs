@@ -94,7 +94,9 @@ const READER_FETCH_WAIT_MS: &str = "10";
 /// 200k state entries on 4 partitions of Tansu restore in 1.17 s with the default, 0.25 s with
 /// 10 ms. A stage's group consumer working through a backlog (after a restart, a replay, a
 /// deploy) paid it too — `--bench catch_up`: a detector read 500k records of a snapshot on
-/// Tansu at 160k/s with the default, 323k/s with 10 ms, its thread then busy instead of idle.
+/// Tansu at 160k/s with the default (1 run), 273k/s (261k–335k, 3 runs) with 10 ms, busy
+/// instead of idle. Against a broker slow to answer fetches (Nisshi) the frequent re-checks
+/// cost CPU instead (README § Performance); `kafka.consumer_options` can set it back.
 const FETCH_QUEUE_BACKOFF_MS: &str = "10";
 
 /// Properties snapfeed owns: setting them by pass-through would silently break a guarantee.

@@ -116,11 +116,12 @@ impl CaseStore {
         )
     }
 
-    /// Forms (accepted bulk entries) per `external_id`.
+    /// How many cases exist.
     pub(super) fn count(&self) -> usize {
         self.cases.len()
     }
 
+    /// Forms (accepted bulk entries) per `external_id`.
     pub(super) fn forms(&self) -> BTreeMap<String, usize> {
         self.forms.clone()
     }
