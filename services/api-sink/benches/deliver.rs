@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use api_sink::ApiSinkConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use snapfeed_harness::broker::{repo_root, BrokerKind, TestBroker, TestPipeline};
-use snapfeed_harness::measure::{process_cpu, BenchArgs};
+use snapfeed_harness::measure::{bench_runtime, process_cpu, BenchArgs};
 use snapfeed_harness::metrics::metric;
 use snapfeed_harness::stub_api::StubApi;
 use snapfeed_runtime::avro::SchemaStore;
@@ -111,11 +111,7 @@ fn main() {
         matches!(only, None | Some("json" | "commcare")),
         "--setup: json or commcare, not {only:?}"
     );
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = bench_runtime();
     // The bench's own thread only polls the stub's request count; not the sink's work.
     let main_thread = gettid();
     runtime.block_on(async {

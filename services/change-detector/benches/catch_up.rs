@@ -42,7 +42,7 @@ use rdkafka::{Message, Offset, TopicPartitionList};
 use snapfeed_harness::broker::{BrokerKind, TestBroker, TestPipeline};
 use snapfeed_harness::endpoint::free_addr;
 use snapfeed_harness::generator::{Snapshot, SnapshotDelta};
-use snapfeed_harness::measure::{median_min_max, process_cpu, BenchArgs};
+use snapfeed_harness::measure::{bench_runtime, median_min_max, process_cpu, BenchArgs};
 use snapfeed_harness::metrics::metric;
 use snapfeed_harness::schemas::{lab_results_mapping, load_dataset, schemas_dir};
 use snapfeed_harness::snapshot_publisher::{PublishOptions, PublishReport, SnapshotPublisher};
@@ -74,11 +74,7 @@ struct Rates {
 
 fn main() {
     let args = args();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = bench_runtime();
     runtime.block_on(async {
         let broker = TestBroker::from_env();
         // **Gap:** the mock cluster does not keep offsets committed in a transaction

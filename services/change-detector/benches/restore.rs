@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use snapfeed_harness::broker::TestBroker;
-use snapfeed_harness::measure::{median_min_max, BenchArgs};
+use snapfeed_harness::measure::{bench_runtime, median_min_max, BenchArgs};
 use snapfeed_harness::messages::send_waiting;
 use snapfeed_harness::schemas::schemas_dir;
 use snapfeed_runtime::avro::SchemaStore;
@@ -79,11 +79,7 @@ fn write_state(broker: &TestBroker, topic: &str, entries: usize, partitions: i32
 
 fn main() {
     let args = args();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = bench_runtime();
     runtime.block_on(async {
         let broker = TestBroker::from_env();
         println!(

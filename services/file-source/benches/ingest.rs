@@ -18,7 +18,7 @@ use file_source::ingest::FileOutcome;
 use file_source::FileSourceConfig;
 use snapfeed_harness::broker::{repo_root, TestBroker};
 use snapfeed_harness::generator::Snapshot;
-use snapfeed_harness::measure::{median_min_max, process_cpu, BenchArgs};
+use snapfeed_harness::measure::{bench_runtime, median_min_max, process_cpu, BenchArgs};
 use snapfeed_runtime::config::ServiceConfig;
 use snapfeed_runtime::kafka::ProcessingGuarantee;
 
@@ -100,11 +100,7 @@ rows_per_transaction = {rows_per_transaction}
 
 fn main() {
     let args = args();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = bench_runtime();
     let broker = TestBroker::from_env();
     let dir = tempfile::tempdir().unwrap();
     let generated = Instant::now();

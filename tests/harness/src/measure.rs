@@ -67,6 +67,16 @@ impl BenchArgs {
     }
 }
 
+/// The runtime a benchmark runs its services in: multi-threaded with 2 workers, the cores of
+/// the machine the targets are set for.
+pub fn bench_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a tokio runtime for the benchmark")
+}
+
 /// `(median, min, max)` of a benchmark's runs (`values` not empty).
 pub fn median_min_max(mut values: Vec<f64>) -> (f64, f64, f64) {
     values.sort_by(f64::total_cmp);
