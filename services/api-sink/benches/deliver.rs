@@ -20,12 +20,13 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // bench code: a panic is a failed run
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use api_sink::ApiSinkConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use snapfeed_harness::broker::{repo_root, BrokerKind, TestBroker, TestPipeline};
+use snapfeed_harness::endpoint::free_addr;
 use snapfeed_harness::measure::{bench_runtime, process_cpu, BenchArgs};
 use snapfeed_harness::metrics::metric;
 use snapfeed_harness::stub_api::StubApi;
@@ -323,12 +324,6 @@ fn gettid() -> i32 {
     unsafe {
         libc::gettid()
     }
-}
-
-fn free_addr() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .unwrap()
 }
 
 fn sink_config(
