@@ -9,7 +9,8 @@
 //! the topic here).
 //!
 //! Run: `cargo bench -p file-source --bench ingest -- [--rows 500000] [--partitions 4]
-//! [--runs 3] [--inputs plain,gzip,zstd] [--rows-per-transaction 50000]`.
+//! [--runs 3] [--inputs plain,gzip,zstd] [--rows-per-transaction 50000]
+//! [--spool-max-bytes N]` (`0`: the send pass reads the file again, as before the spool).
 #![allow(clippy::unwrap_used, clippy::expect_used)] // bench code: a panic is a failed run
 
 use std::time::{Duration, Instant};
@@ -29,6 +30,8 @@ struct Args {
     inputs: Vec<String>,
     /// `source.rows_per_transaction` (default 50,000).
     rows_per_transaction: u64,
+    /// `source.spool_max_bytes`, when given (else the config default).
+    spool_max_bytes: Option<u64>,
 }
 
 fn args() -> Args {
@@ -38,6 +41,7 @@ fn args() -> Args {
         "--runs",
         "--inputs",
         "--rows-per-transaction",
+        "--spool-max-bytes",
     ]);
     Args {
         rows: given.get("--rows", 500_000),
@@ -48,6 +52,9 @@ fn args() -> Args {
             vec!["plain".into(), "gzip".into(), "zstd".into()],
         ),
         rows_per_transaction: given.get("--rows-per-transaction", 50_000),
+        spool_max_bytes: given
+            .text("--spool-max-bytes")
+            .map(|_| given.get("--spool-max-bytes", 0)),
     }
 }
 
@@ -55,7 +62,7 @@ fn config(
     broker: &TestBroker,
     pipeline: &str,
     inbox: &std::path::Path,
-    rows_per_transaction: u64,
+    args: &Args,
 ) -> FileSourceConfig {
     let guarantee = match broker.guarantee() {
         ProcessingGuarantee::ExactlyOnce => "exactly_once",
@@ -84,7 +91,13 @@ inbox = {inbox:?}
 dataset_mapping = {mapping:?}
 progress_interval_ms = 600000
 rows_per_transaction = {rows_per_transaction}
+{spool}
 "#,
+        rows_per_transaction = args.rows_per_transaction,
+        spool = args
+            .spool_max_bytes
+            .map(|bytes| format!("spool_max_bytes = {bytes}"))
+            .unwrap_or_default(),
         schemas = root.join("schemas").display().to_string(),
         bootstrap = broker.bootstrap(),
         inbox = inbox.display().to_string(),
@@ -111,12 +124,14 @@ fn main() {
         .unwrap_or_else(|error| panic!("--inputs: {error}"));
     drop(snapshot);
     println!(
-        "file-source ingest bench: {} rows (generated in {:.1} s), broker {}, {:?}, {} rows per transaction, {} partitions, {} runs per input",
+        "file-source ingest bench: {} rows (generated in {:.1} s), broker {}, {:?}, {} rows per transaction, spool_max_bytes {}, {} partitions, {} runs per input",
         args.rows,
         generated.elapsed().as_secs_f64(),
         broker.kind(),
         broker.guarantee(),
         args.rows_per_transaction,
+        args.spool_max_bytes
+            .map_or("default".to_string(), |bytes| bytes.to_string()),
         args.partitions,
         args.runs
     );
@@ -133,7 +148,7 @@ fn main() {
             std::fs::create_dir_all(&inbox).unwrap();
             let path = inbox.join(source_path.file_name().unwrap());
             std::fs::copy(source_path, &path).unwrap();
-            let config = config(&broker, &pipeline.name, &inbox, args.rows_per_transaction);
+            let config = config(&broker, &pipeline.name, &inbox, &args);
             let (trigger, shutdown) = snapfeed_runtime::shutdown::channel();
             let (started, cpu_before) = (Instant::now(), process_cpu());
             let outcomes = runtime

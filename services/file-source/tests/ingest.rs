@@ -10,8 +10,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use common::*;
 use file_source::ingest::FileOutcome;
 use snapfeed_harness::generator::{ColumnOrder, Dirt, DirtKind, Snapshot, WriteOptions, COLUMNS};
+use snapfeed_harness::messages::{decode, header};
 use snapfeed_runtime::dataset::FieldValue;
-use snapfeed_runtime::records::FileStatus;
+use snapfeed_runtime::headers;
+use snapfeed_runtime::records::{AvroRecord, FileStatus, SnapshotEnd};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_clean_file_sends_exactly_its_keys_once_with_the_row_values() {
@@ -287,6 +289,105 @@ async fn snapshot_end_markers_close_every_partition_with_its_row_count() {
         assert!(
             on_partition.iter().all(|r| r.offset < marker.offset),
             "the marker closes the partition after the snapshot's rows"
+        );
+    }
+}
+
+/// What a file put on `snapshots` and `rejects`, without the times that differ per run: per
+/// record its topic, partition, key, a hash of its value (`rejects`: the decoded row with
+/// `rejected_at` cleared; markers: decoded with `completed_at` cleared) and headers, in offset
+/// order.
+fn written_by(fx: &Fixture) -> Vec<String> {
+    use rdkafka::message::{Headers, Message};
+    let headers = |m: &rdkafka::message::OwnedMessage| -> Vec<String> {
+        m.headers()
+            .map(|h| {
+                h.iter()
+                    .map(|h| format!("{}={:?}", h.key, h.value.map(String::from_utf8_lossy)))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let snapshots = fx
+        .read(&fx.pipeline.topics.snapshots, true)
+        .into_iter()
+        .map(|m| {
+            let value = match header(&m, headers::CONTROL) {
+                Some(_) => {
+                    let mut marker: SnapshotEnd = decode(&fx.schemas, &m, SnapshotEnd::SCHEMA);
+                    marker.completed_at = 0;
+                    format!("{marker:?}")
+                }
+                None => format!(
+                    "{:x}",
+                    xxhash_rust::xxh3::xxh3_128(m.payload().unwrap_or_default())
+                ),
+            };
+            format!(
+                "snapshots/{} {:?} {value} {:?}",
+                m.partition(),
+                m.key().map(String::from_utf8_lossy),
+                headers(&m)
+            )
+        });
+    let rejects = fx.rejects(true).into_iter().map(|(key, mut row)| {
+        row.rejected_at = 0;
+        format!(
+            "rejects {key} {:x}",
+            xxhash_rust::xxh3::xxh3_128(format!("{row:?}").as_bytes())
+        )
+    });
+    snapshots.chain(rejects).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_sent_from_the_spool_writes_what_a_file_read_twice_writes() {
+    let snapshot = Snapshot::initial(600, 31);
+    let options = WriteOptions {
+        dirt: mixed_dirt(),
+        ..WriteOptions::default()
+    };
+    // All rows kept; none kept (read twice); kept until the bound is passed mid-file.
+    let budgets = ["", "spool_max_bytes = 0", "spool_max_bytes = 100000"];
+    let mut written = Vec::new();
+    for (i, budget) in budgets.iter().enumerate() {
+        let fx = Fixture::new(&format!("fs-spool-{i}"), 3).await;
+        // The snapshot time comes from the name, not from the file's modification time.
+        let file = fx.write_incoming(&snapshot, "elr_20261203_103000.csv", &options);
+        if i == 2 {
+            let bytes = std::fs::metadata(&file.path).unwrap().len();
+            assert!(
+                bytes > 200_000,
+                "the file ({bytes} B) must overflow the bound"
+            );
+        }
+        let report = single_report(
+            &ingest(
+                fx.config(&format!("{budget}\nrows_per_transaction = 70")),
+                vec![file.path.clone()],
+            )
+            .await
+            .unwrap(),
+        );
+        assert_eq!(
+            (report.rows_total, report.rows_sent, report.rows_rejected),
+            (606, 588, 18),
+            "{budget}"
+        );
+        assert_exactly_once(&fx.data_records(true), &canonical_keys(&file.accepted_keys));
+        written.push(written_by(&fx));
+    }
+    // 588 rows and a marker per partition on `snapshots`, 18 rejects.
+    assert_eq!(written[0].len(), 588 + 3 + 18);
+    for (other, what) in [(1, "read twice"), (2, "overflowed")] {
+        let first = written[0]
+            .iter()
+            .zip(&written[other])
+            .position(|(a, b)| a != b);
+        assert!(
+            first.is_none() && written[0].len() == written[other].len(),
+            "spooled and {what} differ at record {first:?}: {:?}",
+            first.map(|i| (&written[0][i], &written[other][i]))
         );
     }
 }

@@ -2,10 +2,12 @@
 //!
 //! **Decide before sending.** A validating pass reads the whole file (header, every row's
 //! conversion, duplicate keys, reject ratio) before anything is sent, so a failing file sends
-//! nothing in either mode and no huge transaction is ever aborted. Only 16 bytes per row are
-//! held between passes (a hash of each key, for duplicate detection), so files far larger than
-//! memory are fine. The sending pass reads the file again and converts each row again —
-//! deterministically, so both passes agree on every row's fate.
+//! nothing in either mode and no huge transaction is ever aborted. The rows as decided (key and
+//! payload, or reject) are kept in a bounded spool (`source.spool_max_bytes`), and the sending
+//! pass sends them from there. A file whose rows do not fit is read and converted again by the
+//! sending pass — deterministically, so both passes agree on every row's fate — holding only
+//! 16 bytes per row between passes (a hash of each key, for duplicate detection), so files far
+//! larger than memory are fine.
 //!
 //! **Exactly once (`exactly_once`).** Rows go to `snapshots`, rejected rows to `rejects`, in
 //! transactions of `rows_per_transaction` data records; each transaction also carries the
@@ -27,6 +29,7 @@
 //! - `scan`: the file's rows, each with its line, handed to the row decision;
 //! - `row`: the decision itself — accepted with key and payload, or rejected with a reason;
 //! - `validate`: the first pass, deciding the file as a whole;
+//! - `spool`: the rows as the first pass decided them, kept for the second when they fit;
 //! - `send`: the second pass — chunks, checkpoints, markers, the ledger;
 //! - `records`: the envelopes and headers the send pass writes;
 //! - `report`: how the file ended, for the caller.
@@ -36,6 +39,7 @@ mod report;
 mod row;
 mod scan;
 mod send;
+mod spool;
 mod validate;
 
 use std::path::Path;
@@ -145,6 +149,13 @@ pub fn ingest_file(
             return Ok(FileOutcome::Failed(report));
         }
     };
+    tracing::info!(
+        message = "Validated.",
+        rows = validation.rows,
+        rejected = validation.rejected,
+        // What the rows as decided hold in memory until sent (none: the file is read again).
+        spool_bytes = validation.spool.as_ref().map(spool::Spool::held_bytes)
+    );
     if !validation.extra_columns.is_empty() {
         tracing::warn!(message = "Ignoring columns the mapping does not know.", columns = ?validation.extra_columns);
     }

@@ -27,9 +27,11 @@ use snapfeed_runtime::records::{
 use super::records::{Counts, Provenance};
 use super::report::{FailureReport, FileReport};
 use super::row::RowOutcome;
-use super::scan::{open_scan, Opened, ScannedRow};
+use super::scan::{open_scan, Opened};
+use super::spool::Spooled;
 use super::validate::Validation;
 use super::{IngestContext, IngestError};
+use crate::convert::RowReject;
 use crate::ledger::Ledger;
 use crate::reader::SnapshotFile;
 
@@ -99,25 +101,29 @@ struct FileSender<'c> {
     counts: Counts,
     /// Accepted rows per `snapshots` partition, for the markers (skipped rows included).
     per_partition: Vec<i64>,
+    /// Rows an earlier run committed: counted, not sent.
+    resume_after: u64,
+    /// Rows in the file, as the validation pass counted them.
+    total: u64,
+}
+
+/// One row's fate, from the spool or from deciding the row again.
+enum Fate<'r> {
+    Accepted { key: &'r [u8], payload: &'r [u8] },
+    Rejected(RowReject, &'r csv::ByteRecord),
 }
 
 fn send_chunks(
     ctx: &IngestContext<'_>,
     file: &SnapshotFile,
     resume_after: u64,
-    validation: Validation,
+    mut validation: Validation,
     ledger: &mut Ledger,
 ) -> Result<FileReport, IngestError> {
     let changed = || IngestError::Io {
         path: file.path.display().to_string(),
         source: std::io::Error::other("the file changed between validation and sending"),
     };
-    let Opened::Ready(mut scan) = open_scan(ctx.config, &ctx.dataset, file)? else {
-        // The file passed validation a moment ago: it changed underneath us.
-        return Err(changed());
-    };
-    // The first pass counted the rows: no rehashing of the duplicate-key set on the way.
-    scan.expect_rows(validation.rows);
     let mut sender = FileSender {
         ctx,
         origin: Provenance::of(ctx.config, file, validation.snapshot_time),
@@ -132,6 +138,8 @@ fn send_chunks(
         reject_schema: ctx.schemas.current(RejectedRow::SCHEMA)?,
         counts: Counts::default(),
         per_partition: vec![0; ctx.snapshot_partitions.max(1) as usize],
+        resume_after,
+        total: validation.rows,
     };
     if resume_after > 0 {
         tracing::info!(
@@ -140,22 +148,45 @@ fn send_chunks(
         );
     }
     let mut progress = Progress::new(ctx.config.progress_interval_ms);
-    loop {
-        if sender.counts.rows % 1024 == 0 && ctx.stop.load(Ordering::Relaxed) {
-            return Err(IngestError::Interrupted);
+    if let Some(spool) = validation.spool.take() {
+        // Sent as validated: the file is not read again.
+        for row in spool.iter() {
+            let (line, fate) = match row {
+                Spooled::Accepted { line, key, payload } => (line, Fate::Accepted { key, payload }),
+                Spooled::Rejected { line, reject, raw } => {
+                    (line, Fate::Rejected(reject.clone(), raw))
+                }
+            };
+            sender.next_row(line, fate, ledger)?;
+            let read = file.bytes * sender.counts.rows / validation.rows.max(1);
+            progress.report(sender.counts.rows, read, file.bytes);
         }
-        let next = scan.next().map_err(|(line, error)| IngestError::Io {
-            path: file.path.display().to_string(),
-            source: std::io::Error::other(format!("line {line}: {error}")),
-        })?;
-        let Some(row) = next else { break };
-        let skip = sender.counts.rows < resume_after;
-        sender.row(row, skip)?;
-        let rows = sender.counts.rows;
-        if !skip && rows % ctx.config.rows_per_transaction == 0 && rows < validation.rows {
-            sender.checkpoint(ledger)?;
+    } else {
+        let Opened::Ready(mut scan) = open_scan(ctx.config, &ctx.dataset, file)? else {
+            // The file passed validation a moment ago: it changed underneath us.
+            return Err(changed());
+        };
+        // The first pass counted the rows: no rehashing of the duplicate-key set on the way.
+        scan.expect_rows(validation.rows);
+        loop {
+            let next = scan.next().map_err(|(line, error)| IngestError::Io {
+                path: file.path.display().to_string(),
+                source: std::io::Error::other(format!("line {line}: {error}")),
+            })?;
+            let Some(row) = next else { break };
+            let line = row.line;
+            match row.outcome {
+                RowOutcome::Accepted { key, payload } => {
+                    let key = key.as_str().as_bytes();
+                    sender.next_row(line, Fate::Accepted { key, payload }, ledger)?
+                }
+                RowOutcome::Rejected(reject) => {
+                    sender.next_row(line, Fate::Rejected(reject, row.raw), ledger)?
+                }
+            }
+            let read = scan.raw_bytes_read.load(Ordering::Relaxed);
+            progress.report(sender.counts.rows, read, file.bytes);
         }
-        progress.report(rows, &scan.raw_bytes_read, file.bytes);
     }
     let counts = sender.counts;
     if counts.rows != validation.rows || counts.rejected != validation.rejected {
@@ -177,35 +208,53 @@ fn send_chunks(
 }
 
 impl FileSender<'_> {
+    /// The file's next row: sent (unless an earlier run committed it), and the chunk ended
+    /// when it is full.
+    fn next_row(
+        &mut self,
+        line: u64,
+        fate: Fate<'_>,
+        ledger: &mut Ledger,
+    ) -> Result<(), IngestError> {
+        if self.counts.rows % 1024 == 0 && self.ctx.stop.load(Ordering::Relaxed) {
+            return Err(IngestError::Interrupted);
+        }
+        let skip = self.counts.rows < self.resume_after;
+        self.row(line, fate, skip)?;
+        let rows = self.counts.rows;
+        if !skip && rows % self.ctx.config.rows_per_transaction == 0 && rows < self.total {
+            self.checkpoint(ledger)?;
+        }
+        Ok(())
+    }
+
     /// Counts one row and, unless an earlier run committed it (`skip`), sends it.
-    fn row(&mut self, row: ScannedRow<'_>, skip: bool) -> Result<(), IngestError> {
+    fn row(&mut self, line: u64, fate: Fate<'_>, skip: bool) -> Result<(), IngestError> {
         let topics = self.ctx.topics;
-        match row.outcome {
-            RowOutcome::Accepted { key, payload } => {
-                let partition = partition_for_key(key.as_str().as_bytes(), self.partitions());
+        match fate {
+            Fate::Accepted { key, payload } => {
+                let partition = partition_for_key(key, self.partitions());
                 if let Some(count) = self.per_partition.get_mut(partition as usize) {
                     *count += 1;
                 }
                 if !skip {
                     self.ctx.writer.send(
-                        OutgoingRecord::new(&topics.snapshots, key.as_str().as_bytes(), payload)
+                        OutgoingRecord::new(&topics.snapshots, key, payload)
                             .partition(partition)
-                            .headers(self.origin.headers(Some(row.line)))
+                            .headers(self.origin.headers(Some(line)))
                             .timestamp(self.started_at),
                     )?;
                 }
                 self.counts.sent += 1;
             }
-            RowOutcome::Rejected(reject) => {
+            Fate::Rejected(reject, raw) => {
                 if !skip {
-                    let envelope =
-                        self.origin
-                            .rejected_row(self.ctx.config, row.line, reject, row.raw);
+                    let envelope = self.origin.rejected_row(self.ctx.config, line, reject, raw);
                     let payload = self.reject_schema.encode(&envelope)?;
-                    let key = format!("{}:{}", self.origin.file.hash, row.line);
+                    let key = format!("{}:{}", self.origin.file.hash, line);
                     self.ctx.writer.send(
                         OutgoingRecord::new(&topics.rejects, key.as_bytes(), &payload)
-                            .headers(self.origin.headers(Some(row.line)))
+                            .headers(self.origin.headers(Some(line)))
                             .timestamp(self.started_at),
                     )?;
                 }
@@ -297,12 +346,12 @@ impl Progress {
         }
     }
 
-    fn report(&mut self, rows: u64, raw_bytes_read: &std::sync::atomic::AtomicU64, bytes: u64) {
+    /// `read` of the file's `bytes` are behind us.
+    fn report(&mut self, rows: u64, read: u64, bytes: u64) {
         if self.last.elapsed() < self.every {
             return;
         }
         self.last = Instant::now();
-        let read = raw_bytes_read.load(Ordering::Relaxed);
         tracing::info!(
             message = "Ingesting.",
             rows,

@@ -1,14 +1,16 @@
 //! The validation pass: reads the whole file and decides every row before anything is sent —
 //! the header, each row's conversion, duplicate keys, the reject ratio. A file that fails here
 //! sends nothing in either guarantee (no transaction to abort, nothing for `at_least_once` to
-//! take back): it becomes a [`FailureReport`]. What passes is only counted; the send pass
-//! decides every row again, the same way.
+//! take back): it becomes a [`FailureReport`]. What passes is counted and, up to
+//! `source.spool_max_bytes`, kept in a [`Spool`] for the send pass to send as decided; a file
+//! too large for it is decided again by the send pass, the same way.
 
 use std::sync::atomic::Ordering;
 
 use super::report::{FailureReport, RejectSummary};
 use super::row::RowOutcome;
 use super::scan::{open_scan, Opened};
+use super::spool::Spool;
 use super::{IngestContext, IngestError};
 use crate::reader::SnapshotFile;
 
@@ -26,6 +28,8 @@ pub(super) struct Validation {
     pub(super) extra_columns: Vec<String>,
     /// When the snapshot was taken (`source.snapshot_time`), if known.
     pub(super) snapshot_time: Option<i64>,
+    /// Every row as decided, unless they did not fit in `source.spool_max_bytes`.
+    pub(super) spool: Option<Spool>,
 }
 
 /// Reads `file` to its end: `Ok(Err(report))` when it fails as a whole, `Err` when it could not
@@ -67,6 +71,7 @@ pub(super) fn validate(
     };
     let (mut rows, mut rejected) = (0u64, 0u64);
     let mut first_rejects = Vec::new();
+    let mut spool = Some(Spool::new(ctx.config.spool_max_bytes));
     loop {
         if rows % 4096 == 0 && ctx.stop.load(Ordering::Relaxed) {
             return Err(IngestError::Interrupted);
@@ -75,15 +80,29 @@ pub(super) fn validate(
             Ok(None) => break,
             Ok(Some(row)) => {
                 rows += 1;
-                if let RowOutcome::Rejected(reject) = row.outcome {
-                    rejected += 1;
-                    if first_rejects.len() < FIRST_REJECTS {
-                        first_rejects.push(RejectSummary {
-                            line: row.line,
-                            column: reject.column,
-                            reason: reject.reason.to_string(),
-                        });
+                let kept = match row.outcome {
+                    RowOutcome::Accepted { key, payload } => spool
+                        .as_mut()
+                        .map(|s| s.accept(row.line, key.as_str().as_bytes(), payload)),
+                    RowOutcome::Rejected(reject) => {
+                        rejected += 1;
+                        if first_rejects.len() < FIRST_REJECTS {
+                            first_rejects.push(RejectSummary {
+                                line: row.line,
+                                column: reject.column.clone(),
+                                reason: reject.reason.to_string(),
+                            });
+                        }
+                        spool.as_mut().map(|s| s.reject(row.line, reject, row.raw))
                     }
+                };
+                if kept == Some(false) {
+                    tracing::info!(
+                        message = "The file's rows take more than source.spool_max_bytes: the send pass reads it again.",
+                        rows_kept = spool.as_ref().map_or(0, Spool::len),
+                        spool_max_bytes = ctx.config.spool_max_bytes
+                    );
+                    spool = None;
                 }
             }
             Err((line, error)) => {
@@ -122,5 +141,6 @@ pub(super) fn validate(
         rejected,
         extra_columns: std::mem::take(&mut scan.extra_columns),
         snapshot_time,
+        spool,
     }))
 }
