@@ -11,6 +11,8 @@
 //! Run: `cargo bench -p file-source --bench ingest -- [--rows 500000] [--partitions 4]
 //! [--runs 3] [--inputs plain,gzip,zstd] [--rows-per-transaction 50000]
 //! [--spool-max-bytes N]` (`0`: the send pass reads the file again, as before the spool).
+//! `BENCH_KAFKA_EXTRA` is appended to the `[kafka]` section (`\n` for a line break), to try
+//! librdkafka properties, e.g. `'[kafka.producer_options]\n"linger.ms" = "20"'`.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // bench code: a panic is a failed run
 
 use std::time::{Duration, Instant};
@@ -79,6 +81,7 @@ schemas_dir = {schemas:?}
 [kafka]
 bootstrap_servers = {bootstrap:?}
 request_timeout_ms = 30000
+{kafka_extra}
 
 [http]
 listen = "127.0.0.1:0"
@@ -93,6 +96,9 @@ progress_interval_ms = 600000
 rows_per_transaction = {rows_per_transaction}
 {spool}
 "#,
+        kafka_extra = std::env::var("BENCH_KAFKA_EXTRA")
+            .unwrap_or_default()
+            .replace("\\n", "\n"),
         rows_per_transaction = args.rows_per_transaction,
         spool = args
             .spool_max_bytes
