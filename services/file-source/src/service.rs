@@ -181,6 +181,7 @@ impl FileSource {
                     sent = report.rows_sent,
                     rejected = report.rows_rejected,
                     resumed_after = report.resumed_after,
+                    spool_bytes = report.spool_bytes,
                     seconds
                 );
             }

@@ -13,7 +13,7 @@ use snapfeed_harness::generator::{ColumnOrder, Dirt, DirtKind, Snapshot, WriteOp
 use snapfeed_harness::messages::{decode, header};
 use snapfeed_runtime::dataset::FieldValue;
 use snapfeed_runtime::headers;
-use snapfeed_runtime::records::{AvroRecord, FileStatus, SnapshotEnd};
+use snapfeed_runtime::records::{AvroRecord, FileStatus, RejectedRow, SnapshotEnd};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_clean_file_sends_exactly_its_keys_once_with_the_row_values() {
@@ -330,13 +330,19 @@ fn written_by(fx: &Fixture) -> Vec<String> {
                 headers(&m)
             )
         });
-    let rejects = fx.rejects(true).into_iter().map(|(key, mut row)| {
-        row.rejected_at = 0;
-        format!(
-            "rejects {key} {:x}",
-            xxhash_rust::xxh3::xxh3_128(format!("{row:?}").as_bytes())
-        )
-    });
+    let rejects = fx
+        .read(&fx.pipeline.topics.rejects, true)
+        .into_iter()
+        .map(|m| {
+            let mut row: RejectedRow = decode(&fx.schemas, &m, RejectedRow::SCHEMA);
+            row.rejected_at = 0;
+            format!(
+                "rejects {:?} {:x} {:?}",
+                m.key().map(String::from_utf8_lossy),
+                xxhash_rust::xxh3::xxh3_128(format!("{row:?}").as_bytes()),
+                headers(&m)
+            )
+        });
     snapshots.chain(rejects).collect()
 }
 
@@ -347,8 +353,10 @@ async fn a_file_sent_from_the_spool_writes_what_a_file_read_twice_writes() {
         dirt: mixed_dirt(),
         ..WriteOptions::default()
     };
-    // All rows kept; none kept (read twice); kept until the bound is passed mid-file.
+    // All rows kept; none kept (read twice); kept until the bound is passed mid-file (then
+    // read twice).
     let budgets = ["", "spool_max_bytes = 0", "spool_max_bytes = 100000"];
+    let spooled = [true, false, false];
     let mut written = Vec::new();
     for (i, budget) in budgets.iter().enumerate() {
         let fx = Fixture::new(&format!("fs-spool-{i}"), 3).await;
@@ -374,6 +382,7 @@ async fn a_file_sent_from_the_spool_writes_what_a_file_read_twice_writes() {
             (606, 588, 18),
             "{budget}"
         );
+        assert_eq!(report.spool_bytes.is_some(), spooled[i], "{budget}");
         assert_exactly_once(&fx.data_records(true), &canonical_keys(&file.accepted_keys));
         written.push(written_by(&fx));
     }

@@ -161,13 +161,26 @@ async fn shutdown_mid_file_then_restart_sends_every_row_once_or_identically_wher
 }
 
 /// The `ingest` subcommand's library call, stopped by shutdown mid-file, leaves the file to be
-/// resumed (as `run` does) instead of carrying on to its end; run again, it completes the file.
-/// Exactly once where aborted records are hidden, else at least once with identical copies.
+/// resumed (as `run` does) instead of carrying on to its end; run again, it completes the file,
+/// sending the rows as validated (from the spool). Exactly once where aborted records are
+/// hidden, else at least once with identical copies.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ingest_stopped_by_shutdown_mid_file_resumes_on_the_next_ingest() {
-    let fx = Fixture::new("fs-resume-ingest", 3).await;
-    let config = fx.config(&format!("rows_per_transaction = {ROWS_PER_TRANSACTION}"));
-    let written = Snapshot::initial(ROWS, 32)
+    stopped_ingest_resumes("fs-resume-ingest", 32, "").await;
+}
+
+/// The same, with the file read a second time to send (no spool).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingest_stopped_by_shutdown_mid_file_resumes_when_read_twice() {
+    stopped_ingest_resumes("fs-resume-twice", 33, "spool_max_bytes = 0").await;
+}
+
+async fn stopped_ingest_resumes(label: &str, seed: u64, source_extra: &str) {
+    let fx = Fixture::new(label, 3).await;
+    let config = fx.config(&format!(
+        "rows_per_transaction = {ROWS_PER_TRANSACTION}\n{source_extra}"
+    ));
+    let written = Snapshot::initial(ROWS, seed)
         .write(&fx.incoming().join("elr.csv"), &interrupted_file_options())
         .unwrap();
     let hash = file_hash(&written.path);
@@ -197,6 +210,11 @@ async fn ingest_stopped_by_shutdown_mid_file_resumes_on_the_next_ingest() {
 
     let report = single_report(&ingest(config, vec![written.path.clone()]).await.unwrap());
     assert!(report.resumed_after > 0, "resumed from the checkpoint");
+    assert_eq!(
+        report.spool_bytes.is_some(),
+        source_extra.is_empty(),
+        "sent from the spool unless it is off"
+    );
     assert_every_row_once(&fx, &written, &hash);
 }
 

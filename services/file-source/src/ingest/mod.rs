@@ -5,8 +5,8 @@
 //! nothing in either mode and no huge transaction is ever aborted. The rows as decided (key and
 //! payload, or reject) are kept in a bounded spool (`source.spool_max_bytes`), and the sending
 //! pass sends them from there. A file whose rows do not fit is read and converted again by the
-//! sending pass — deterministically, so both passes agree on every row's fate — holding only
-//! 16 bytes per row between passes (a hash of each key, for duplicate detection), so files far
+//! sending pass — deterministically, so both passes agree on every row's fate — and each pass
+//! holds only 16 bytes per row (a hash of each key, for duplicate detection), so files far
 //! larger than memory are fine.
 //!
 //! **Exactly once (`exactly_once`).** Rows go to `snapshots`, rejected rows to `rejects`, in
@@ -149,13 +149,6 @@ pub fn ingest_file(
             return Ok(FileOutcome::Failed(report));
         }
     };
-    tracing::info!(
-        message = "Validated.",
-        rows = validation.rows,
-        rejected = validation.rejected,
-        // What the rows as decided hold in memory until sent (none: the file is read again).
-        spool_bytes = validation.spool.as_ref().map(spool::Spool::held_bytes)
-    );
     if !validation.extra_columns.is_empty() {
         tracing::warn!(message = "Ignoring columns the mapping does not know.", columns = ?validation.extra_columns);
     }

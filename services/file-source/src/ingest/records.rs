@@ -12,7 +12,7 @@ use snapfeed_runtime::records::{
 
 use crate::config::{SnapshotIdSource, SourceConfig};
 use crate::convert::RowReject;
-use crate::reader::{self, SnapshotFile};
+use crate::reader::SnapshotFile;
 
 /// Rows of a file accounted for so far, in file order.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -126,17 +126,15 @@ impl<'f> Provenance<'f> {
         }
     }
 
-    /// The `rejects` envelope of a rejected row: why, and its raw text cut to the configured
-    /// length (the rejects topic is access-restricted; logs never see it).
+    /// The `rejects` envelope of a rejected row: why, and its raw text (`raw_line`: the text
+    /// cut to the configured length by [`crate::reader::raw_record`], and whether it was cut; the
+    /// rejects topic is access-restricted, logs never see it).
     pub(super) fn rejected_row(
         &self,
-        config: &SourceConfig,
         line: u64,
         reject: RowReject,
-        raw: &csv::ByteRecord,
+        (raw_line, raw_truncated): (String, bool),
     ) -> RejectedRow {
-        let (raw_line, raw_truncated) =
-            reader::raw_record(raw, &config.csv, config.raw_line_max_bytes);
         RejectedRow {
             file_name: self.file.name.clone(),
             file_hash: self.file.hash.clone(),

@@ -44,6 +44,9 @@ pub struct FileReport {
     pub resumed_after: u64,
     /// Columns of the file the mapping does not know (ignored).
     pub extra_columns: Vec<String>,
+    /// Bytes the rows as validated held in memory to be sent from there (`source.spool_max_bytes`);
+    /// `None` when the file was read a second time to send.
+    pub spool_bytes: Option<u64>,
 }
 
 /// Why a file failed: written next to it as `<name>.error.json`. Never contains row values.

@@ -33,7 +33,7 @@ use super::validate::Validation;
 use super::{IngestContext, IngestError};
 use crate::convert::RowReject;
 use crate::ledger::Ledger;
-use crate::reader::SnapshotFile;
+use crate::reader::{self, SnapshotFile};
 
 /// Sends a validated file from `resume_after` on; on error, aborts what was sent since the last
 /// commit.
@@ -109,8 +109,12 @@ struct FileSender<'c> {
 
 /// One row's fate, from the spool or from deciding the row again.
 enum Fate<'r> {
-    Accepted { key: &'r [u8], payload: &'r [u8] },
-    Rejected(RowReject, &'r csv::ByteRecord),
+    Accepted {
+        key: &'r [u8],
+        payload: &'r [u8],
+    },
+    /// With the row's `rejects` text and whether it was cut.
+    Rejected(RowReject, (String, bool)),
 }
 
 fn send_chunks(
@@ -148,17 +152,22 @@ fn send_chunks(
         );
     }
     let mut progress = Progress::new(ctx.config.progress_interval_ms);
+    let spool_bytes = validation.spool.as_ref().map(|s| s.held_bytes() as u64);
     if let Some(spool) = validation.spool.take() {
         // Sent as validated: the file is not read again.
-        for row in spool.iter() {
+        let mut rows = spool.into_rows();
+        while let Some(row) = rows.next_row() {
             let (line, fate) = match row {
                 Spooled::Accepted { line, key, payload } => (line, Fate::Accepted { key, payload }),
-                Spooled::Rejected { line, reject, raw } => {
-                    (line, Fate::Rejected(reject.clone(), raw))
-                }
+                Spooled::Rejected {
+                    line,
+                    reject,
+                    raw_line,
+                } => (line, Fate::Rejected(reject, raw_line)),
             };
             sender.next_row(line, fate, ledger)?;
-            let read = file.bytes * sender.counts.rows / validation.rows.max(1);
+            let read = (u128::from(file.bytes) * u128::from(sender.counts.rows)
+                / u128::from(validation.rows.max(1))) as u64;
             progress.report(sender.counts.rows, read, file.bytes);
         }
     } else {
@@ -181,7 +190,10 @@ fn send_chunks(
                     sender.next_row(line, Fate::Accepted { key, payload }, ledger)?
                 }
                 RowOutcome::Rejected(reject) => {
-                    sender.next_row(line, Fate::Rejected(reject, row.raw), ledger)?
+                    let config = ctx.config;
+                    let raw_line =
+                        reader::raw_record(row.raw, &config.csv, config.raw_line_max_bytes);
+                    sender.next_row(line, Fate::Rejected(reject, raw_line), ledger)?
                 }
             }
             let read = scan.raw_bytes_read.load(Ordering::Relaxed);
@@ -204,6 +216,7 @@ fn send_chunks(
         rows_rejected: counts.rejected,
         resumed_after: resume_after,
         extra_columns: validation.extra_columns,
+        spool_bytes,
     })
 }
 
@@ -247,9 +260,9 @@ impl FileSender<'_> {
                 }
                 self.counts.sent += 1;
             }
-            Fate::Rejected(reject, raw) => {
+            Fate::Rejected(reject, raw_line) => {
                 if !skip {
-                    let envelope = self.origin.rejected_row(self.ctx.config, line, reject, raw);
+                    let envelope = self.origin.rejected_row(line, reject, raw_line);
                     let payload = self.reject_schema.encode(&envelope)?;
                     let key = format!("{}:{}", self.origin.file.hash, line);
                     self.ctx.writer.send(

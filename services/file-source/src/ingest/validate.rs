@@ -12,7 +12,7 @@ use super::row::RowOutcome;
 use super::scan::{open_scan, Opened};
 use super::spool::Spool;
 use super::{IngestContext, IngestError};
-use crate::reader::SnapshotFile;
+use crate::reader::{self, SnapshotFile};
 
 /// How many rejects a failure report lists, to find the problem fast.
 const FIRST_REJECTS: usize = 20;
@@ -71,7 +71,9 @@ pub(super) fn validate(
     };
     let (mut rows, mut rejected) = (0u64, 0u64);
     let mut first_rejects = Vec::new();
-    let mut spool = Some(Spool::new(ctx.config.spool_max_bytes));
+    // `spool_max_bytes = 0`: no spool, the send pass reads the file again.
+    let mut spool =
+        (ctx.config.spool_max_bytes > 0).then(|| Spool::new(ctx.config.spool_max_bytes));
     loop {
         if rows % 4096 == 0 && ctx.stop.load(Ordering::Relaxed) {
             return Err(IngestError::Interrupted);
@@ -93,7 +95,14 @@ pub(super) fn validate(
                                 reason: reject.reason.to_string(),
                             });
                         }
-                        spool.as_mut().map(|s| s.reject(row.line, reject, row.raw))
+                        spool.as_mut().map(|s| {
+                            let raw_line = reader::raw_record(
+                                row.raw,
+                                &ctx.config.csv,
+                                ctx.config.raw_line_max_bytes,
+                            );
+                            s.reject(row.line, reject, raw_line)
+                        })
                     }
                 };
                 if kept == Some(false) {
