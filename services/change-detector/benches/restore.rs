@@ -63,6 +63,8 @@ fn write_state(broker: &TestBroker, topic: &str, entries: usize, partitions: i32
             last_changed_at: 1_796_000_000_000,
             last_snapshot_id: "ab".repeat(32),
             deleted: false,
+            // As a detector writes it for a record of the current schema.
+            tracked_hash: Some(format!("{:032x}", !(i as u128) * 0x9e37_79b9_7f4a_7c15)),
         };
         let value = schema.encode(&state).unwrap();
         let partition = partition_for_key(key.as_bytes(), partitions);

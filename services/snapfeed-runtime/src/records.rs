@@ -106,6 +106,10 @@ pub struct DetectorState {
     /// Emitted as DELETE; a later CREATE continues the version sequence.
     #[serde(default)]
     pub deleted: bool,
+    /// Hex hash of the last record's tracked Avro bytes, when known: lets a restarted
+    /// detector recognise an unchanged record without reading its fields.
+    #[serde(default)]
+    pub tracked_hash: Option<String>,
 }
 
 impl AvroRecord for DetectorState {

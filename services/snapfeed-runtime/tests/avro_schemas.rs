@@ -138,6 +138,35 @@ fn a_stream_progress_entry_of_the_first_version_reads_with_an_unknown_first_offs
 }
 
 #[test]
+fn a_detector_state_entry_of_the_first_version_reads_without_a_tracked_hash() {
+    let store = store();
+    let v1 = LoadedSchema::parse(
+        &std::fs::read_to_string(schemas_dir().join("history/detector_state.v1.avsc")).unwrap(),
+        Path::new("history/detector_state.v1.avsc"),
+    )
+    .unwrap();
+    assert_ne!(
+        v1.fingerprint,
+        store.current(DetectorState::SCHEMA).unwrap().fingerprint
+    );
+    let written = v1
+        .encode(&serde_json::json!({
+            "content_hash": "ab".repeat(16),
+            "version": 3,
+            "stream": "lab-a",
+            "first_seen_at": 1_796_293_800_000_i64,
+            "last_changed_at": 1_796_293_900_000_i64,
+            "last_snapshot_id": "s-1",
+            "deleted": false,
+        }))
+        .unwrap();
+    let read: DetectorState = store
+        .decode(&written, DetectorState::SCHEMA, &at(0))
+        .unwrap();
+    assert_eq!((read.version, read.tracked_hash), (3, None));
+}
+
+#[test]
 fn a_stale_snapshot_entry_round_trips_under_its_reserved_key() {
     let store = store();
     let stale = StaleSnapshot {
@@ -280,6 +309,7 @@ fn a_payload_of_another_record_kind_is_named() {
         last_changed_at: 1,
         last_snapshot_id: "s".into(),
         deleted: false,
+        tracked_hash: None,
     };
     let bytes = store
         .current(DetectorState::SCHEMA)

@@ -167,6 +167,7 @@ async fn trace_tail_and_dead_letters_read_the_pipeline_back() {
             last_changed_at: 0,
             last_snapshot_id: "s2".into(),
             deleted: false,
+            tracked_hash: None,
         };
         send(
             &topics.state,

@@ -201,6 +201,7 @@ mod tests {
             last_changed_at: 0,
             last_snapshot_id: "s".into(),
             deleted: false,
+            tracked_hash: None,
         };
         schemas
             .current(DetectorState::SCHEMA)

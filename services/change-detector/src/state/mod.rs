@@ -117,7 +117,13 @@ impl PartitionState {
             None => Slot::new(id, hash, stream, 0),
         };
         slot.hash = hash.to_le_bytes();
-        slot.raw = [0; 16];
+        // The tracked-bytes hash of the record that wrote the entry, when it was known: the
+        // first snapshot after a restart recognises unchanged records without reading them.
+        slot.raw = entry
+            .tracked_hash
+            .as_deref()
+            .and_then(parse_hash_hex)
+            .map_or([0; 16], u128::to_le_bytes);
         slot.set_version(entry.version, entry.deleted);
         slot.first_seen_at = entry.first_seen_at;
         slot.last_changed_at = entry.last_changed_at;
@@ -249,6 +255,7 @@ impl PartitionState {
             last_changed_at: slot.last_changed_at,
             last_snapshot_id: snapshot_id.to_string(),
             deleted: slot.deleted(),
+            tracked_hash: (slot.raw != [0; 16]).then(|| hash_hex(u128::from_le_bytes(slot.raw))),
         })
     }
 }
@@ -440,6 +447,7 @@ mod tests {
             last_changed_at: 2,
             last_snapshot_id: "s".into(),
             deleted: false,
+            tracked_hash: None,
         };
         let good = format!("{:032x}", 7u128);
         assert!(!state.restore_entry("k", Some(&entry("zz", 1)), &mut streams));
@@ -449,6 +457,49 @@ mod tests {
         assert!(state.restore_entry("k", Some(&entry(&good, 5)), &mut streams));
         assert_eq!(state.len(), 1);
         assert_eq!(state.get("k").map(|s| s.version), Some(5));
+    }
+
+    #[test]
+    fn the_tracked_hash_goes_to_state_and_comes_back_on_restore() {
+        let mut streams = Streams::default();
+        let a = streams.id("lab-a");
+        let mut state = PartitionState::default();
+        state.observe("k", 7, a, "s1", 1);
+        let unknown = state.to_record("k", &streams, "s1").unwrap();
+        assert_eq!(unknown.tracked_hash, None, "not known yet");
+        state.remember_raw("k", 0xabc);
+        let entry = state.to_record("k", &streams, "s1").unwrap();
+        assert_eq!(
+            entry.tracked_hash.as_deref(),
+            Some(format!("{:032x}", 0xabc).as_str())
+        );
+
+        // Restored: the first snapshot after a restart recognises the record by its tracked
+        // bytes alone; an entry without the hash (an older writer) does not.
+        let mut restored = PartitionState::default();
+        assert!(restored.restore_entry("k", Some(&entry), &mut streams));
+        assert!(restored.recognise("k", 0xabc, a, "s2"));
+        assert!(!restored.recognise("k", 0xabd, a, "s2"));
+        let mut older = PartitionState::default();
+        assert!(older.restore_entry("k", Some(&unknown), &mut streams));
+        assert!(!older.recognise("k", 0xabc, a, "s2"));
+        // A hash that is not one of ours is ignored, not trusted.
+        let garbled = DetectorState {
+            tracked_hash: Some("not-hex".into()),
+            ..entry.clone()
+        };
+        let mut third = PartitionState::default();
+        assert!(third.restore_entry("k", Some(&garbled), &mut streams));
+        assert!(!third.recognise("k", 0xabc, a, "s2"));
+        // A change forgets it: the next entry carries the new record's hash or none.
+        restored.observe("k", 8, a, "s3", 2);
+        assert_eq!(
+            restored
+                .to_record("k", &streams, "s3")
+                .unwrap()
+                .tracked_hash,
+            None
+        );
     }
 
     #[test]
