@@ -251,20 +251,18 @@ impl TestBroker {
     pub fn nisshi() -> TestBroker {
         let program = binary_from_env("SNAPFEED_NISSHI_BIN");
         TestBroker::spawn(BrokerKind::Nisshi, program, |url| {
-            vec![
-                "broker".to_string(),
-                "--listener-url".into(),
-                url.into(),
-                "--advertised-listener-url".into(),
-                url.into(),
-                // Relative to the broker's working directory (its temporary directory).
-                "--storage-engine".into(),
-                "sqlite://broker.db".into(),
-                // Gap: the first join of an empty group waits 3 s by default; tests join many
-                // groups.
-                "--group-initial-rebalance-delay".into(),
-                "100ms".into(),
-            ]
+            broker_args(
+                url,
+                &[
+                    // Relative to the broker's working directory (its temporary directory).
+                    "--storage-engine",
+                    "sqlite://broker.db",
+                    // Gap: the first join of an empty group waits 3 s by default; tests join
+                    // many groups.
+                    "--group-initial-rebalance-delay",
+                    "100ms",
+                ],
+            )
         })
     }
 
@@ -272,15 +270,7 @@ impl TestBroker {
     pub fn tansu() -> TestBroker {
         let program = binary_from_env("SNAPFEED_TANSU_BIN");
         TestBroker::spawn(BrokerKind::Tansu, program, |url| {
-            vec![
-                "broker".to_string(),
-                "--listener-url".into(),
-                url.into(),
-                "--advertised-listener-url".into(),
-                url.into(),
-                "--storage-engine".into(),
-                "memory://tansu/".into(),
-            ]
+            broker_args(url, &["--storage-engine", "memory://tansu/"])
         })
     }
 
@@ -672,6 +662,21 @@ impl TestBroker {
             std::thread::sleep(Duration::from_millis(100));
         }
     }
+}
+
+/// `broker` listening on and advertising `url`, then `rest` (Nisshi and Tansu share the CLI).
+fn broker_args(url: &str, rest: &[&str]) -> Vec<String> {
+    [
+        "broker",
+        "--listener-url",
+        url,
+        "--advertised-listener-url",
+        url,
+    ]
+    .iter()
+    .chain(rest)
+    .map(|arg| arg.to_string())
+    .collect()
 }
 
 impl Drop for TestBroker {
