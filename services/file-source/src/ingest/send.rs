@@ -31,7 +31,6 @@ use super::scan::{open_scan, Opened};
 use super::spool::Spooled;
 use super::validate::Validation;
 use super::{IngestContext, IngestError};
-use crate::convert::RowReject;
 use crate::ledger::Ledger;
 use crate::reader::{self, SnapshotFile};
 
@@ -107,16 +106,6 @@ struct FileSender<'c> {
     total: u64,
 }
 
-/// One row's fate, from the spool or from deciding the row again.
-enum Fate<'r> {
-    Accepted {
-        key: &'r [u8],
-        payload: &'r [u8],
-    },
-    /// With the row's `rejects` text and whether it was cut.
-    Rejected(RowReject, (String, bool)),
-}
-
 fn send_chunks(
     ctx: &IngestContext<'_>,
     file: &SnapshotFile,
@@ -157,15 +146,7 @@ fn send_chunks(
         // Sent as validated: the file is not read again.
         let mut rows = spool.into_rows();
         while let Some(row) = rows.next_row() {
-            let (line, fate) = match row {
-                Spooled::Accepted { line, key, payload } => (line, Fate::Accepted { key, payload }),
-                Spooled::Rejected {
-                    line,
-                    reject,
-                    raw_line,
-                } => (line, Fate::Rejected(reject, raw_line)),
-            };
-            sender.next_row(line, fate, ledger)?;
+            sender.next_row(row, ledger)?;
             let read = (u128::from(file.bytes) * u128::from(sender.counts.rows)
                 / u128::from(validation.rows.max(1))) as u64;
             progress.report(sender.counts.rows, read, file.bytes);
@@ -187,13 +168,18 @@ fn send_chunks(
             match row.outcome {
                 RowOutcome::Accepted { key, payload } => {
                     let key = key.as_str().as_bytes();
-                    sender.next_row(line, Fate::Accepted { key, payload }, ledger)?
+                    sender.next_row(Spooled::Accepted { line, key, payload }, ledger)?
                 }
                 RowOutcome::Rejected(reject) => {
                     let config = ctx.config;
                     let raw_line =
                         reader::raw_record(row.raw, &config.csv, config.raw_line_max_bytes);
-                    sender.next_row(line, Fate::Rejected(reject, raw_line), ledger)?
+                    let rejected = Spooled::Rejected {
+                        line,
+                        reject,
+                        raw_line,
+                    };
+                    sender.next_row(rejected, ledger)?
                 }
             }
             let read = scan.raw_bytes_read.load(Ordering::Relaxed);
@@ -221,19 +207,14 @@ fn send_chunks(
 }
 
 impl FileSender<'_> {
-    /// The file's next row: sent (unless an earlier run committed it), and the chunk ended
-    /// when it is full.
-    fn next_row(
-        &mut self,
-        line: u64,
-        fate: Fate<'_>,
-        ledger: &mut Ledger,
-    ) -> Result<(), IngestError> {
+    /// The file's next row as decided (from the spool, or decided again): sent unless an
+    /// earlier run committed it, and the chunk ended when it is full.
+    fn next_row(&mut self, row: Spooled<'_>, ledger: &mut Ledger) -> Result<(), IngestError> {
         if self.counts.rows % 1024 == 0 && self.ctx.stop.load(Ordering::Relaxed) {
             return Err(IngestError::Interrupted);
         }
         let skip = self.counts.rows < self.resume_after;
-        self.row(line, fate, skip)?;
+        self.row(row, skip)?;
         let rows = self.counts.rows;
         if !skip && rows % self.ctx.config.rows_per_transaction == 0 && rows < self.total {
             self.checkpoint(ledger)?;
@@ -242,10 +223,10 @@ impl FileSender<'_> {
     }
 
     /// Counts one row and, unless an earlier run committed it (`skip`), sends it.
-    fn row(&mut self, line: u64, fate: Fate<'_>, skip: bool) -> Result<(), IngestError> {
+    fn row(&mut self, row: Spooled<'_>, skip: bool) -> Result<(), IngestError> {
         let topics = self.ctx.topics;
-        match fate {
-            Fate::Accepted { key, payload } => {
+        match row {
+            Spooled::Accepted { line, key, payload } => {
                 let partition = partition_for_key(key, self.partitions());
                 if let Some(count) = self.per_partition.get_mut(partition as usize) {
                     *count += 1;
@@ -260,7 +241,11 @@ impl FileSender<'_> {
                 }
                 self.counts.sent += 1;
             }
-            Fate::Rejected(reject, raw_line) => {
+            Spooled::Rejected {
+                line,
+                reject,
+                raw_line,
+            } => {
                 if !skip {
                     let envelope = self.origin.rejected_row(line, reject, raw_line);
                     let payload = self.reject_schema.encode(&envelope)?;

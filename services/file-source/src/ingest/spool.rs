@@ -66,7 +66,8 @@ struct SpooledReject {
     raw_line: (String, bool),
 }
 
-/// A row handed back for sending.
+/// A decided row on its way to be sent: from the spool ([`SpoolRows::next_row`]), or decided
+/// again by the send pass of a file read twice.
 pub(super) enum Spooled<'s> {
     /// To `snapshots`.
     Accepted {
