@@ -307,10 +307,7 @@ impl TestBroker {
                 Err(log) if attempt < ATTEMPTS && log.contains("Address in use") => {
                     eprintln!("{kind} broker: port {port} was taken meanwhile; another port");
                 }
-                Err(log) => panic!(
-                    "{kind} broker on {} not serving after 60 s; log:\n{log}",
-                    broker.bootstrap
-                ),
+                Err(log) => broker.not_serving(Duration::from_secs(60), &log),
             }
         }
         unreachable!("the last attempt returns or panics")
@@ -628,11 +625,16 @@ impl TestBroker {
 
     fn wait_until_serving(&self, limit: Duration) {
         if let Err(log) = self.await_serving(limit) {
-            panic!(
-                "{} broker on {} not serving after {limit:?}; log:\n{log}",
-                self.kind, self.bootstrap
-            );
+            self.not_serving(limit, &log)
         }
+    }
+
+    /// Fails the test: the broker did not serve within `limit` (or its address was taken).
+    fn not_serving(&self, limit: Duration, log: &str) -> ! {
+        panic!(
+            "{} broker on {} not serving after {limit:?}; log:\n{log}",
+            self.kind, self.bootstrap
+        )
     }
 
     /// Waits until the broker answers a metadata request; `Err(its log)` when it has not
