@@ -31,9 +31,9 @@ use snapfeed_harness::measure::{bench_runtime, process_cpu, BenchArgs};
 use snapfeed_harness::metrics::metric;
 use snapfeed_harness::stub_api::StubApi;
 use snapfeed_runtime::avro::SchemaStore;
-use snapfeed_runtime::dataset::{Dataset, DatasetMapping, FieldKind, FieldValue};
+use snapfeed_runtime::dataset::{ChangeRecord, Dataset, DatasetMapping, FieldKind, FieldValue};
 use snapfeed_runtime::kafka::ProcessingGuarantee;
-use snapfeed_runtime::records::{now_millis, AvroRecord, ChangeEvent, ChangeOp, Provenance};
+use snapfeed_runtime::records::{now_millis, ChangeEvent, ChangeOp, Provenance};
 
 const PARTITIONS: i32 = 4;
 const DEFAULT_CHANGES: usize = 20_000;
@@ -377,7 +377,7 @@ fn sink_config(
 
 /// `(key, encoded change event)` for `count` distinct keys, version 1.
 fn encode_changes(store: &SchemaStore, dataset: &Dataset, count: usize) -> Vec<(String, Vec<u8>)> {
-    let schema = store.current(ChangeEvent::SCHEMA).unwrap();
+    let writer = dataset.change_writer(store).unwrap();
     (0..count)
         .map(|n| {
             let key = format!("LAB-{n:07}");
@@ -395,17 +395,13 @@ fn encode_changes(store: &SchemaStore, dataset: &Dataset, count: usize) -> Vec<(
                     FieldKind::Boolean => FieldValue::Boolean(true),
                 })
                 .collect();
-            let mut record = Vec::new();
-            dataset
-                .encode(&dataset.record(values).unwrap(), &mut record)
-                .unwrap();
+            let record = dataset.record(values).unwrap();
             let event = ChangeEvent {
                 op: ChangeOp::Create,
                 key: key.clone(),
                 version: 1,
                 content_hash: format!("{n:032x}"),
                 previous_hash: None,
-                record: Some(record),
                 record_schema: dataset.schema_name().to_string(),
                 source: Provenance {
                     file_name: "bench.csv".into(),
@@ -416,7 +412,8 @@ fn encode_changes(store: &SchemaStore, dataset: &Dataset, count: usize) -> Vec<(
                 },
                 detected_at: now_millis(),
             };
-            (key, schema.encode(&event).unwrap())
+            let encoded = writer.encode(&event, Some(ChangeRecord::Record(&record)));
+            (key, encoded.unwrap())
         })
         .collect()
 }

@@ -55,7 +55,7 @@ pub const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key
 pub struct DecodedChange<'a> {
     /// The change as consumed from `changes`.
     pub event: &'a ChangeEvent,
-    /// `event.record`, decoded into the current dataset layout.
+    /// The event's record, decoded into the current dataset layout.
     pub record: Option<&'a DatasetRecord>,
 }
 
@@ -376,7 +376,6 @@ pub(crate) mod tests {
             version,
             content_hash: "ab".repeat(32),
             previous_hash: (version > 1).then(|| "cd".repeat(32)),
-            record: None,
             record_schema: "snapfeed.lab.LabResult".into(),
             source: Provenance {
                 file_name: "lab7-2021-05-03.csv".into(),

@@ -375,6 +375,15 @@ async fn a_400_dead_letters_that_change_with_a_body_excerpt_and_the_next_ones_fl
         letter.change, poison.payload,
         "the original change, as received"
     );
+    // And decoded, nested as typed records any Avro reader sees by field.
+    let nested = f.dead_letter_json(0)["event"].clone();
+    assert_eq!(nested["key"], poison.key.as_str());
+    assert_eq!(nested["op"], "CREATE");
+    assert_eq!(nested["record"]["schema"], "snapfeed.lab.LabResult");
+    assert!(
+        nested["record"]["fields"]["test_code"].is_string(),
+        "{nested}"
+    );
     assert_eq!(letter.source_topic, f.pipeline.topics.changes);
     assert_eq!(
         (letter.source_partition, letter.source_offset),
@@ -641,6 +650,10 @@ async fn an_undecodable_change_is_dead_lettered_and_the_next_ones_flow() {
     assert_eq!(letters[0].reason, "undecodable");
     assert_eq!(letters[0].change, garbage);
     assert_eq!(letters[0].key, None);
+    assert!(
+        f.dead_letter_json(0)["event"].is_null(),
+        "nothing decoded to nest"
+    );
     assert_eq!(
         (letters[0].source_partition, letters[0].source_offset),
         (partition, offset)

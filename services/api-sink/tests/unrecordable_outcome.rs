@@ -30,7 +30,12 @@ fn schemas_that_do_not_fit(repo_schemas: &std::path::Path) -> tempfile::TempDir 
             }
         }
     }
-    for file in ["delivery_receipt.avsc", "dead_letter.avsc"] {
+    // The dead letter's history too: the store refuses a history its current cannot read.
+    for file in [
+        "delivery_receipt.avsc",
+        "dead_letter.avsc",
+        "history/dead_letter.v1.avsc",
+    ] {
         let path = dir.path().join(file);
         let mut schema: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();

@@ -27,7 +27,7 @@ use snapfeed_harness::generator::{Snapshot, SnapshotDelta, WriteOptions};
 use snapfeed_harness::schemas::{lab_results_mapping, load_dataset, schemas_dir};
 use snapfeed_harness::snapshot_records::snapshot_records;
 use snapfeed_runtime::avro::{MessageLocation, SchemaStore};
-use snapfeed_runtime::dataset::Dataset;
+use snapfeed_runtime::dataset::{ChangeRecord, Dataset};
 use snapfeed_runtime::records::{AvroRecord, ChangeEvent, ChangeOp, DetectorState, Provenance};
 
 /// Records per throughput run (`SNAPFEED_BENCH_RECORDS` overrides, e.g. for a short run under
@@ -259,7 +259,7 @@ fn bench_changed(
 ) {
     let location = location();
     let state_schema = store.current(DetectorState::SCHEMA).expect("state schema");
-    let change_schema = store.current(ChangeEvent::SCHEMA).expect("change schema");
+    let changes = dataset.change_writer(store).expect("change writer");
     let mut rates = Vec::new();
     let mut value = Vec::with_capacity(1024);
     let mut hasher = ContentHasher::new(dataset);
@@ -291,7 +291,6 @@ fn bench_changed(
                 version,
                 content_hash: hash_hex(hash),
                 previous_hash: Some(hash_hex(previous)),
-                record: Some(payload.clone()),
                 record_schema: dataset.schema_name().to_string(),
                 source: Provenance {
                     file_name: "s2.csv".into(),
@@ -304,8 +303,10 @@ fn bench_changed(
                 detected_at: 3,
             };
             value.clear();
-            change_schema
-                .encode_into(&event, &mut value)
+            // As the detector: the snapshot record's body is spliced into the event.
+            let body = changes.current_body(payload).expect("current schema");
+            changes
+                .encode_into(&event, Some(ChangeRecord::Body(body)), &mut value)
                 .expect("encode change");
             let entry = state
                 .to_record(key, &streams, &snapshot)

@@ -114,7 +114,7 @@ pub async fn run(
         Decider::new(dataset.clone(), runtime.schemas.clone()),
         Partitions::new(reader, metrics.clone(), runtime.readiness.clone()),
         Batch::new(writer, runtime.topics.clone(), &config.detector),
-        Envelopes::new(runtime.schemas.clone(), dataset.schema_name()),
+        Envelopes::new(runtime.schemas.clone(), dataset.clone()).map_err(RuntimeError::from)?,
         config.detector.clone(),
         metrics,
     );

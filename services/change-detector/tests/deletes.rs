@@ -56,7 +56,7 @@ async fn keys_missing_from_a_complete_snapshot_are_deleted_once_at_the_next_vers
         .collect();
     for change in second.iter().filter(|c| c.event.op == ChangeOp::Delete) {
         let event = &change.event;
-        assert_eq!(event.record, None, "a DELETE carries no record");
+        assert_eq!(change.record, None, "a DELETE carries no record");
         assert_eq!(event.previous_hash.as_ref(), Some(&created[&event.key]));
         assert_eq!(event.source.line, None);
         assert_eq!(event.source.stream, "default");

@@ -8,6 +8,9 @@
 //! the same name (Avro schema resolution rules, by `apache-avro`), so an incompatible change fails
 //! at start, not on the first old message.
 //!
+//! `change_event.avsc` and `dead_letter.avsc` are templates that nest the dataset record as a
+//! typed record; they are composed with each dataset schema at load ([`compose`]).
+//!
 //! Reading: the fingerprint selects the writer schema; the datum is decoded with it and resolved
 //! into the reader's type (fields the writer lacked take the reader's defaults). The hot paths
 //! encode and decode with `serde_avro_fast` — straight between bytes and Rust types, no
@@ -20,6 +23,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
+
+pub mod compose;
+use compose::{SchemaFile, CHANGE_EVENT, DATASET_PLACEHOLDER, OWN_NAMESPACE};
 
 /// The two magic bytes of Avro single-object encoding.
 pub const SINGLE_OBJECT_MAGIC: [u8; 2] = [0xC3, 0x01];
@@ -91,6 +97,16 @@ pub enum AvroError {
         /// Where we looked.
         dir: PathBuf,
     },
+    /// A composed schema was asked for by name alone, but there are several dataset schemas.
+    #[error("{name} nests a dataset record and {dir} holds several dataset schemas ({datasets}); name the dataset")]
+    AmbiguousDataset {
+        /// The composed schema's full name.
+        name: String,
+        /// Where we looked.
+        dir: PathBuf,
+        /// The dataset schemas found.
+        datasets: String,
+    },
     /// The payload names a writer schema we do not know.
     #[error("message at {location} was written with unknown schema fingerprint {fingerprint} (is schemas/ older than the writer?)")]
     UnknownFingerprint {
@@ -134,8 +150,12 @@ pub struct LoadedSchema {
     pub name: String,
     /// CRC-64-AVRO of the parsing canonical form (little-endian), as in the message header.
     pub fingerprint: [u8; 8],
-    /// Where it was loaded from.
+    /// Where it was loaded from (for a composed schema, its template).
     pub path: PathBuf,
+    /// For a composed schema: the dataset schema version nested in it.
+    pub dataset: Option<Arc<LoadedSchema>>,
+    /// The schema as JSON (for a composed schema, the composition): what other tools are given.
+    pub json: serde_json::Value,
     /// The fast codec's view, used to encode and decode.
     fast: serde_avro_fast::Schema,
     /// apache-avro's view, used for compatibility checks and introspection.
@@ -145,13 +165,34 @@ pub struct LoadedSchema {
 impl LoadedSchema {
     /// Parses one `.avsc` text; `path` is for messages.
     pub fn parse(json: &str, path: &Path) -> Result<LoadedSchema, AvroError> {
-        let parse_error = |reason: String| AvroError::Parse {
+        let value = serde_json::from_str(json).map_err(|e| AvroError::Parse {
             path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+        LoadedSchema::from_json(value, path, None)
+    }
+
+    /// Parses a schema given as JSON; `dataset` is the dataset version a composed schema nests.
+    pub fn from_json(
+        json: serde_json::Value,
+        path: &Path,
+        dataset: Option<Arc<LoadedSchema>>,
+    ) -> Result<LoadedSchema, AvroError> {
+        let parse_error = |reason: String| AvroError::Parse {
+            path: match &dataset {
+                Some(d) => PathBuf::from(format!(
+                    "{} (composed with {})",
+                    path.display(),
+                    d.path.display()
+                )),
+                None => path.to_path_buf(),
+            },
             reason,
         };
+        let text = json.to_string();
         let parsed =
-            apache_avro::Schema::parse_str(json).map_err(|e| parse_error(e.to_string()))?;
-        let fast: serde_avro_fast::Schema = json
+            apache_avro::Schema::parse_str(&text).map_err(|e| parse_error(e.to_string()))?;
+        let fast: serde_avro_fast::Schema = text
             .parse()
             .map_err(|e: serde_avro_fast::schema::SchemaError| parse_error(e.to_string()))?;
         let name = match &parsed {
@@ -166,6 +207,8 @@ impl LoadedSchema {
             name,
             fingerprint,
             path: path.to_path_buf(),
+            dataset,
+            json,
             fast,
             parsed,
         })
@@ -189,6 +232,20 @@ impl LoadedSchema {
                 // The serializer's message can quote the value (e.g. an unknown enum symbol).
                 reason: "a value does not fit the schema".into(),
             }
+        })?;
+        Ok(())
+    }
+
+    /// Appends the bare Avro binary of `value` (no header) to `buf`.
+    pub fn encode_datum_into<T: Serialize + ?Sized>(
+        &self,
+        value: &T,
+        buf: &mut Vec<u8>,
+    ) -> Result<(), AvroError> {
+        let mut config = serde_avro_fast::ser::SerializerConfig::new(&self.fast);
+        serde_avro_fast::to_datum(value, buf, &mut config).map_err(|_| AvroError::Encode {
+            schema: self.name.clone(),
+            reason: "a value does not fit the schema".into(),
         })?;
         Ok(())
     }
@@ -235,54 +292,210 @@ pub struct SchemaStore {
     dir: PathBuf,
     current: HashMap<String, Arc<LoadedSchema>>,
     by_fingerprint: HashMap<[u8; 8], Arc<LoadedSchema>>,
+    /// Current composed schemas by (template name, dataset name).
+    composed: HashMap<(String, String), Arc<LoadedSchema>>,
+    /// Names of the dataset schemas, sorted.
+    datasets: Vec<String>,
 }
 
 impl SchemaStore {
-    /// Loads `dir/*.avsc` as current schemas and `dir/history/*.avsc` as earlier versions, and
-    /// checks that each current schema reads every earlier version of itself.
+    /// Loads `dir/*.avsc` as current schemas and `dir/history/*.avsc` as earlier versions,
+    /// composes the templates with every dataset schema version ([`compose`]), and checks that
+    /// each current schema reads every earlier version of itself.
     pub fn load_dir(dir: &Path) -> Result<SchemaStore, AvroError> {
         let mut store = SchemaStore {
             dir: dir.to_path_buf(),
             current: HashMap::new(),
             by_fingerprint: HashMap::new(),
+            composed: HashMap::new(),
+            datasets: Vec::new(),
         };
+        let history_dir = dir.join("history");
+        let mut files: Vec<(SchemaFile, bool)> = Vec::new();
         for path in avsc_files(dir)? {
-            let schema = Arc::new(read_schema(&path)?);
-            store
-                .by_fingerprint
-                .insert(schema.fingerprint, schema.clone());
-            store.current.insert(schema.name.clone(), schema);
+            files.push((SchemaFile::read(&path)?, false));
         }
-        let history = dir.join("history");
-        if history.is_dir() {
-            for path in avsc_files(&history)? {
-                let old = Arc::new(read_schema(&path)?);
-                if let Some(current) = store.current.get(&old.name) {
-                    apache_avro::schema_compatibility::SchemaCompatibility::can_read(
-                        &old.parsed,
-                        &current.parsed,
-                    )
-                    .map_err(|error| AvroError::Incompatible {
-                        history: path.clone(),
-                        current: current.path.clone(),
-                        reason: error.to_string(),
-                    })?;
-                }
-                store.by_fingerprint.entry(old.fingerprint).or_insert(old);
+        if history_dir.is_dir() {
+            for path in avsc_files(&history_dir)? {
+                files.push((SchemaFile::read(&path)?, true));
             }
+        }
+        let is_template = |f: &SchemaFile| f.uses(DATASET_PLACEHOLDER) || f.uses(CHANGE_EVENT);
+        let (templates, plain): (Vec<_>, Vec<_>) =
+            files.into_iter().partition(|(f, _)| is_template(f));
+
+        // Plain schemas: current ones first, so history can be checked against them.
+        let mut plain_history = Vec::new();
+        for (file, history) in plain {
+            let schema = Arc::new(LoadedSchema::from_json(
+                file.json.clone(),
+                &file.path,
+                None,
+            )?);
+            if history {
+                plain_history.push((file, schema));
+            } else {
+                store
+                    .by_fingerprint
+                    .insert(schema.fingerprint, schema.clone());
+                store.current.insert(schema.name.clone(), schema);
+            }
+        }
+        store.datasets = store
+            .current
+            .keys()
+            .filter(|name| name.rsplit_once('.').map(|(ns, _)| ns) != Some(OWN_NAMESPACE))
+            .cloned()
+            .collect();
+        store.datasets.sort();
+
+        // Every version of every dataset: what the change event templates nest.
+        let mut dataset_versions: Vec<(Arc<LoadedSchema>, bool)> = Vec::new();
+        for name in &store.datasets {
+            dataset_versions.push((store.current[name].clone(), true));
+        }
+        for (_, schema) in &plain_history {
+            if store.datasets.contains(&schema.name) {
+                dataset_versions.push((schema.clone(), false));
+            }
+        }
+        let changes = store.compose(&templates, DATASET_PLACEHOLDER, &dataset_versions)?;
+        let change_events: Vec<(Arc<LoadedSchema>, bool)> = changes
+            .into_iter()
+            .filter(|(schema, _)| schema.name == CHANGE_EVENT)
+            .collect();
+        store.compose(&templates, CHANGE_EVENT, &change_events)?;
+
+        for (file, old) in plain_history {
+            store.check_history(&file, &old)?;
+            store.by_fingerprint.entry(old.fingerprint).or_insert(old);
         }
         Ok(store)
     }
 
+    /// Composes every template that uses `placeholder` with every schema in `nested` (each
+    /// flagged current or not); registers them all and returns them with the same flag, which
+    /// is true only for a current template composed with a current nested schema.
+    fn compose(
+        &mut self,
+        templates: &[(SchemaFile, bool)],
+        placeholder: &str,
+        nested: &[(Arc<LoadedSchema>, bool)],
+    ) -> Result<Vec<(Arc<LoadedSchema>, bool)>, AvroError> {
+        let mut out = Vec::new();
+        let users = templates.iter().filter(|(f, _)| f.uses(placeholder));
+        // Current templates first, so history variants can be checked against them.
+        let (current, history): (Vec<_>, Vec<_>) = users.partition(|(_, history)| !history);
+        for (template, template_history) in current.into_iter().chain(history) {
+            for (inner, inner_current) in nested {
+                let json =
+                    compose::compose(template, placeholder, &inner.json, &inner.name, &inner.path)?;
+                let dataset = inner.dataset.clone().unwrap_or_else(|| inner.clone());
+                let dataset_name = dataset.name.clone();
+                let schema = Arc::new(LoadedSchema::from_json(
+                    json,
+                    &template.path,
+                    Some(dataset),
+                )?);
+                let is_current = !template_history && *inner_current;
+                if is_current {
+                    self.composed
+                        .insert((schema.name.clone(), dataset_name), schema.clone());
+                } else {
+                    self.check_history(template, &schema)?;
+                }
+                self.by_fingerprint
+                    .entry(schema.fingerprint)
+                    .or_insert(schema.clone());
+                out.push((schema, is_current));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Checks that the current schema(s) of `old`'s name read what `old` wrote. A composed
+    /// schema is checked against the current one nesting the same dataset; a plain historical
+    /// version of a template against every current composition, unless it is a legacy shape.
+    fn check_history(&self, file: &SchemaFile, old: &LoadedSchema) -> Result<(), AvroError> {
+        let readers: Vec<&Arc<LoadedSchema>> = match &old.dataset {
+            Some(dataset) => self
+                .composed
+                .get(&(old.name.clone(), dataset.name.clone()))
+                .into_iter()
+                .collect(),
+            None if file.is_legacy_shape() => Vec::new(),
+            None => match self.current.get(&old.name) {
+                Some(current) => vec![current],
+                None => self
+                    .composed
+                    .iter()
+                    .filter(|((name, _), _)| *name == old.name)
+                    .map(|(_, schema)| schema)
+                    .collect(),
+            },
+        };
+        for current in readers {
+            apache_avro::schema_compatibility::SchemaCompatibility::can_read(
+                &old.parsed,
+                &current.parsed,
+            )
+            .map_err(|error| AvroError::Incompatible {
+                history: match &old.dataset {
+                    Some(d) => PathBuf::from(format!(
+                        "{} (composed with {})",
+                        file.path.display(),
+                        d.path.display()
+                    )),
+                    None => file.path.clone(),
+                },
+                current: current.path.clone(),
+                reason: error.to_string(),
+            })?;
+        }
+        Ok(())
+    }
+
+    /// The dataset schemas found (full names, sorted).
+    pub fn datasets(&self) -> &[String] {
+        &self.datasets
+    }
+
+    /// The current schema `name` as composed with the dataset schema `dataset`; for a schema
+    /// that nests no dataset record, the same as [`SchemaStore::current`].
+    pub fn current_for(&self, name: &str, dataset: &str) -> Result<Arc<LoadedSchema>, AvroError> {
+        match self.composed.get(&(name.to_string(), dataset.to_string())) {
+            Some(schema) => Ok(schema.clone()),
+            None => self.current(name),
+        }
+    }
+
+    /// Every schema known, any version, composed ones included, in fingerprint order.
+    pub fn all(&self) -> Vec<&Arc<LoadedSchema>> {
+        let mut all: Vec<_> = self.by_fingerprint.values().collect();
+        all.sort_by_key(|s| s.fingerprint);
+        all
+    }
+
     /// The current schema named `name` (full name, e.g. `snapfeed.ChangeEvent`).
+    /// A schema that nests the dataset record is composed per dataset: asked for by name alone
+    /// it is the composition with the only dataset schema, and an error when there are several.
     pub fn current(&self, name: &str) -> Result<Arc<LoadedSchema>, AvroError> {
-        self.current
-            .get(name)
-            .cloned()
-            .ok_or_else(|| AvroError::UnknownSchema {
+        if let Some(schema) = self.current.get(name) {
+            return Ok(schema.clone());
+        }
+        let mut composed = self.composed.iter().filter(|((n, _), _)| n == name);
+        match (composed.next(), composed.next()) {
+            (Some((_, schema)), None) => Ok(schema.clone()),
+            (Some(_), Some(_)) => Err(AvroError::AmbiguousDataset {
                 name: name.to_string(),
                 dir: self.dir.clone(),
-            })
+                datasets: self.datasets.join(", "),
+            }),
+            _ => Err(AvroError::UnknownSchema {
+                name: name.to_string(),
+                dir: self.dir.clone(),
+            }),
+        }
     }
 
     /// The schema with this fingerprint, any version.
@@ -371,14 +584,6 @@ fn avsc_files(dir: &Path) -> Result<Vec<PathBuf>, AvroError> {
     }
     files.sort();
     Ok(files)
-}
-
-fn read_schema(path: &Path) -> Result<LoadedSchema, AvroError> {
-    let json = std::fs::read_to_string(path).map_err(|source| AvroError::Read {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    LoadedSchema::parse(&json, path)
 }
 
 /// Lower-case hex of bytes.

@@ -59,7 +59,12 @@ pub struct Provenance {
     pub stream: String,
 }
 
-/// A new, changed or deleted dataset record (`<p>.changes`).
+/// A new, changed or deleted dataset record (`<p>.changes`), without the record itself.
+///
+/// The schema nests the dataset record (`record`, typed by the dataset schema; single-object
+/// bytes in events written before v2), so it is written and read with the dataset at hand:
+/// `Dataset::change_writer` and `Dataset::decode_change`. Decoding into this type alone skips
+/// the record, whichever shape wrote it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChangeEvent {
     /// CREATE, UPDATE or DELETE.
@@ -72,9 +77,6 @@ pub struct ChangeEvent {
     pub content_hash: String,
     /// Hex content hash of the previous version.
     pub previous_hash: Option<String>,
-    /// The dataset record, single-object encoded; `None` for DELETE.
-    #[serde(with = "serde_bytes")]
-    pub record: Option<Vec<u8>>,
     /// Full name of the dataset schema.
     pub record_schema: String,
     /// Provenance.

@@ -34,6 +34,14 @@ const RESULT_SCHEMA: &str = r#"{"type": "record", "name": "Result", "namespace":
   "fields": [{"name": "accession", "type": "string"},
              {"name": "result", "type": ["null", "string"], "default": null}]}"#;
 
+/// A change event as the composed schema has it: the record nested as a typed record.
+#[derive(serde::Serialize)]
+struct TypedChange<'a> {
+    #[serde(flatten)]
+    event: &'a ChangeEvent,
+    record: Option<Result<'a>>,
+}
+
 #[derive(serde::Serialize)]
 struct Result<'a> {
     accession: &'a str,
@@ -45,7 +53,8 @@ fn schemas() -> (tempfile::TempDir, SchemaStore) {
     let ours = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../schemas");
     for entry in std::fs::read_dir(ours).unwrap() {
         let path = entry.unwrap().path();
-        if path.extension().is_some_and(|e| e == "avsc") {
+        // The test's own dataset (`result.avsc`) takes the place of lab results.
+        if path.extension().is_some_and(|e| e == "avsc") && !path.ends_with("lab_result.avsc") {
             std::fs::copy(&path, dir.path().join(path.file_name().unwrap())).unwrap();
         }
     }
@@ -147,15 +156,21 @@ async fn trace_tail_and_dead_letters_read_the_pipeline_back() {
                 version,
                 content_hash: format!("{version:032}"),
                 previous_hash: None,
-                record: Some(result(key, value)),
                 record_schema: "test.lab.Result".into(),
                 source: provenance(snapshot, 2),
                 detected_at: 0,
             };
+            let typed = TypedChange {
+                event: &event,
+                record: Some(Result {
+                    accession: key,
+                    result: Some(value),
+                }),
+            };
             send(
                 &topics.changes,
                 key,
-                encode(&schemas, ChangeEvent::SCHEMA, &event),
+                encode(&schemas, ChangeEvent::SCHEMA, &typed),
                 OwnedHeaders::new(),
             );
         }
@@ -233,10 +248,37 @@ async fn trace_tail_and_dead_letters_read_the_pipeline_back() {
             dead_lettered_at: chrono::Utc::now().timestamp_millis(),
             redrive_count: 0,
         };
+        // As api-sink writes it: the decoded change nested, its record typed.
+        #[derive(serde::Serialize)]
+        struct TypedLetter<'a> {
+            #[serde(flatten)]
+            letter: &'a DeadLetter,
+            event: Option<TypedChange<'a>>,
+        }
+        let refused = ChangeEvent {
+            op: ChangeOp::Create,
+            key: OTHER.into(),
+            version: 1,
+            content_hash: format!("{:032}", 1),
+            previous_hash: None,
+            record_schema: "test.lab.Result".into(),
+            source: provenance("s1", 3),
+            detected_at: 0,
+        };
+        let typed = TypedLetter {
+            letter: &letter,
+            event: Some(TypedChange {
+                event: &refused,
+                record: Some(Result {
+                    accession: OTHER,
+                    result: Some("NEGATIVE"),
+                }),
+            }),
+        };
         send(
             &topics.dead_letters,
             OTHER,
-            encode(&schemas, DeadLetter::SCHEMA, &letter),
+            encode(&schemas, DeadLetter::SCHEMA, &typed),
             OwnedHeaders::new(),
         );
 
@@ -370,6 +412,13 @@ async fn trace_tail_and_dead_letters_read_the_pipeline_back() {
             ..TailOptions::default()
         });
         assert_eq!(letters[0]["value"]["response_excerpt"], "redacted");
+        let nested = &letters[0]["value"]["event"];
+        assert_eq!(
+            nested["key"], OTHER,
+            "the nested event's own fields are shown"
+        );
+        assert_eq!(nested["record"]["schema"], "test.lab.Result");
+        assert_eq!(nested["record"]["fields"]["result"], "redacted");
         let mut sink = Vec::new();
         let unknown = tail(
             &kafka,

@@ -31,7 +31,6 @@ fn event(key: &str, op: ChangeOp, version: i64, snapshot: &str) -> ChangeEvent {
         version,
         content_hash: "0".repeat(32),
         previous_hash: None,
-        record: None,
         record_schema: "snapfeed.lab.LabResult".into(),
         source: Provenance {
             file_name: "elr_20261201.csv".into(),

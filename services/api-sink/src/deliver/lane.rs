@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 
 use snapfeed_runtime::avro::{MessageLocation, SchemaStore};
 use snapfeed_runtime::dataset::{Dataset, DatasetRecord};
-use snapfeed_runtime::records::{AvroRecord, ChangeEvent};
+use snapfeed_runtime::records::ChangeEvent;
 use snapfeed_runtime::topics::TopicNames;
 use tokio::sync::{mpsc, Notify};
 
@@ -149,7 +149,7 @@ impl Lanes {
 /// `changes` values → change events and their dataset records.
 #[derive(Debug)]
 pub(super) struct Decoder {
-    dataset: Arc<Dataset>,
+    pub(super) dataset: Arc<Dataset>,
     schemas: Arc<SchemaStore>,
     /// `changes`, to name where an undecodable value came from.
     topic: String,
@@ -176,20 +176,11 @@ impl Decoder {
             partition: incoming.partition,
             offset: incoming.offset,
         };
-        let event =
-            self.schemas
-                .decode::<ChangeEvent>(&incoming.payload, ChangeEvent::SCHEMA, &location);
-        match event {
-            Ok(event) => match &event.record {
-                Some(bytes) => match self.dataset.decode(bytes, &self.schemas, &location) {
-                    Ok(record) => Some((event, Some(record))),
-                    Err(error) => {
-                        tracing::warn!(message = "Change record does not decode.", %location, %error);
-                        None
-                    }
-                },
-                None => Some((event, None)),
-            },
+        match self
+            .dataset
+            .decode_change(&incoming.payload, &self.schemas, &location)
+        {
+            Ok(decoded) => Some(decoded),
             Err(error) => {
                 tracing::warn!(message = "Change does not decode.", %location, %error);
                 None
@@ -402,7 +393,7 @@ impl RunTarget for LaneRun<'_> {
         self.sink
             .finish(
                 &self.run[index],
-                self.changes[index].event,
+                &self.changes[index],
                 outcome,
                 attempts,
                 idempotency_key,

@@ -38,6 +38,8 @@ use serde::Serialize;
 use snapfeed_runtime::avro::AvroError;
 use snapfeed_runtime::records::{now_millis, AvroRecord, ChangeEvent, DeadLetter, DeliveryReceipt};
 
+use crate::request::DecodedChange;
+
 use super::attempt::Attempts;
 use super::{Halt, Incoming, Outcome, Sink, REASON_UNDECODABLE};
 
@@ -78,11 +80,12 @@ impl Sink {
     pub(super) async fn finish(
         self: &Arc<Self>,
         incoming: &Incoming,
-        event: &ChangeEvent,
+        change: &DecodedChange<'_>,
         outcome: Outcome,
         attempts: &Attempts,
         idempotency_key: Option<String>,
     ) -> Result<(), Halt> {
+        let event = change.event;
         let record = match outcome {
             Outcome::Delivered {
                 status,
@@ -102,7 +105,7 @@ impl Sink {
                 reason,
                 status,
                 excerpt,
-            } => self.dead_letter(incoming, Some(event), reason, status, excerpt, attempts),
+            } => self.dead_letter(incoming, Some(change), reason, status, excerpt, attempts),
         };
         let record = record.map_err(|unencodable| self.stall(incoming, unencodable))?;
         self.record(record).await;
@@ -193,16 +196,19 @@ impl Sink {
         })
     }
 
+    /// The dead letter of `incoming`: its bytes as received, and the decoded change nested as
+    /// a typed record when there is one.
     fn dead_letter(
         &self,
         incoming: &Incoming,
-        event: Option<&ChangeEvent>,
+        change: Option<&DecodedChange<'_>>,
         reason: &'static str,
         status: Option<u16>,
         excerpt: Option<String>,
         attempts: &Attempts,
     ) -> Result<OutcomeRecord, Unencodable> {
         let outcomes = &self.outcomes;
+        let event = change.map(|c| c.event);
         let letter = DeadLetter {
             change: incoming.payload.clone(),
             key: event.map(|e| e.key.clone()),
@@ -220,7 +226,18 @@ impl Sink {
             dead_lettered_at: now_millis(),
             redrive_count: incoming.redrive_count,
         };
-        let payload = self.encode(&letter, "dead_letter")?;
+        let payload = self
+            .decoder
+            .dataset
+            .encode_dead_letter(
+                &outcomes.schemas,
+                &letter,
+                change.map(|c| (c.event, c.record)),
+            )
+            .map_err(|error| Unencodable {
+                outcome: "dead_letter",
+                error,
+            })?;
         self.metrics.dead_letters.with_label_values(&[reason]).inc();
         tracing::warn!(
             message = "Change dead-lettered.",
@@ -242,7 +259,7 @@ impl Sink {
         })
     }
 
-    /// The single-object encoding of a receipt or dead letter with its current schema.
+    /// The single-object encoding of a receipt with its current schema.
     fn encode<T: AvroRecord + Serialize>(
         &self,
         value: &T,

@@ -295,7 +295,6 @@ fn sample_event(op: ChangeOp, schema: &str) -> ChangeEvent {
         version: 2,
         content_hash: "0".repeat(64),
         previous_hash: Some("1".repeat(64)),
-        record: None,
         record_schema: schema.into(),
         source: Provenance {
             file_name: "sample.csv".into(),

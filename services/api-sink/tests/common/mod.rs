@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use api_sink::ApiSinkConfig;
-use rdkafka::message::OwnedMessage;
+use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use snapfeed_harness::broker::{repo_root, TestBroker, TestPipeline};
 use snapfeed_harness::endpoint::free_addr;
@@ -22,8 +22,8 @@ use snapfeed_harness::offsets::GroupOffsets;
 use snapfeed_harness::service_process::{guarantee_name, service_env, ServiceProcess};
 use snapfeed_harness::stub_api::{RecordedRequest, StubApi};
 use snapfeed_harness::wait;
-use snapfeed_runtime::avro::SchemaStore;
-use snapfeed_runtime::dataset::{Dataset, DatasetMapping, FieldKind, FieldValue};
+use snapfeed_runtime::avro::{MessageLocation, SchemaStore};
+use snapfeed_runtime::dataset::{ChangeRecord, Dataset, DatasetMapping, FieldKind, FieldValue};
 use snapfeed_runtime::kafka::ProcessingGuarantee;
 use snapfeed_runtime::records::{
     now_millis, AvroRecord, ChangeEvent, ChangeOp, DeadLetter, DeliveryReceipt, Provenance,
@@ -310,10 +310,6 @@ impl Fixture {
             })
             .collect();
         let record = self.dataset.record(values).expect("a lab result");
-        let mut record_bytes = Vec::new();
-        self.dataset
-            .encode(&record, &mut record_bytes)
-            .expect("encode record");
         let event = ChangeEvent {
             op: if change.version == 1 {
                 ChangeOp::Create
@@ -324,7 +320,6 @@ impl Fixture {
             version: change.version,
             content_hash: format!("{:032x}", change.version),
             previous_hash: (change.version > 1).then(|| format!("{:032x}", change.version - 1)),
-            record: Some(record_bytes),
             record_schema: self.dataset.schema_name().to_string(),
             source: Provenance {
                 file_name: "test.csv".into(),
@@ -335,9 +330,9 @@ impl Fixture {
             },
             detected_at: now_millis() - change.claimed_ms_ago,
         };
-        self.store
-            .current(ChangeEvent::SCHEMA)
-            .and_then(|schema| schema.encode(&event))
+        self.dataset
+            .change_writer(&self.store)
+            .and_then(|writer| writer.encode(&event, Some(ChangeRecord::Record(&record))))
             .expect("encode change event")
     }
 
@@ -442,6 +437,20 @@ impl Fixture {
             .iter()
             .map(|m| decode(&self.store, m, DeadLetter::SCHEMA))
             .collect()
+    }
+
+    /// The `index`th dead letter as `tail --show-values` prints it (a generic Avro decode).
+    pub fn dead_letter_json(&self, index: usize) -> serde_json::Value {
+        let messages = self.read(&self.pipeline.topics.dead_letters);
+        let message = &messages[index];
+        let decoded = snapfeed_runtime::inspect::decode(
+            &self.store,
+            message.payload().expect("a dead letter has a value"),
+            &MessageLocation::of(message),
+            snapfeed_runtime::inspect::Values::Shown,
+        )
+        .expect("the dead letter decodes");
+        decoded.value
     }
 
     /// Every message on `topic`, from the beginning to partition EOF.

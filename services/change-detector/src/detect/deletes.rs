@@ -5,6 +5,7 @@
 //!
 //! Guarantee: the safe side — an incomplete snapshot or a tripped guard deletes nothing.
 
+use snapfeed_runtime::avro::MessageLocation;
 use snapfeed_runtime::records::SnapshotEnd;
 
 use super::emit::RecordMeta;
@@ -67,7 +68,13 @@ impl Detector {
                     ..*meta
                 };
                 for change in decide::deletes(state, absent, at) {
-                    self.emit(partition, &change, &source)?;
+                    // A DELETE carries no record, so nothing is decoded and this names no row.
+                    let marker_location = || MessageLocation {
+                        topic: "snapshots (snapshot-end marker)".into(),
+                        partition,
+                        offset: -1,
+                    };
+                    self.emit(partition, &change, &source, marker_location)?;
                 }
             }
         }

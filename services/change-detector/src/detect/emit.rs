@@ -3,6 +3,10 @@
 //! taken from the snapshot record's headers. Nothing here is sent: the batch
 //! ([`super::batch`]) does that, in the order the guarantee needs.
 //!
+//! The change event nests the snapshot record as a typed record: a record written with the
+//! current dataset schema is spliced in as it is (no decode); one written with an older version
+//! is decoded into the current layout first.
+//!
 //! A change event is a pure function of the [`Change`] and its provenance (no wall clock), so a
 //! batch that is repeated after a crash writes byte-identical events.
 
@@ -11,6 +15,7 @@ use std::sync::Arc;
 use rdkafka::message::{BorrowedMessage, Headers};
 use rdkafka::Message;
 use snapfeed_runtime::avro::{AvroError, MessageLocation, SchemaStore};
+use snapfeed_runtime::dataset::{ChangeRecord, ChangeWriter, Dataset};
 use snapfeed_runtime::headers;
 use snapfeed_runtime::records::{
     now_millis, AvroRecord, ChangeEvent, DetectorState, Provenance, RejectedRow, StaleSnapshot,
@@ -81,6 +86,8 @@ impl<'a> RecordMeta<'a> {
 #[derive(Debug)]
 pub struct Envelopes {
     schemas: Arc<SchemaStore>,
+    dataset: Arc<Dataset>,
+    changes: ChangeWriter,
     /// Full name of the dataset schema, named in every change event.
     record_schema: String,
     /// The last change event, reused (one per change, never per record).
@@ -88,20 +95,25 @@ pub struct Envelopes {
 }
 
 impl Envelopes {
-    /// Envelopes for records of the dataset schema `record_schema`.
-    pub fn new(schemas: Arc<SchemaStore>, record_schema: &str) -> Envelopes {
-        Envelopes {
+    /// Envelopes for records of `dataset`; fails when the schemas hold no change event schema
+    /// composed with it.
+    pub fn new(schemas: Arc<SchemaStore>, dataset: Arc<Dataset>) -> Result<Envelopes, AvroError> {
+        Ok(Envelopes {
+            changes: dataset.change_writer(&schemas)?,
+            record_schema: dataset.schema_name().to_string(),
             schemas,
-            record_schema: record_schema.to_string(),
+            dataset,
             value: Vec::with_capacity(1024),
-        }
+        })
     }
 
-    /// The change event of `change`, with `source` as its provenance.
+    /// The change event of `change`, with `source` as its provenance; `location` names the
+    /// snapshot record if an older schema version's record fails to decode.
     pub fn change_event(
         &mut self,
         change: &Change<'_>,
         source: &RecordMeta<'_>,
+        location: impl FnOnce() -> MessageLocation,
     ) -> Result<&[u8], AvroError> {
         let event = ChangeEvent {
             op: change.op,
@@ -109,7 +121,6 @@ impl Envelopes {
             version: change.version,
             content_hash: hash_hex(change.content_hash),
             previous_hash: change.previous_hash.map(hash_hex),
-            record: change.record.map(<[u8]>::to_vec),
             record_schema: self.record_schema.clone(),
             source: Provenance {
                 file_name: source.file_name.to_string(),
@@ -121,9 +132,18 @@ impl Envelopes {
             detected_at: change.detected_at,
         };
         self.value.clear();
-        self.schemas
-            .current(ChangeEvent::SCHEMA)?
-            .encode_into(&event, &mut self.value)?;
+        let older;
+        let record = match change.record {
+            None => None,
+            Some(payload) => match self.changes.current_body(payload) {
+                Some(body) => Some(ChangeRecord::Body(body)),
+                None => {
+                    older = self.dataset.decode(payload, &self.schemas, &location())?;
+                    Some(ChangeRecord::Record(&older))
+                }
+            },
+        };
+        self.changes.encode_into(&event, record, &mut self.value)?;
         Ok(&self.value)
     }
 
@@ -178,4 +198,131 @@ impl Envelopes {
 /// Where a message is, for errors and reject keys.
 pub fn location_of(message: &BorrowedMessage<'_>) -> MessageLocation {
     MessageLocation::of(message)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use std::borrow::Cow;
+    use std::path::Path;
+
+    use serde::ser::SerializeMap;
+    use snapfeed_runtime::avro::LoadedSchema;
+    use snapfeed_runtime::dataset::{DatasetMapping, DatasetRecord, FieldKind, FieldValue};
+    use snapfeed_runtime::records::ChangeOp;
+
+    use super::*;
+
+    fn envelopes() -> (Envelopes, Arc<Dataset>, Arc<SchemaStore>) {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let store = Arc::new(SchemaStore::load_dir(&root.join("schemas")).unwrap());
+        let dataset = Arc::new(
+            DatasetMapping::load(&root.join("deploy/config/lab_results.mapping.toml"), &store)
+                .unwrap(),
+        );
+        let envelopes = Envelopes::new(store.clone(), dataset.clone()).unwrap();
+        (envelopes, dataset, store)
+    }
+
+    fn record(dataset: &Dataset) -> DatasetRecord {
+        let values = dataset
+            .fields()
+            .iter()
+            .map(|spec| match (spec.name(), spec.kind()) {
+                ("device_id", _) => FieldValue::String("DEV-1".into()),
+                (_, FieldKind::Enum) => FieldValue::Enum(spec.symbols()[0].clone()),
+                (_, FieldKind::Date) => FieldValue::Date(19_000),
+                (_, FieldKind::TimestampMillis) => FieldValue::TimestampMillis(1),
+                (name, _) => FieldValue::String(format!("{name} 1")),
+            })
+            .collect();
+        dataset.record(values).unwrap()
+    }
+
+    fn meta() -> RecordMeta<'static> {
+        RecordMeta {
+            file_name: "s1.csv",
+            file_hash: "ab",
+            snapshot_id: "s1",
+            stream: "default",
+            line: Some(2),
+            snapshot_time: None,
+            control: None,
+        }
+    }
+
+    fn change(payload: &[u8]) -> Change<'_> {
+        Change {
+            op: ChangeOp::Create,
+            key: Cow::Borrowed("K1"),
+            version: 1,
+            content_hash: 7,
+            previous_hash: None,
+            record: Some(payload),
+            detected_at: 5,
+        }
+    }
+
+    fn location() -> MessageLocation {
+        MessageLocation {
+            topic: "snapshots".into(),
+            partition: 0,
+            offset: 3,
+        }
+    }
+
+    #[test]
+    fn a_current_record_is_nested_as_it_came_and_reads_back() {
+        let (mut envelopes, dataset, store) = envelopes();
+        let record = record(&dataset);
+        let mut payload = Vec::new();
+        dataset.encode(&record, &mut payload).unwrap();
+        let bytes = envelopes
+            .change_event(&change(&payload), &meta(), location)
+            .unwrap()
+            .to_vec();
+        // The snapshot record's body is inside the event unchanged.
+        let body = &payload[10..];
+        assert!(bytes.windows(body.len()).any(|w| w == body));
+        let (event, decoded) = dataset.decode_change(&bytes, &store, &location()).unwrap();
+        assert_eq!((event.key.as_str(), event.version), ("K1", 1));
+        assert_eq!(event.source.file_name, "s1.csv");
+        assert_eq!(decoded, Some(record));
+    }
+
+    #[test]
+    fn a_record_of_an_older_schema_version_is_nested_in_the_current_layout() {
+        let (mut envelopes, dataset, store) = envelopes();
+        let record = record(&dataset);
+        let v1_path = store.dir().join("history/lab_result.v1.avsc");
+        let v1 =
+            LoadedSchema::parse(&std::fs::read_to_string(&v1_path).unwrap(), &v1_path).unwrap();
+        /// The record as lab_result v1 wrote it: no device_id.
+        struct V1<'a>(&'a DatasetRecord);
+        impl serde::Serialize for V1<'_> {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                let mut map = s.serialize_map(None)?;
+                for (name, value) in self.0.names().iter().zip(self.0.values()) {
+                    if &**name != "device_id" {
+                        map.serialize_entry(&**name, value)?;
+                    }
+                }
+                map.end()
+            }
+        }
+        let payload = v1.encode(&V1(&record)).unwrap();
+        let bytes = envelopes
+            .change_event(&change(&payload), &meta(), location)
+            .unwrap()
+            .to_vec();
+        let writer = store.writer(&bytes, &location()).unwrap();
+        assert_eq!(
+            writer.fingerprint,
+            dataset.change_writer(&store).unwrap().schema().fingerprint
+        );
+        let (_, decoded) = dataset.decode_change(&bytes, &store, &location()).unwrap();
+        let decoded = decoded.unwrap();
+        assert_eq!(decoded.get("device_id"), Some(&FieldValue::Null));
+        assert_eq!(decoded.get("patient_id"), record.get("patient_id"));
+    }
 }

@@ -30,7 +30,8 @@ use snapfeed_harness::schemas::{lab_results_mapping, load_dataset, schemas_dir};
 use snapfeed_harness::service_process::{guarantee_name, service_env, ServiceProcess};
 use snapfeed_harness::snapshot_publisher::{PublishOptions, PublishReport, SnapshotPublisher};
 use snapfeed_harness::wait;
-use snapfeed_runtime::avro::SchemaStore;
+use snapfeed_runtime::avro::{MessageLocation, SchemaStore};
+use snapfeed_runtime::dataset::{Dataset, DatasetRecord};
 use snapfeed_runtime::headers;
 use snapfeed_runtime::kafka::ProcessingGuarantee;
 use snapfeed_runtime::partition::partition_for_key;
@@ -269,7 +270,12 @@ impl Fixture {
             self.broker
                 .read_to_end(&self.pipeline.topics.changes, self.committed_only())
         });
-        messages.iter().map(|m| self.decode_change(m)).collect()
+        // The schemas the services load now: a test may have evolved the dataset schema.
+        let (store, dataset) = load_dataset(&self.schemas_dir, &self.mapping);
+        messages
+            .iter()
+            .map(|m| decode_change(&store, &dataset, m))
+            .collect()
     }
 
     /// Change events of one snapshot (by its snapshot id).
@@ -278,25 +284,6 @@ impl Fixture {
             .into_iter()
             .filter(|c| c.event.source.snapshot_id == report.snapshot_id)
             .collect()
-    }
-
-    fn decode_change(&self, message: &OwnedMessage) -> Change {
-        let payload = message
-            .payload()
-            .expect("change events have a value")
-            .to_vec();
-        let event: ChangeEvent = decode(&self.store, message, ChangeEvent::SCHEMA);
-        assert_eq!(
-            message.key(),
-            Some(event.key.as_bytes()),
-            "the Kafka key is the record key"
-        );
-        Change {
-            partition: message.partition(),
-            offset: message.offset(),
-            event,
-            payload,
-        }
     }
 
     /// Every record on `rejects`, with its Kafka key.
@@ -617,12 +604,38 @@ impl std::ops::DerefMut for DetectorProcess {
     }
 }
 
+/// A `changes` message: the event, and its record decoded through the dataset.
+fn decode_change(store: &SchemaStore, dataset: &Dataset, message: &OwnedMessage) -> Change {
+    let payload = message
+        .payload()
+        .expect("change events have a value")
+        .to_vec();
+    let location = MessageLocation::of(message);
+    let (event, record) = dataset
+        .decode_change(&payload, store, &location)
+        .unwrap_or_else(|e| panic!("change at {location}: {e}"));
+    assert_eq!(
+        message.key(),
+        Some(event.key.as_bytes()),
+        "the Kafka key is the record key"
+    );
+    Change {
+        partition: message.partition(),
+        offset: message.offset(),
+        event,
+        record,
+        payload,
+    }
+}
+
 /// One decoded change event and where it was.
 #[derive(Debug, Clone)]
 pub struct Change {
     pub partition: i32,
     pub offset: i64,
     pub event: ChangeEvent,
+    /// Its record, decoded into the current layout (`None` for DELETE).
+    pub record: Option<DatasetRecord>,
     /// The encoded value, for "repeats are byte-identical" checks.
     pub payload: Vec<u8>,
 }

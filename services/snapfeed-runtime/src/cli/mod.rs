@@ -81,6 +81,10 @@ pub enum CommonCommand {
     /// The dead letters and where each stands (open, redriven, delivered, superseded, …).
     #[command(subcommand)]
     DeadLetters(operator::DeadLettersCommand),
+    /// Write every schema the topics' messages can name (the change event and dead letter
+    /// composed with each dataset schema version included) as standalone .avsc files named
+    /// <full name>.<fingerprint hex>.avsc, for tools that read the topics without a registry.
+    Schemas(operator::SchemasArgs),
 }
 
 /// `check-config [--connect]`.
@@ -205,6 +209,10 @@ where
         CommonCommand::DeadLetters(command) => {
             telemetry::init(config.common().log);
             operator::dead_letters(config.common(), &command)
+        }
+        CommonCommand::Schemas(args) => {
+            telemetry::init(config.common().log);
+            operator::schemas_export(config.common(), &args)
         }
         CommonCommand::Run => run_with(service, config, run),
     }

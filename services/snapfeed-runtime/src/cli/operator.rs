@@ -1,7 +1,7 @@
-//! The operator's commands every service binary has: `reconcile`, `trace`, `tail` and
-//! `dead-letters list`. They read the pipeline's topics with the service's own config (the
-//! same brokers, topic names and schemas), never write, and never print health data unless
-//! `--show-values` is given.
+//! The operator's commands every service binary has: `reconcile`, `trace`, `tail`,
+//! `dead-letters list` and `schemas`. They read the pipeline's topics with the service's own
+//! config (the same brokers, topic names and schemas), never write to them, and never print
+//! health data unless `--show-values` is given. `schemas` writes files, not records.
 //!
 //! Why subcommands of the service binaries and not a fourth `snapfeed` binary: every
 //! deployment already ships these binaries with a config naming the pipeline's brokers, topics
@@ -50,6 +50,14 @@ pub struct TailArgs {
     /// Print values of health data (dataset records, raw lines, API answers).
     #[arg(long)]
     pub show_values: bool,
+}
+
+/// `schemas --out DIR`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct SchemasArgs {
+    /// Directory to write the schema files into (created when missing).
+    #[arg(long)]
+    pub out: std::path::PathBuf,
 }
 
 /// `dead-letters …`.
@@ -311,4 +319,41 @@ pub(super) fn dead_letters(common: CommonSections<'_>, command: &DeadLettersComm
         }
         Err(error) => failure(error),
     }
+}
+
+/// `schemas --out DIR`: writes every schema a message on the pipeline's topics can name —
+/// each version, the change event and dead letter composed with each dataset version — as a
+/// standalone `.avsc` named `<full name>.<fingerprint hex>.avsc`, and lists them. What a tool
+/// that reads the topics without a registry (fastavro, a Connect converter) is given.
+pub(super) fn schemas_export(common: CommonSections<'_>, args: &SchemasArgs) -> ExitCode {
+    let schemas = match schemas(&common) {
+        Ok(schemas) => schemas,
+        Err(code) => return code,
+    };
+    if let Err(error) = std::fs::create_dir_all(&args.out) {
+        return failure(format!("cannot create {}: {error}", args.out.display()));
+    }
+    let mut listing = String::new();
+    for schema in schemas.all() {
+        let fingerprint = crate::avro::hex(&schema.fingerprint);
+        let path = args.out.join(format!("{}.{fingerprint}.avsc", schema.name));
+        let text = match serde_json::to_string_pretty(&schema.json) {
+            Ok(text) => text,
+            Err(error) => return failure(error),
+        };
+        if let Err(error) = std::fs::write(&path, text + "\n") {
+            return failure(format!("cannot write {}: {error}", path.display()));
+        }
+        let nests = match &schema.dataset {
+            Some(dataset) => format!(" nesting {}", dataset.path.display()),
+            None => String::new(),
+        };
+        listing.push_str(&format!(
+            "{fingerprint}  {}  {}  (from {}{nests})\n",
+            schema.name,
+            path.display(),
+            schema.path.display()
+        ));
+    }
+    emit(&listing).err().unwrap_or(ExitCode::SUCCESS)
 }

@@ -38,7 +38,7 @@ impl Dataset {
     }
 
     /// How `writer`'s fields land in the reader's positions; built once per writer schema.
-    fn plan_for(&self, writer: &LoadedSchema) -> Result<Arc<WriterPlan>, AvroError> {
+    pub(super) fn plan_for(&self, writer: &LoadedSchema) -> Result<Arc<WriterPlan>, AvroError> {
         if writer.fingerprint == self.schema.fingerprint {
             return Ok(self.identity.clone());
         }
@@ -117,9 +117,9 @@ impl WriterPlan {
     }
 }
 
-struct RecordSeed<'a> {
-    dataset: &'a Dataset,
-    plan: &'a WriterPlan,
+pub(super) struct RecordSeed<'a> {
+    pub(super) dataset: &'a Dataset,
+    pub(super) plan: &'a WriterPlan,
 }
 
 impl<'de> DeserializeSeed<'de> for RecordSeed<'_> {

@@ -20,14 +20,17 @@
 //!   rules each entry must meet on its own.
 //! - `record`: [`FieldValue`] and [`DatasetRecord`] — checked construction, key, encoding.
 //! - `decode`: a payload from any known version of the schema, into the current layout.
+//! - `change`: change events and dead letters that nest the record as a typed Avro record.
 //! - `raw`: field values read straight from the Avro binary (the change-detector's hot path).
 
+mod change;
 mod decode;
 mod field;
 mod mapping;
 mod raw;
 mod record;
 
+pub use change::{ChangeRecord, ChangeWriter};
 pub use field::{FieldKind, FieldSpec};
 pub use mapping::{normalise_column, Dataset, DatasetError, DatasetMapping, FieldMapping};
 pub use raw::FieldRef;

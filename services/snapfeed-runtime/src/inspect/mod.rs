@@ -131,9 +131,15 @@ pub fn decode(
     values: Values,
 ) -> Result<Decoded, AvroError> {
     let (schema, fields) = decode_fields(schemas, payload, location)?;
+    // The dataset a change event or dead letter nests (composed schemas only).
+    let dataset = schemas
+        .writer(payload, location)
+        .ok()
+        .and_then(|writer| writer.dataset.as_ref())
+        .map_or("", |dataset| dataset.name.as_str());
     let value = match schema.as_str() {
-        ChangeEvent::SCHEMA => change_event(schemas, fields, location, values),
-        DeadLetter::SCHEMA => dead_letter(schemas, fields, location, values),
+        ChangeEvent::SCHEMA => change_event(schemas, fields, dataset, location, values),
+        DeadLetter::SCHEMA => dead_letter(schemas, fields, dataset, location, values),
         RejectedRow::SCHEMA => object(fields, |name| {
             values == Values::Redacted && name == "raw_line"
         }),
@@ -207,11 +213,19 @@ fn nested(
 
 fn change_event(
     schemas: &SchemaStore,
-    fields: Vec<(String, Value)>,
+    mut fields: Vec<(String, Value)>,
+    dataset: &str,
     location: &MessageLocation,
     values: Values,
 ) -> Json {
-    let record = nested(schemas, nested_bytes(&fields, "record"), location, values);
+    // v2 nests the record as a typed record; v1 held its single-object bytes.
+    let record = match take_nested_record(&mut fields, "record") {
+        Some(inner) => json!({
+            "schema": dataset,
+            "fields": object(inner, |_| values == Values::Redacted),
+        }),
+        None => nested(schemas, nested_bytes(&fields, "record"), location, values),
+    };
     let mut out = object(fields, |_| false);
     out["record"] = record;
     out
@@ -219,16 +233,55 @@ fn change_event(
 
 fn dead_letter(
     schemas: &SchemaStore,
-    fields: Vec<(String, Value)>,
+    mut fields: Vec<(String, Value)>,
+    dataset: &str,
     location: &MessageLocation,
     values: Values,
 ) -> Json {
     let change = nested(schemas, nested_bytes(&fields, "change"), location, values);
+    let event = take_nested_record(&mut fields, "event")
+        .map(|inner| change_event(schemas, inner, dataset, location, values));
     let mut out = object(fields, |name| {
         values == Values::Redacted && name == "response_excerpt"
     });
     out["change"] = change;
+    if let Some(event) = event {
+        out["event"] = event;
+    }
     out
+}
+
+/// The dataset record's fields in a change event payload, either shape (v2 nests the record,
+/// v1 held its single-object bytes); `None` for DELETE or when it does not decode.
+pub(crate) fn change_record_fields(
+    schemas: &SchemaStore,
+    payload: &[u8],
+    location: &MessageLocation,
+) -> Option<Vec<(String, Value)>> {
+    let (_, mut fields) = decode_fields(schemas, payload, location).ok()?;
+    if let Some(record) = take_nested_record(&mut fields, "record") {
+        return Some(record);
+    }
+    let bytes = nested_bytes(&fields, "record")?;
+    decode_fields(schemas, &bytes, location)
+        .ok()
+        .map(|(_, fields)| fields)
+}
+
+/// Takes the fields of the nested record in field `name` out of `fields` (leaving null);
+/// `None` when the field is null, absent or not a record.
+fn take_nested_record(fields: &mut [(String, Value)], name: &str) -> Option<Vec<(String, Value)>> {
+    let (_, value) = fields.iter_mut().find(|(n, _)| n == name)?;
+    let Value::Union(_, inner) = value else {
+        return None;
+    };
+    if !matches!(**inner, Value::Record(_)) {
+        return None;
+    }
+    let Value::Record(inner) = std::mem::replace(&mut **inner, Value::Null) else {
+        return None;
+    };
+    Some(inner)
 }
 
 /// An Avro value as JSON: dates and timestamps as ISO 8601 text, bytes as hex.

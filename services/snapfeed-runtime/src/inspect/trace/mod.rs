@@ -24,7 +24,10 @@ use apache_avro::types::Value;
 use rdkafka::message::BorrowedMessage;
 use rdkafka::{Message, Offset};
 
-use super::{decode_fields, failed, header, millis_text, to_json, InspectError, Short, Values};
+use super::{
+    change_record_fields, decode_fields, failed, header, millis_text, to_json, InspectError, Short,
+    Values,
+};
 use crate::avro::{MessageLocation, SchemaStore};
 use crate::dead_letters::redrive_count;
 use crate::headers;
@@ -201,24 +204,24 @@ pub fn trace(
         .map_err(failed("read change-detector's offsets"))?;
 
     // Changes next: the rows' verdicts refer to them.
-    let mut changes: Vec<(MessageLocation, i64, ChangeEvent, i32)> = Vec::new();
+    type Fields = Option<Vec<(String, Value)>>;
+    let mut changes: Vec<(MessageLocation, i64, ChangeEvent, Fields, i32)> = Vec::new();
     reader
         .read_from(&topics.changes, &from(&topics.changes)?, |m| {
             if !ours(m) {
                 return;
             }
             if let Some(change) = decoded::<ChangeEvent>(schemas, m, Stage::Change, &mut events) {
-                changes.push((MessageLocation::of(m), time_of(m), change, redrive_count(m)));
+                let location = MessageLocation::of(m);
+                let fields = m
+                    .payload()
+                    .and_then(|p| change_record_fields(schemas, p, &location));
+                changes.push((location, time_of(m), change, fields, redrive_count(m)));
             }
         })
         .map_err(failed("read the changes"))?;
     let mut previous: Option<(i64, Vec<(String, Value)>)> = None;
-    for (location, at, change, redrive) in &changes {
-        let fields = change.record.as_deref().and_then(|bytes| {
-            decode_fields(schemas, bytes, location)
-                .ok()
-                .map(|(_, fields)| fields)
-        });
+    for (location, at, change, fields, redrive) in &changes {
         let mut detail = format!(
             "{} v{}  snapshot {} ({} line {})  hash {}",
             change.op.as_str(),
@@ -238,7 +241,7 @@ pub fn trace(
             detail.push_str(&format!("  redrive #{redrive} of this version"));
         } else if repeat {
             detail.push_str("  repeat of this version (written again by an at_least_once detector; delivered once)");
-        } else if let Some(fields) = &fields {
+        } else if let Some(fields) = fields {
             let before = previous.as_ref().map(|(_, fields)| fields.as_slice());
             detail.push_str("  ");
             detail.push_str(&field_changes(before, fields, options.values));
@@ -251,7 +254,7 @@ pub fn trace(
             detail,
         });
         if !repeat && *redrive == 0 {
-            previous = Some((change.version, fields.unwrap_or_default()));
+            previous = Some((change.version, fields.clone().unwrap_or_default()));
         }
     }
 
@@ -308,9 +311,9 @@ pub fn trace(
             let late = passed_over.get(&(m.partition(), snapshot.to_string()));
             let change = changes
                 .iter()
-                .find(|(_, _, c, _)| c.source.snapshot_id == snapshot);
+                .find(|(_, _, c, _, _)| c.source.snapshot_id == snapshot);
             let verdict = match (change, late) {
-                (Some((_, _, change, _)), _) => {
+                (Some((_, _, change, _, _)), _) => {
                     format!("→ {} v{}", change.op.as_str(), change.version)
                 }
                 (None, Some(newest)) => format!(
