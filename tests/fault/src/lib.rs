@@ -9,6 +9,8 @@
 //!   snapshots and change sets) against what did (`changes`, the stub's requests, `rejects`,
 //!   `dead-letters`), checked once for every scenario; it returns the [`ledger::Figures`] the
 //!   scenario prints.
+//! - [`interop`]: every topic read back by confluent-kafka and fastavro (not snapfeed's code),
+//!   each dataset record compared with the generator's values.
 //! - [`health_data`]: the generated names, dates of birth, phones and results that must never
 //!   appear in a log.
 //!
@@ -17,5 +19,6 @@
 
 pub mod binaries;
 pub mod health_data;
+pub mod interop;
 pub mod ledger;
 pub mod rig;

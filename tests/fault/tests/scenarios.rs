@@ -18,6 +18,7 @@ use std::io::Write;
 use std::time::{Duration, Instant};
 
 use rand::Rng;
+use snapfeed_fault::interop::{read_every_topic_with_fastavro, Dropped};
 use snapfeed_fault::ledger::{Expectation, Ledger};
 use snapfeed_fault::rig::{FileFate, Proc, Rig, Service};
 use snapfeed_harness::broker::{BrokerKind, StopSignal};
@@ -131,7 +132,8 @@ fn decided(proc: &Proc) -> f64 {
 
 /// New snapshot, then 1% changed + 0.5% new (with a few rejected rows), then the same file
 /// again (byte-identical: a re-delivery) and the same content generated half an hour later
-/// (every row unchanged): exactly the expected changes, once each at the API.
+/// (every row unchanged): exactly the expected changes, once each at the API. Then every topic
+/// is read back by confluent-kafka and fastavro, each record equal to the generator's values.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s01_happy_path_three_snapshots_exact_ledger_on_tansu_changes_checked_as_identical_copies()
 {
@@ -177,6 +179,28 @@ async fn s01_happy_path_three_snapshots_exact_ledger_on_tansu_changes_checked_as
     let rows = (s1.rows().len() + s2.rows().len() - 7 + s3.rows().len()) as f64;
     wait_decided(&procs[0], rows).await;
     finish(&rig, &expected, 0, procs).await;
+    // Every topic, read by Confluent's client and fastavro from the exported schemas.
+    let (clean, dirty) = (WriteOptions::default(), a_little_dirt());
+    read_every_topic_with_fastavro(
+        &rig,
+        &[
+            Dropped {
+                name: "elr-1.csv",
+                snapshot: &s1,
+                options: &clean,
+            },
+            Dropped {
+                name: "elr-2.csv",
+                snapshot: &s2,
+                options: &dirty,
+            },
+            Dropped {
+                name: "elr-3.csv",
+                snapshot: &s3,
+                options: &clean,
+            },
+        ],
+    );
 }
 
 // ── 2 ────────────────────────────────────────────────────────────────────────────────────────
@@ -590,7 +614,8 @@ async fn s08_rebalance_second_detector_and_sink_join_then_one_of_each_killed_on_
 // ── 9 ────────────────────────────────────────────────────────────────────────────────────────
 
 /// A change the API always rejects with 400 becomes a dead letter while everything else flows;
-/// once the API is "fixed", `api-sink redrive` delivers it.
+/// once the API is "fixed", `api-sink redrive` delivers it. The dead letter nests the change
+/// and its record as typed records fastavro reads.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s09_poison_change_is_dead_lettered_then_redriven_once_fixed() {
     let Some(mut rig) = Rig::new("s09-poison", 4, NISSHI_ONLY).await else {
@@ -652,6 +677,19 @@ async fn s09_poison_change_is_dead_lettered_then_redriven_once_fixed() {
     expected.dead_letters.remove(&poison_id);
     expected.redriven.insert(poison_id);
     finish(&rig, &expected, 0, procs).await;
+    // The dead letter nests the refused change with its record, readable by fastavro.
+    let summary = read_every_topic_with_fastavro(
+        &rig,
+        &[Dropped {
+            name: "elr-1.csv",
+            snapshot: &s1,
+            options: &WriteOptions::default(),
+        }],
+    );
+    assert!(
+        summary.contains("dead letters with their record nested: 1"),
+        "{summary}"
+    );
 }
 
 // ── 10 ───────────────────────────────────────────────────────────────────────────────────────
