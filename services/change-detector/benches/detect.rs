@@ -85,6 +85,7 @@ fn main() {
     }
     if runs("changed") {
         bench_changed(&dataset, &store, &unchanged, &changed);
+        bench_change_encoding(&dataset, &store, &changed);
     }
     if runs("restore") {
         bench_restore(&store);
@@ -325,6 +326,92 @@ fn bench_changed(
         rates,
         None,
     );
+}
+
+/// The change event alone, both shapes: the record nested by splicing its Avro body (since
+/// session 12) and the v1 shape that carried it as single-object bytes, for the cost of the
+/// switch.
+fn bench_change_encoding(dataset: &Dataset, store: &SchemaStore, records: &[(String, Vec<u8>)]) {
+    /// A v1 change event, fields in schema order (as the v1 `ChangeEvent` type was).
+    #[derive(serde::Serialize)]
+    struct V1<'a> {
+        op: ChangeOp,
+        key: &'a str,
+        version: i64,
+        content_hash: &'a str,
+        previous_hash: Option<&'a str>,
+        #[serde(with = "serde_bytes")]
+        record: Option<&'a [u8]>,
+        record_schema: &'a str,
+        source: &'a Provenance,
+        detected_at: i64,
+    }
+    let changes = dataset.change_writer(store).expect("change writer");
+    let v1 = store
+        .all()
+        .into_iter()
+        .find(|s| s.name == ChangeEvent::SCHEMA && s.dataset.is_none())
+        .expect("change_event v1 in history")
+        .clone();
+    let source = Provenance {
+        file_name: "s2.csv".into(),
+        file_hash: "5c99dfde6720b8cf68f42dbf8dfad0358226d01dd2ec165fa0ff0d78efff8bf4".into(),
+        line: Some(2),
+        snapshot_id: "changed".into(),
+        stream: "default".into(),
+    };
+    let (hash, previous) = ("ab".repeat(16), "cd".repeat(16));
+    let mut value = Vec::with_capacity(1024);
+    for nested in [true, false] {
+        let mut rates = Vec::new();
+        for _ in 0..RUNS {
+            let started = Instant::now();
+            for (key, payload) in records {
+                value.clear();
+                if nested {
+                    let event = ChangeEvent {
+                        op: ChangeOp::Update,
+                        key: key.clone(),
+                        version: 2,
+                        content_hash: hash.clone(),
+                        previous_hash: Some(previous.clone()),
+                        record_schema: dataset.schema_name().to_string(),
+                        source: source.clone(),
+                        detected_at: 3,
+                    };
+                    let body = changes.current_body(payload).expect("current schema");
+                    changes
+                        .encode_into(&event, Some(ChangeRecord::Body(body)), &mut value)
+                        .expect("encode");
+                } else {
+                    // As the v1 detector: owned fields, then the record bytes copied in.
+                    let (key, hash, previous) = (key.clone(), hash.clone(), previous.clone());
+                    let source = source.clone();
+                    let record = payload.clone();
+                    let event = V1 {
+                        op: ChangeOp::Update,
+                        key: &key,
+                        version: 2,
+                        content_hash: &hash,
+                        previous_hash: Some(&previous),
+                        record: Some(&record),
+                        record_schema: dataset.schema_name(),
+                        source: &source,
+                        detected_at: 3,
+                    };
+                    v1.encode_into(&event, &mut value).expect("encode");
+                }
+                black_box(&value);
+            }
+            rates.push(records.len() as f64 / started.elapsed().as_secs_f64());
+        }
+        let label = if nested {
+            "change event alone: record nested (spliced body)"
+        } else {
+            "change event alone: v1 shape (record as bytes)"
+        };
+        report(label, rates, None);
+    }
 }
 
 /// A realistic canonical key of about 29 characters (CLIA | accession | LOINC code).

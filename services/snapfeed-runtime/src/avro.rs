@@ -5,8 +5,10 @@
 //! Schemas are loaded from the `schemas/` directory: each top-level `*.avsc` is the current
 //! (reader) schema of one record kind; `history/*.avsc` holds earlier versions, kept so data they
 //! wrote stays readable. At load every historical writer is checked against the current reader of
-//! the same name (Avro schema resolution rules, by `apache-avro`), so an incompatible change fails
-//! at start, not on the first old message.
+//! the same name (Avro schema resolution rules, by `apache-avro`) — for a composed schema, the
+//! current composition nesting the same dataset — so an incompatible change fails at start, not
+//! on the first old message. The one exemption is a listed legacy shape
+//! ([`compose::LEGACY_SHAPES`]: the v1 change event), which readers handle themselves.
 //!
 //! `change_event.avsc` and `dead_letter.avsc` are templates that nest the dataset record as a
 //! typed record; they are composed with each dataset schema at load ([`compose`]).
@@ -179,14 +181,7 @@ impl LoadedSchema {
         dataset: Option<Arc<LoadedSchema>>,
     ) -> Result<LoadedSchema, AvroError> {
         let parse_error = |reason: String| AvroError::Parse {
-            path: match &dataset {
-                Some(d) => PathBuf::from(format!(
-                    "{} (composed with {})",
-                    path.display(),
-                    d.path.display()
-                )),
-                None => path.to_path_buf(),
-            },
+            path: composed_path(path, dataset.as_deref()),
             reason,
         };
         let text = json.to_string();
@@ -286,6 +281,9 @@ impl LoadedSchema {
     }
 }
 
+/// A composed schema, whether it is a current one, and the template it came from.
+type Composed<'t> = (Arc<LoadedSchema>, bool, &'t SchemaFile);
+
 /// Every schema of a `schemas/` directory, by fingerprint (all versions) and by name (current).
 #[derive(Debug, Clone)]
 pub struct SchemaStore {
@@ -324,7 +322,8 @@ impl SchemaStore {
         let (templates, plain): (Vec<_>, Vec<_>) =
             files.into_iter().partition(|(f, _)| is_template(f));
 
-        // Plain schemas: current ones first, so history can be checked against them.
+        // Plain schemas, current ones first, then each history version against its current:
+        // an incompatible dataset version is named as itself, before it is composed.
         let mut plain_history = Vec::new();
         for (file, history) in plain {
             let schema = Arc::new(LoadedSchema::from_json(
@@ -341,6 +340,11 @@ impl SchemaStore {
                 store.current.insert(schema.name.clone(), schema);
             }
         }
+        for (file, old) in &plain_history {
+            if let Some(current) = store.current.get(&old.name) {
+                check_compatible(&file.path, old, current)?;
+            }
+        }
         store.datasets = store
             .current
             .keys()
@@ -349,7 +353,8 @@ impl SchemaStore {
             .collect();
         store.datasets.sort();
 
-        // Every version of every dataset: what the change event templates nest.
+        // Every version of every dataset: what the change event templates nest. Then every
+        // composition registered before any is checked, so no check depends on order.
         let mut dataset_versions: Vec<(Arc<LoadedSchema>, bool)> = Vec::new();
         for name in &store.datasets {
             dataset_versions.push((store.current[name].clone(), true));
@@ -361,32 +366,55 @@ impl SchemaStore {
         }
         let changes = store.compose(&templates, DATASET_PLACEHOLDER, &dataset_versions)?;
         let change_events: Vec<(Arc<LoadedSchema>, bool)> = changes
-            .into_iter()
-            .filter(|(schema, _)| schema.name == CHANGE_EVENT)
+            .iter()
+            .filter(|(schema, current, _)| schema.name == CHANGE_EVENT && *current)
+            .chain(
+                changes
+                    .iter()
+                    .filter(|(s, current, _)| s.name == CHANGE_EVENT && !current),
+            )
+            .map(|(schema, current, _)| (schema.clone(), *current))
             .collect();
-        store.compose(&templates, CHANGE_EVENT, &change_events)?;
+        let letters = store.compose(&templates, CHANGE_EVENT, &change_events)?;
+        for (schema, current, template) in changes.iter().chain(&letters) {
+            if !current {
+                store.check_composed(template, schema)?;
+            }
+        }
 
+        // Plain history of a template (the shape before composition): against every current
+        // composition of its name, unless it is a listed legacy shape.
         for (file, old) in plain_history {
-            store.check_history(&file, &old)?;
+            if !store.current.contains_key(&old.name) && !file.is_legacy_shape() {
+                let readers: Vec<_> = store
+                    .composed
+                    .iter()
+                    .filter(|((name, _), _)| *name == old.name)
+                    .map(|(_, schema)| schema.clone())
+                    .collect();
+                if readers.is_empty() {
+                    return Err(no_reader(&file.path, &old.name));
+                }
+                for current in readers {
+                    check_compatible(&file.path, &old, &current)?;
+                }
+            }
             store.by_fingerprint.entry(old.fingerprint).or_insert(old);
         }
         Ok(store)
     }
 
     /// Composes every template that uses `placeholder` with every schema in `nested` (each
-    /// flagged current or not); registers them all and returns them with the same flag, which
-    /// is true only for a current template composed with a current nested schema.
-    fn compose(
+    /// flagged current or not) and registers them all; returns each with its flag (true only
+    /// for a current template composed with a current nested schema) and its template file.
+    fn compose<'t>(
         &mut self,
-        templates: &[(SchemaFile, bool)],
+        templates: &'t [(SchemaFile, bool)],
         placeholder: &str,
         nested: &[(Arc<LoadedSchema>, bool)],
-    ) -> Result<Vec<(Arc<LoadedSchema>, bool)>, AvroError> {
+    ) -> Result<Vec<Composed<'t>>, AvroError> {
         let mut out = Vec::new();
-        let users = templates.iter().filter(|(f, _)| f.uses(placeholder));
-        // Current templates first, so history variants can be checked against them.
-        let (current, history): (Vec<_>, Vec<_>) = users.partition(|(_, history)| !history);
-        for (template, template_history) in current.into_iter().chain(history) {
+        for (template, template_history) in templates.iter().filter(|(f, _)| f.uses(placeholder)) {
             for (inner, inner_current) in nested {
                 let json =
                     compose::compose(template, placeholder, &inner.json, &inner.name, &inner.path)?;
@@ -401,58 +429,26 @@ impl SchemaStore {
                 if is_current {
                     self.composed
                         .insert((schema.name.clone(), dataset_name), schema.clone());
-                } else {
-                    self.check_history(template, &schema)?;
                 }
                 self.by_fingerprint
                     .entry(schema.fingerprint)
                     .or_insert(schema.clone());
-                out.push((schema, is_current));
+                out.push((schema, is_current, template));
             }
         }
         Ok(out)
     }
 
-    /// Checks that the current schema(s) of `old`'s name read what `old` wrote. A composed
-    /// schema is checked against the current one nesting the same dataset; a plain historical
-    /// version of a template against every current composition, unless it is a legacy shape.
-    fn check_history(&self, file: &SchemaFile, old: &LoadedSchema) -> Result<(), AvroError> {
-        let readers: Vec<&Arc<LoadedSchema>> = match &old.dataset {
-            Some(dataset) => self
-                .composed
-                .get(&(old.name.clone(), dataset.name.clone()))
-                .into_iter()
-                .collect(),
-            None if file.is_legacy_shape() => Vec::new(),
-            None => match self.current.get(&old.name) {
-                Some(current) => vec![current],
-                None => self
-                    .composed
-                    .iter()
-                    .filter(|((name, _), _)| *name == old.name)
-                    .map(|(_, schema)| schema)
-                    .collect(),
-            },
-        };
-        for current in readers {
-            apache_avro::schema_compatibility::SchemaCompatibility::can_read(
-                &old.parsed,
-                &current.parsed,
-            )
-            .map_err(|error| AvroError::Incompatible {
-                history: match &old.dataset {
-                    Some(d) => PathBuf::from(format!(
-                        "{} (composed with {})",
-                        file.path.display(),
-                        d.path.display()
-                    )),
-                    None => file.path.clone(),
-                },
-                current: current.path.clone(),
-                reason: error.to_string(),
-            })?;
-        }
-        Ok(())
+    /// Checks that the current composition nesting the same dataset reads what `old` (a
+    /// composition of an earlier template or dataset version) wrote.
+    fn check_composed(&self, template: &SchemaFile, old: &LoadedSchema) -> Result<(), AvroError> {
+        let path = composed_path(&template.path, old.dataset.as_deref());
+        let dataset = old.dataset.as_ref().map_or("", |d| d.name.as_str());
+        let current = self
+            .composed
+            .get(&(old.name.clone(), dataset.to_string()))
+            .ok_or_else(|| no_reader(&path, &old.name))?;
+        check_compatible(&path, old, current)
     }
 
     /// The dataset schemas found (full names, sorted).
@@ -552,6 +548,42 @@ impl SchemaStore {
     /// The directory the schemas came from.
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+}
+
+/// `path`, or for a composition `"<template> (composed with <dataset version>)"`: how errors
+/// name a schema.
+pub(crate) fn composed_path(path: &Path, dataset: Option<&LoadedSchema>) -> PathBuf {
+    match dataset {
+        Some(dataset) => PathBuf::from(format!(
+            "{} (composed with {})",
+            path.display(),
+            dataset.path.display()
+        )),
+        None => path.to_path_buf(),
+    }
+}
+
+/// Avro schema resolution: `current` must read what `old` (from `path`) wrote.
+fn check_compatible(
+    path: &Path,
+    old: &LoadedSchema,
+    current: &LoadedSchema,
+) -> Result<(), AvroError> {
+    apache_avro::schema_compatibility::SchemaCompatibility::can_read(&old.parsed, &current.parsed)
+        .map_err(|error| AvroError::Incompatible {
+            history: path.to_path_buf(),
+            current: composed_path(&current.path, current.dataset.as_deref()),
+            reason: error.to_string(),
+        })
+}
+
+/// A historical version whose record kind has no current schema to read it.
+fn no_reader(path: &Path, name: &str) -> AvroError {
+    AvroError::Incompatible {
+        history: path.to_path_buf(),
+        current: PathBuf::from(format!("(no current schema of {name})")),
+        reason: "a historical version needs a current schema of the same name to read it".into(),
     }
 }
 

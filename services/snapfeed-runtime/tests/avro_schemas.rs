@@ -220,6 +220,81 @@ fn an_incompatible_history_version_is_refused_at_load() {
     assert!(error.to_string().contains("thing.v1.avsc"), "{error}");
 }
 
+/// A copy of `schemas/` (and `history/`) in a temporary directory.
+fn copy_of_schemas() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("history")).unwrap();
+    for sub in ["", "history"] {
+        for entry in std::fs::read_dir(schemas_dir().join(sub)).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "avsc") {
+                std::fs::copy(&path, dir.path().join(sub).join(path.file_name().unwrap())).unwrap();
+            }
+        }
+    }
+    dir
+}
+
+#[test]
+fn an_incompatible_dataset_history_is_named_as_itself_not_as_a_composition() {
+    let dir = copy_of_schemas();
+    let lab = std::fs::read_to_string(schemas_dir().join("lab_result.avsc")).unwrap();
+    let mut v0: serde_json::Value = serde_json::from_str(&lab).unwrap();
+    // patient_id once an int: the current string cannot read it.
+    for field in v0["fields"].as_array_mut().unwrap() {
+        if field["name"] == "patient_id" {
+            field["type"] = "int".into();
+        }
+    }
+    std::fs::write(
+        dir.path().join("history/lab_result.v0.avsc"),
+        v0.to_string(),
+    )
+    .unwrap();
+    let error = SchemaStore::load_dir(dir.path()).unwrap_err();
+    let text = error.to_string();
+    assert!(matches!(error, AvroError::Incompatible { .. }), "{text}");
+    assert!(text.contains("lab_result.v0.avsc cannot be read"), "{text}");
+    assert!(!text.contains("change_event"), "{text}");
+}
+
+#[test]
+fn a_history_version_without_a_current_schema_of_its_name_is_refused() {
+    let dir = copy_of_schemas();
+    std::fs::write(
+        dir.path().join("history/gone.v1.avsc"),
+        r#"{"type":"record","name":"Gone","namespace":"snapfeed","fields":[]}"#,
+    )
+    .unwrap();
+    let error = SchemaStore::load_dir(dir.path()).unwrap_err();
+    assert!(error.to_string().contains("gone.v1.avsc"), "{error}");
+    assert!(error.to_string().contains("snapfeed.Gone"), "{error}");
+}
+
+#[test]
+fn a_template_whose_fields_the_writer_does_not_know_stops_the_writer_at_start() {
+    let dir = copy_of_schemas();
+    let path = dir.path().join("change_event.avsc");
+    let mut template: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    template["fields"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!(
+            {"name": "reviewer", "type": ["null", "string"], "default": null}
+        ));
+    std::fs::write(&path, template.to_string()).unwrap();
+    // The store loads (the field is a compatible addition) …
+    let store = SchemaStore::load_dir(dir.path()).unwrap();
+    let mapping =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/config/lab_results.mapping.toml");
+    let dataset = snapfeed_runtime::dataset::DatasetMapping::load(&mapping, &store).unwrap();
+    // … but the writer would write it as null for ever: it refuses, naming the field.
+    let error = dataset.change_writer(&store).unwrap_err().to_string();
+    assert!(error.contains("reviewer"), "{error}");
+    assert!(error.contains("change_event.avsc"), "{error}");
+}
+
 #[test]
 fn single_object_encoding_is_readable_by_apache_avro() {
     let store = store();
@@ -474,8 +549,7 @@ fn fingerprints_match_the_java_implementation() {
         snapfeed_runtime::avro::hex(&change.fingerprint),
         "4c51da52c6e9d34c"
     );
-    let v1 = 0x3cc1_afa5_2805_5009u64.to_be_bytes();
-    assert_eq!(snapfeed_runtime::avro::hex(&v1), "3cc1afa528055009");
+    let v1 = [0x3c, 0xc1, 0xaf, 0xa5, 0x28, 0x05, 0x50, 0x09];
     assert!(store
         .by_fingerprint(&v1)
         .is_some_and(|s| s.dataset.is_none()));
@@ -508,4 +582,30 @@ fn a_stream_progress_entry_round_trips_under_its_reserved_key() {
     let key = stream_progress_key("lab-a");
     assert!(key.starts_with('\0'), "no record key starts with NUL");
     assert_eq!(key.strip_prefix(STREAM_PROGRESS_KEY_PREFIX), Some("lab-a"));
+}
+
+#[test]
+fn a_schemas_directory_from_before_nesting_is_refused_at_start() {
+    let dir = copy_of_schemas();
+    for name in ["change_event", "dead_letter"] {
+        let history = dir.path().join(format!("history/{name}.v1.avsc"));
+        std::fs::rename(&history, dir.path().join(format!("{name}.avsc"))).unwrap();
+    }
+    let store = SchemaStore::load_dir(dir.path()).unwrap();
+    let mapping =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/config/lab_results.mapping.toml");
+    let dataset = snapfeed_runtime::dataset::DatasetMapping::load(&mapping, &store).unwrap();
+    let error = dataset.check_compositions(&store).unwrap_err().to_string();
+    assert!(error.contains("change_event.avsc"), "{error}");
+    // With the change event composed but the dead letter still old: named too.
+    std::fs::copy(
+        schemas_dir().join("change_event.avsc"),
+        dir.path().join("change_event.avsc"),
+    )
+    .unwrap();
+    let half = SchemaStore::load_dir(dir.path()).unwrap();
+    let error = dataset.check_compositions(&half).unwrap_err().to_string();
+    assert!(error.contains("dead_letter.avsc"), "{error}");
+    assert!(error.contains("predates nested records"), "{error}");
+    assert!(dataset.check_compositions(&self::store()).is_ok());
 }

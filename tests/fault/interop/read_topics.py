@@ -90,7 +90,7 @@ def read_topic(bootstrap, topic):
 
 def header(message, name):
     for key, value in message.headers() or []:
-        if key == name:
+        if key == name and value is not None:
             return value.decode()
     return None
 
@@ -159,7 +159,7 @@ def main():
                     check_record(where + " record", datum["record"],
                                  rows.get(file_name, {}).get(key))
                     compared += 1
-            elif name == "snapfeed.DeadLetter" and datum["event"] is not None:
+            elif name == "snapfeed.DeadLetter" and datum.get("event") is not None:
                 event = datum["event"]
                 if event["record"] is not None:
                     check_record(where + " event.record", event["record"],

@@ -14,7 +14,7 @@ use std::borrow::Cow;
 use std::sync::Arc;
 
 use snapfeed_runtime::avro::{MessageLocation, SchemaStore};
-use snapfeed_runtime::dataset::Dataset;
+use snapfeed_runtime::dataset::{Dataset, DatasetRecord};
 use snapfeed_runtime::records::{AvroRecord, ChangeOp, SnapshotEnd};
 
 use crate::content_hash::ContentHasher;
@@ -36,7 +36,7 @@ pub struct SnapshotRecord<'a> {
 }
 
 /// What a snapshot record means.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, PartialEq)]
 pub enum Verdict<'a> {
     /// Same content as the key's last version; stamped as seen in its snapshot.
     Unchanged,
@@ -47,7 +47,7 @@ pub enum Verdict<'a> {
 }
 
 /// One change to emit: the fields of its change event (provenance aside).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Change<'a> {
     /// CREATE, UPDATE or DELETE.
     pub op: ChangeOp,
@@ -59,10 +59,21 @@ pub struct Change<'a> {
     pub content_hash: u128,
     /// Content hash of the version before, if there was one.
     pub previous_hash: Option<u128>,
-    /// The snapshot record's payload; `None` for DELETE.
-    pub record: Option<&'a [u8]>,
+    /// The snapshot record; `None` for DELETE.
+    pub record: Option<ChangedRecord<'a>>,
     /// The snapshot record's timestamp: a repeated batch yields a byte-identical event.
     pub detected_at: i64,
+}
+
+/// The record a CREATE or UPDATE carries: the snapshot record's payload as it came (its body is
+/// spliced into the event when the current schema wrote it), and decoded into the current
+/// layout (nested instead when an older version wrote it), as the decision already read it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChangedRecord<'a> {
+    /// The snapshot record's single-object payload.
+    pub payload: &'a [u8],
+    /// The same record, decoded.
+    pub decoded: DatasetRecord,
 }
 
 impl Change<'static> {
@@ -195,7 +206,10 @@ impl Decider {
             version,
             content_hash: hash,
             previous_hash,
-            record: Some(record.payload),
+            record: Some(ChangedRecord {
+                payload: record.payload,
+                decoded,
+            }),
             detected_at: record.at,
         })
     }
@@ -451,7 +465,9 @@ mod tests {
             panic!("a new key is a change");
         };
         assert_eq!(created.previous_hash, None);
-        assert_eq!(created.record, Some(payload.as_slice()));
+        let nested = created.record.as_ref().unwrap();
+        assert_eq!(nested.payload, payload.as_slice());
+        assert_eq!(nested.decoded, record(&dataset, 1, 0));
         assert_eq!(created.detected_at, 1_000);
         assert_eq!(state.get("k").map(|s| s.hash()), Some(created.content_hash));
         let created_hash = created.content_hash;

@@ -5,7 +5,6 @@
 //!
 //! Guarantee: the safe side — an incomplete snapshot or a tripped guard deletes nothing.
 
-use snapfeed_runtime::avro::MessageLocation;
 use snapfeed_runtime::records::SnapshotEnd;
 
 use super::emit::RecordMeta;
@@ -68,13 +67,7 @@ impl Detector {
                     ..*meta
                 };
                 for change in decide::deletes(state, absent, at) {
-                    // A DELETE carries no record, so nothing is decoded and this names no row.
-                    let marker_location = || MessageLocation {
-                        topic: "snapshots (snapshot-end marker)".into(),
-                        partition,
-                        offset: -1,
-                    };
-                    self.emit(partition, &change, &source, marker_location)?;
+                    self.emit(partition, &change, &source)?;
                 }
             }
         }

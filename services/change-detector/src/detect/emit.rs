@@ -4,11 +4,13 @@
 //! ([`super::batch`]) does that, in the order the guarantee needs.
 //!
 //! The change event nests the snapshot record as a typed record: a record written with the
-//! current dataset schema is spliced in as it is (no decode); one written with an older version
-//! is decoded into the current layout first.
+//! current dataset schema is spliced in as it is; one written with an older version is nested
+//! as the decision decoded it, in the current layout.
 //!
 //! A change event is a pure function of the [`Change`] and its provenance (no wall clock), so a
-//! batch that is repeated after a crash writes byte-identical events.
+//! batch that is repeated after a crash writes byte-identical events — with the same schemas
+//! (after a dataset schema upgrade the repeat names the new version; its (key, version), and so
+//! its Idempotency-Key, are the same).
 
 use std::sync::Arc;
 
@@ -86,7 +88,6 @@ impl<'a> RecordMeta<'a> {
 #[derive(Debug)]
 pub struct Envelopes {
     schemas: Arc<SchemaStore>,
-    dataset: Arc<Dataset>,
     changes: ChangeWriter,
     /// Full name of the dataset schema, named in every change event.
     record_schema: String,
@@ -102,18 +103,15 @@ impl Envelopes {
             changes: dataset.change_writer(&schemas)?,
             record_schema: dataset.schema_name().to_string(),
             schemas,
-            dataset,
             value: Vec::with_capacity(1024),
         })
     }
 
-    /// The change event of `change`, with `source` as its provenance; `location` names the
-    /// snapshot record if an older schema version's record fails to decode.
+    /// The change event of `change`, with `source` as its provenance.
     pub fn change_event(
         &mut self,
         change: &Change<'_>,
         source: &RecordMeta<'_>,
-        location: impl FnOnce() -> MessageLocation,
     ) -> Result<&[u8], AvroError> {
         let event = ChangeEvent {
             op: change.op,
@@ -132,17 +130,14 @@ impl Envelopes {
             detected_at: change.detected_at,
         };
         self.value.clear();
-        let older;
-        let record = match change.record {
-            None => None,
-            Some(payload) => match self.changes.current_body(payload) {
-                Some(body) => Some(ChangeRecord::Body(body)),
-                None => {
-                    older = self.dataset.decode(payload, &self.schemas, &location())?;
-                    Some(ChangeRecord::Record(&older))
-                }
-            },
-        };
+        let record =
+            change
+                .record
+                .as_ref()
+                .map(|record| match self.changes.current_body(record.payload) {
+                    Some(body) => ChangeRecord::Body(body),
+                    None => ChangeRecord::Record(&record.decoded),
+                });
         self.changes.encode_into(&event, record, &mut self.value)?;
         Ok(&self.value)
     }
@@ -206,12 +201,11 @@ mod tests {
     use std::borrow::Cow;
     use std::path::Path;
 
-    use serde::ser::SerializeMap;
-    use snapfeed_runtime::avro::LoadedSchema;
     use snapfeed_runtime::dataset::{DatasetMapping, DatasetRecord, FieldKind, FieldValue};
     use snapfeed_runtime::records::ChangeOp;
 
     use super::*;
+    use crate::detect::decide::ChangedRecord;
 
     fn envelopes() -> (Envelopes, Arc<Dataset>, Arc<SchemaStore>) {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
@@ -251,39 +245,51 @@ mod tests {
         }
     }
 
-    fn change(payload: &[u8]) -> Change<'_> {
+    fn change(payload: &[u8], decoded: DatasetRecord) -> Change<'_> {
         Change {
             op: ChangeOp::Create,
             key: Cow::Borrowed("K1"),
             version: 1,
             content_hash: 7,
             previous_hash: None,
-            record: Some(payload),
+            record: Some(ChangedRecord { payload, decoded }),
             detected_at: 5,
         }
     }
 
     fn location() -> MessageLocation {
         MessageLocation {
-            topic: "snapshots".into(),
+            topic: "changes".into(),
             partition: 0,
             offset: 3,
         }
     }
 
     #[test]
-    fn a_current_record_is_nested_as_it_came_and_reads_back() {
+    fn a_current_record_is_spliced_in_byte_for_byte_and_reads_back() {
         let (mut envelopes, dataset, store) = envelopes();
         let record = record(&dataset);
         let mut payload = Vec::new();
         dataset.encode(&record, &mut payload).unwrap();
+        // The first field's length written as an overlong (two-byte) varint: valid Avro that
+        // decodes to the same record, but that no encoder writes. Finding it in the event
+        // proves the body was spliced, not re-encoded.
+        let length = payload[10];
+        assert!(length < 0x80, "a short first string");
+        payload.splice(10..11, [length | 0x80, 0x00]);
+        assert_eq!(
+            dataset.decode(&payload, &store, &location()).unwrap(),
+            record
+        );
         let bytes = envelopes
-            .change_event(&change(&payload), &meta(), location)
+            .change_event(&change(&payload, record.clone()), &meta())
             .unwrap()
             .to_vec();
-        // The snapshot record's body is inside the event unchanged.
         let body = &payload[10..];
-        assert!(bytes.windows(body.len()).any(|w| w == body));
+        assert!(
+            bytes.windows(body.len()).any(|w| w == body),
+            "spliced as it came"
+        );
         let (event, decoded) = dataset.decode_change(&bytes, &store, &location()).unwrap();
         assert_eq!((event.key.as_str(), event.version), ("K1", 1));
         assert_eq!(event.source.file_name, "s1.csv");
@@ -291,28 +297,25 @@ mod tests {
     }
 
     #[test]
-    fn a_record_of_an_older_schema_version_is_nested_in_the_current_layout() {
+    fn a_record_of_an_older_schema_version_is_nested_as_decoded() {
         let (mut envelopes, dataset, store) = envelopes();
         let record = record(&dataset);
-        let v1_path = store.dir().join("history/lab_result.v1.avsc");
-        let v1 =
-            LoadedSchema::parse(&std::fs::read_to_string(&v1_path).unwrap(), &v1_path).unwrap();
-        /// The record as lab_result v1 wrote it: no device_id.
-        struct V1<'a>(&'a DatasetRecord);
-        impl serde::Serialize for V1<'_> {
-            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-                let mut map = s.serialize_map(None)?;
-                for (name, value) in self.0.names().iter().zip(self.0.values()) {
-                    if &**name != "device_id" {
-                        map.serialize_entry(&**name, value)?;
-                    }
-                }
-                map.end()
-            }
-        }
-        let payload = v1.encode(&V1(&record)).unwrap();
+        // A payload under another fingerprint (an older writer): its decoded record goes in.
+        let mut payload = Vec::new();
+        dataset.encode(&record, &mut payload).unwrap();
+        payload[2] ^= 0xFF;
+        let values: Vec<FieldValue> = record
+            .names()
+            .iter()
+            .zip(record.values())
+            .map(|(name, value)| match &**name {
+                "device_id" => FieldValue::Null,
+                _ => value.clone(),
+            })
+            .collect();
+        let without_device = dataset.record(values).unwrap();
         let bytes = envelopes
-            .change_event(&change(&payload), &meta(), location)
+            .change_event(&change(&payload, without_device.clone()), &meta())
             .unwrap()
             .to_vec();
         let writer = store.writer(&bytes, &location()).unwrap();
@@ -321,8 +324,6 @@ mod tests {
             dataset.change_writer(&store).unwrap().schema().fingerprint
         );
         let (_, decoded) = dataset.decode_change(&bytes, &store, &location()).unwrap();
-        let decoded = decoded.unwrap();
-        assert_eq!(decoded.get("device_id"), Some(&FieldValue::Null));
-        assert_eq!(decoded.get("patient_id"), record.get("patient_id"));
+        assert_eq!(decoded, Some(without_device));
     }
 }

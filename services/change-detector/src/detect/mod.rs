@@ -37,7 +37,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
 use rdkafka::message::BorrowedMessage;
 use rdkafka::{Message, TopicPartitionList};
-use snapfeed_runtime::avro::{AvroError, MessageLocation};
+use snapfeed_runtime::avro::AvroError;
 use snapfeed_runtime::kafka::WriteError;
 use snapfeed_runtime::records::ChangeOp;
 
@@ -227,7 +227,7 @@ impl Detector {
                     None
                 }
                 Verdict::Changed(change) => {
-                    self.emit(partition, &change, &meta, || location_of(message))?;
+                    self.emit(partition, &change, &meta)?;
                     None
                 }
                 Verdict::Corrupt(detail) => Some(detail),
@@ -248,7 +248,6 @@ impl Detector {
         partition: i32,
         change: &Change<'_>,
         source: &RecordMeta<'_>,
-        location: impl FnOnce() -> MessageLocation,
     ) -> Result<(), BatchError> {
         let outcome = &self.metrics.outcome;
         match change.op {
@@ -256,7 +255,7 @@ impl Detector {
             ChangeOp::Update => outcome.updated.inc(),
             ChangeOp::Delete => outcome.deleted.inc(),
         }
-        let event = self.envelopes.change_event(change, source, location)?;
+        let event = self.envelopes.change_event(change, source)?;
         self.batch.send_change(partition, &change.key, event)?;
         if let Some(entry) = self
             .partitions

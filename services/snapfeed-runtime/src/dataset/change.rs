@@ -4,7 +4,9 @@
 //!
 //! Writing ([`ChangeWriter`]) splices: the event's fields before `record` and after it are
 //! encoded by their own halves of the composed schema, and the record's Avro body goes between
-//! them as it is — the detector forwards the snapshot record's bytes without decoding them.
+//! them as it is — the detector forwards the snapshot record's bytes without decoding them. A
+//! decoded record (an older version's, in the current layout) is encoded with the composed
+//! schema as a whole, the way a dead letter nests its event.
 //!
 //! Reading ([`Dataset::decode_change`]) accepts both shapes by writer fingerprint: the nested
 //! record of any dataset schema version, and the v1 shape where `record` held the record's
@@ -15,12 +17,13 @@ use std::fmt;
 use std::sync::Arc;
 
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, Visitor};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::decode::{RecordSeed, WriterPlan};
 use super::mapping::Dataset;
 use super::record::DatasetRecord;
 use crate::avro::compose::split_around;
+use crate::avro::composed_path;
 use crate::avro::{
     AvroError, LoadedSchema, MessageLocation, SchemaStore, SINGLE_OBJECT_HEADER_LEN,
     SINGLE_OBJECT_MAGIC,
@@ -48,6 +51,12 @@ pub struct ChangeWriter {
     record_branch: u8,
 }
 
+/// The fields [`Head`] and [`Tail`] write: the composed schema's fields before and after
+/// `record` must be exactly these, or the writer refuses to start (a field added to the
+/// template must be added here too, not silently written as null).
+const HEAD_FIELDS: [&str; 5] = ["op", "key", "version", "content_hash", "previous_hash"];
+const TAIL_FIELDS: [&str; 3] = ["record_schema", "source", "detected_at"];
+
 /// The event's fields before `record`, in schema order.
 #[derive(Serialize)]
 struct Head<'a> {
@@ -71,11 +80,30 @@ impl Dataset {
     pub fn change_writer(&self, store: &SchemaStore) -> Result<ChangeWriter, AvroError> {
         let schema = store.current_for(ChangeEvent::SCHEMA, self.schema_name())?;
         let shape_error = |reason: &str| AvroError::Parse {
-            path: schema.path.clone(),
-            reason: format!("{reason} (composed with {})", self.schema.path.display()),
+            path: composed_path(&schema.path, schema.dataset.as_deref()),
+            reason: reason.to_string(),
         };
         let (head, tail) = split_around(&schema.json, "record")
             .ok_or_else(|| shape_error("no field `record` to nest the dataset record in"))?;
+        let names = |part: &serde_json::Value| -> Vec<String> {
+            part["fields"]
+                .as_array()
+                .map(|fields| {
+                    fields
+                        .iter()
+                        .filter_map(|f| f["name"].as_str().map(str::to_string))
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        if names(&head) != HEAD_FIELDS || names(&tail) != TAIL_FIELDS {
+            return Err(shape_error(&format!(
+                "fields around `record` are {:?} and {:?}; the writer knows {HEAD_FIELDS:?} and \
+                 {TAIL_FIELDS:?} (a template change needs the writer changed too)",
+                names(&head),
+                names(&tail)
+            )));
+        }
         let branches = schema.json["fields"]
             .as_array()
             .and_then(|fields| fields.iter().find(|f| f["name"] == "record"))
@@ -90,15 +118,43 @@ impl Dataset {
                 "`record` must be a union of null and the dataset record",
             ));
         };
-        let zigzag = |index: usize| (index as u8) << 1;
+        // A union branch index is a zig-zag varint: one byte for indexes below 64.
+        let zigzag = |index: usize| match u8::try_from(index) {
+            Ok(index) if index < 64 => Ok(index << 1),
+            _ => Err(shape_error("`record`'s union has more than 64 branches")),
+        };
+        let (null_branch, record_branch) = (zigzag(null)?, zigzag(record)?);
         Ok(ChangeWriter {
             head: LoadedSchema::from_json(head, &schema.path, None)?,
             tail: LoadedSchema::from_json(tail, &schema.path, None)?,
             dataset: self.schema.clone(),
             schema,
-            null_branch: zigzag(null),
-            record_branch: zigzag(record),
+            null_branch,
+            record_branch,
         })
+    }
+}
+
+impl Dataset {
+    /// Checks that `store` nests this dataset in change events and dead letters, as the
+    /// services write them: a `schemas/` directory from before nesting (or one whose templates
+    /// this code cannot write) is refused at start, naming the file, instead of stalling on the
+    /// first change or dead letter.
+    pub fn check_compositions(&self, store: &SchemaStore) -> Result<(), AvroError> {
+        self.change_writer(store)?;
+        let letters = store.current_for(DeadLetter::SCHEMA, self.schema_name())?;
+        if letters.dataset.is_none() {
+            return Err(AvroError::Parse {
+                path: letters.path.clone(),
+                reason: format!(
+                    "{} does not nest the change event (no field typed {}): this schemas/ \
+                     directory predates nested records; deploy the one shipped with this binary",
+                    DeadLetter::SCHEMA,
+                    crate::avro::compose::CHANGE_EVENT
+                ),
+            });
+        }
+        Ok(())
     }
 }
 
@@ -123,6 +179,17 @@ impl ChangeWriter {
         record: Option<ChangeRecord<'_>>,
         buf: &mut Vec<u8>,
     ) -> Result<(), AvroError> {
+        let body = match record {
+            Some(ChangeRecord::Record(record)) => {
+                let typed = TypedChange {
+                    event,
+                    record: Some(record),
+                };
+                return self.schema.encode_into(&typed, buf);
+            }
+            Some(ChangeRecord::Body(body)) => Some(body),
+            None => None,
+        };
         buf.extend_from_slice(&SINGLE_OBJECT_MAGIC);
         buf.extend_from_slice(&self.schema.fingerprint);
         let head = Head {
@@ -133,15 +200,11 @@ impl ChangeWriter {
             previous_hash: event.previous_hash.as_deref(),
         };
         self.head.encode_datum_into(&head, buf)?;
-        match record {
+        match body {
             None => buf.push(self.null_branch),
-            Some(ChangeRecord::Body(body)) => {
+            Some(body) => {
                 buf.push(self.record_branch);
                 buf.extend_from_slice(body);
-            }
-            Some(ChangeRecord::Record(record)) => {
-                buf.push(self.record_branch);
-                self.dataset.encode_datum_into(record, buf)?;
             }
         }
         let tail = Tail {
@@ -237,6 +300,23 @@ impl Dataset {
     }
 }
 
+/// A change event field, told by name without allocating; fields added later are `Other`.
+#[derive(Deserialize)]
+#[serde(field_identifier, rename_all = "snake_case")]
+enum Field {
+    Op,
+    Key,
+    Version,
+    ContentHash,
+    PreviousHash,
+    Record,
+    RecordSchema,
+    Source,
+    DetectedAt,
+    #[serde(other)]
+    Other,
+}
+
 /// Reads a change event's fields by name, the record through the dataset's plan.
 struct ChangeSeed<'a> {
     dataset: &'a Dataset,
@@ -268,24 +348,24 @@ impl<'de> Visitor<'de> for ChangeSeed<'_> {
         let (mut op, mut key, mut version, mut content_hash) = (None, None, None, None);
         let (mut previous_hash, mut record) = (None, None);
         let (mut record_schema, mut source, mut detected_at) = (None, None, None);
-        while let Some(name) = map.next_key::<std::borrow::Cow<'de, str>>()? {
-            match &*name {
-                "op" => op = Some(map.next_value()?),
-                "key" => key = Some(map.next_value()?),
-                "version" => version = Some(map.next_value()?),
-                "content_hash" => content_hash = Some(map.next_value()?),
-                "previous_hash" => previous_hash = map.next_value()?,
-                "record" => {
+        while let Some(field) = map.next_key::<Field>()? {
+            match field {
+                Field::Op => op = Some(map.next_value()?),
+                Field::Key => key = Some(map.next_value()?),
+                Field::Version => version = Some(map.next_value()?),
+                Field::ContentHash => content_hash = Some(map.next_value()?),
+                Field::PreviousHash => previous_hash = map.next_value()?,
+                Field::Record => {
                     record = map.next_value_seed(OptionalRecord {
                         dataset: self.dataset,
                         plan: self.plan,
                         legacy: &mut *self.legacy,
                     })?
                 }
-                "record_schema" => record_schema = Some(map.next_value()?),
-                "source" => source = Some(map.next_value()?),
-                "detected_at" => detected_at = Some(map.next_value()?),
-                _ => {
+                Field::RecordSchema => record_schema = Some(map.next_value()?),
+                Field::Source => source = Some(map.next_value()?),
+                Field::DetectedAt => detected_at = Some(map.next_value()?),
+                Field::Other => {
                     map.next_value::<IgnoredAny>()?;
                 }
             }

@@ -229,7 +229,9 @@ impl ServiceRuntime {
 
     /// Loads the dataset mapping against the loaded schemas.
     pub fn load_dataset(&self, mapping: &Path) -> Result<Arc<Dataset>, RuntimeError> {
-        Ok(Arc::new(DatasetMapping::load(mapping, &self.schemas)?))
+        let dataset = DatasetMapping::load(mapping, &self.schemas)?;
+        dataset.check_compositions(&self.schemas)?;
+        Ok(Arc::new(dataset))
     }
 
     /// Sets up the stage's [`GuaranteedWriter`] off the async workers (`init_transactions`
