@@ -309,9 +309,9 @@ impl<'de> Visitor<'de> for ValueSeed<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dataset::fixtures::{dataset, location, sample, schemas_dir, store};
-    use serde::ser::SerializeMap;
-    use serde::{Serialize, Serializer};
+    use crate::dataset::fixtures::{
+        dataset, location, sample, schemas_dir, store, WithoutDeviceId,
+    };
 
     #[test]
     fn encode_decode_round_trip() {
@@ -334,20 +334,7 @@ mod tests {
             LoadedSchema::parse(&std::fs::read_to_string(&v1_path).unwrap(), &v1_path).unwrap();
         let record = sample(&dataset);
 
-        /// The sample as v1 wrote it: every field but device_id.
-        struct V1<'a>(&'a DatasetRecord);
-        impl Serialize for V1<'_> {
-            fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-                let mut map = serializer.serialize_map(None)?;
-                for (name, value) in self.0.names().iter().zip(self.0.values()) {
-                    if &**name != "device_id" {
-                        map.serialize_entry(&**name, value)?;
-                    }
-                }
-                map.end()
-            }
-        }
-        let bytes = v1.encode(&V1(&record)).unwrap();
+        let bytes = v1.encode(&WithoutDeviceId(&record)).unwrap();
         assert_ne!(v1.fingerprint, dataset.schema().fingerprint);
 
         for _ in 0..2 {

@@ -2,6 +2,8 @@
 
 use std::path::{Path, PathBuf};
 
+use serde::ser::{Serialize, SerializeMap, Serializer};
+
 use super::{Dataset, DatasetMapping, DatasetRecord, FieldValue};
 use crate::avro::{MessageLocation, SchemaStore};
 
@@ -65,5 +67,20 @@ pub(super) fn location() -> MessageLocation {
         topic: "p.snapshots".into(),
         partition: 0,
         offset: 7,
+    }
+}
+
+/// A record as lab_result v1 wrote it: every field but `device_id` (added in v2).
+pub(super) struct WithoutDeviceId<'a>(pub(super) &'a DatasetRecord);
+
+impl Serialize for WithoutDeviceId<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(None)?;
+        for (name, value) in self.0.names().iter().zip(self.0.values()) {
+            if &**name != "device_id" {
+                map.serialize_entry(&**name, value)?;
+            }
+        }
+        map.end()
     }
 }

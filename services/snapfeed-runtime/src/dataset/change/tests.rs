@@ -3,7 +3,7 @@ use serde::ser::SerializeMap;
 use serde::{Serialize, Serializer};
 
 use super::*;
-use crate::dataset::fixtures::{dataset, location, sample, schemas_dir, store};
+use crate::dataset::fixtures::{dataset, location, sample, schemas_dir, store, WithoutDeviceId};
 use crate::dataset::FieldValue;
 
 fn event(op: ChangeOp) -> ChangeEvent {
@@ -175,30 +175,17 @@ fn an_event_nesting_an_older_dataset_version_reads_into_the_current_layout() {
         .expect("change event composed with lab_result v1")
         .clone();
     let record = sample(&dataset);
-    /// The sample without device_id, as v1 wrote it.
-    struct WithoutDevice<'a>(&'a DatasetRecord);
-    impl Serialize for WithoutDevice<'_> {
-        fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-            let mut map = serializer.serialize_map(None)?;
-            for (name, value) in self.0.names().iter().zip(self.0.values()) {
-                if &**name != "device_id" {
-                    map.serialize_entry(&**name, value)?;
-                }
-            }
-            map.end()
-        }
-    }
     #[derive(Serialize)]
     struct Typed<'a> {
         #[serde(flatten)]
         event: &'a ChangeEvent,
-        record: Option<WithoutDevice<'a>>,
+        record: Option<WithoutDeviceId<'a>>,
     }
     let event = event(ChangeOp::Create);
     let bytes = older
         .encode(&Typed {
             event: &event,
-            record: Some(WithoutDevice(&record)),
+            record: Some(WithoutDeviceId(&record)),
         })
         .unwrap();
     let (decoded, decoded_record) = dataset.decode_change(&bytes, &store, &location()).unwrap();
