@@ -60,10 +60,7 @@ impl SchemaFile {
 
     /// Whether the file uses `placeholder` as a type.
     pub fn uses(&self, placeholder: &str) -> bool {
-        let mut found = false;
-        let mut json = self.json.clone();
-        visit_type_names(&mut json, &mut |name| found |= name == placeholder);
-        found
+        names_type(&self.json, placeholder)
     }
 
     /// True for a history file kept in a pre-composition shape ([`LEGACY_SHAPES`]).
@@ -127,13 +124,24 @@ pub fn split_around(json: &Value, field: &str) -> Option<(Value, Value)> {
     Some((part("head", &fields[..at]), part("tail", &fields[at + 1..])))
 }
 
-/// Applies `f` to every type-position name in `json` (a schema).
-fn visit_type_names(json: &mut Value, f: &mut impl FnMut(&str)) {
-    visit_types(json, &mut |node| {
-        if let Some(name) = node.as_str() {
-            f(name)
+/// Whether `json` (a schema) uses the type `name` in a type position, in the places
+/// [`visit_types`] walks.
+fn names_type(json: &Value, name: &str) -> bool {
+    match json {
+        Value::String(s) => s == name,
+        Value::Array(branches) => branches.iter().any(|b| names_type(b, name)),
+        Value::Object(object) => {
+            ["type", "items", "values"].iter().any(|key| {
+                object
+                    .get(*key)
+                    .is_some_and(|inner| names_type(inner, name))
+            }) || object
+                .get("fields")
+                .and_then(Value::as_array)
+                .is_some_and(|fields| fields.iter().any(|f| names_type(f, name)))
         }
-    })
+        _ => false,
+    }
 }
 
 /// Applies `f` to every type-position node that is a name or an inline definition: the value
