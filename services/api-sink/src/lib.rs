@@ -88,7 +88,13 @@ pub async fn run(config: ApiSinkConfig, shutdown: Shutdown) -> Result<(), ApiSin
     else {
         return Ok(());
     };
-    let dataset = runtime.load_dataset(&config.sink.dataset_mapping)?;
+    let Some(dataset) = runtime
+        .load_dataset(&config.sink.dataset_mapping, &shutdown)
+        .await?
+    else {
+        runtime.stop().await;
+        return Ok(());
+    };
     let metrics = runtime.register_metrics(metrics::SinkMetrics::register)?;
     let builder = request::RequestBuilder::new(&config.sink, &config.pipeline.name, &dataset)?;
     let auth = auth::Authenticator::new(&config.sink.auth, config.sink.request_timeout())?;

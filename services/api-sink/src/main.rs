@@ -67,15 +67,14 @@ fn redrive(
         }
     };
     snapfeed_runtime::telemetry::init(&config.log);
-    let schemas = match snapfeed_runtime::avro::SchemaStore::load_dir(&config.pipeline.schemas_dir)
-    {
+    use snapfeed_runtime::service::HasCommonSections;
+    let schemas = match config.common().load_schemas() {
         Ok(schemas) => schemas,
         Err(error) => {
             eprintln!("error: {error}");
             return ExitCode::from(2);
         }
     };
-    use snapfeed_runtime::service::HasCommonSections;
     let topics = config.common().topic_names();
     match api_sink::redrive::redrive(
         &config.kafka,

@@ -169,8 +169,13 @@ pub fn write_replay_markers(
         }
     };
     let topics = config.common().topic_names();
-    let schemas =
-        SchemaStore::load_dir(&config.pipeline.schemas_dir).map_err(|e| failed("schemas")(&e))?;
+    let schemas = config
+        .common()
+        .load_schemas()
+        .map_err(|e| failed("schemas")(&e))?;
+    // With registry framing, the markers are framed like every receipt.
+    snapfeed_runtime::avro::registry::register_kinds(&schemas, &topics, &[DeliveryReceipt::SCHEMA])
+        .map_err(|e| failed("schema registry")(&e))?;
     let schema = schemas
         .current(DeliveryReceipt::SCHEMA)
         .map_err(|e| failed("schemas")(&e))?;

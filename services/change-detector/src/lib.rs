@@ -87,7 +87,13 @@ pub async fn run(
     else {
         return Ok(());
     };
-    let dataset = runtime.load_dataset(&config.detector.dataset_mapping)?;
+    let Some(dataset) = runtime
+        .load_dataset(&config.detector.dataset_mapping, &shutdown)
+        .await?
+    else {
+        runtime.stop().await;
+        return Ok(());
+    };
     let metrics = runtime.register_metrics(DetectorMetrics::register)?;
     let guarantee = runtime.pipeline.processing_guarantee;
     // KIP-447: fencing follows the consumer group generation, so the id only has to be stable

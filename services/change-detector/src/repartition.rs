@@ -29,13 +29,14 @@ use rdkafka::consumer::BaseConsumer;
 use rdkafka::error::KafkaError;
 use rdkafka::message::Headers;
 use rdkafka::Message;
-use snapfeed_runtime::avro::{AvroError, SchemaStore};
+use snapfeed_runtime::avro::AvroError;
 use snapfeed_runtime::headers;
 use snapfeed_runtime::kafka::{
     committed_or_beginning, GuaranteedWriter, OutgoingRecord, ProcessingGuarantee, TopicReader,
     WriteError,
 };
 use snapfeed_runtime::partition::partition_for_key;
+use snapfeed_runtime::records::AvroRecord;
 use snapfeed_runtime::replay::{ensure_stopped, ReplayError};
 use snapfeed_runtime::service::HasCommonSections;
 
@@ -47,6 +48,13 @@ use plan::{plan, Found, Write};
 
 /// The sink's service name: its consumer group is `<pipeline>.api-sink`.
 const SINK: &str = "api-sink";
+/// What `state` holds: the kinds a repartition may copy.
+const STATE_KINDS: [&str; 4] = [
+    snapfeed_runtime::records::DetectorState::SCHEMA,
+    snapfeed_runtime::records::StreamProgress::SCHEMA,
+    snapfeed_runtime::records::StaleSnapshot::SCHEMA,
+    snapfeed_runtime::records::StateLayout::SCHEMA,
+];
 
 /// What the command is asked to do.
 #[derive(Debug, Clone, Copy, Default)]
@@ -61,6 +69,9 @@ pub enum RepartitionError {
     /// The schemas did not load.
     #[error("cannot load the schemas: {0}")]
     Schemas(#[source] Box<AvroError>),
+    /// The schema registry client could not be set up.
+    #[error("cannot set up the schema registry client: {0}")]
+    Registry(#[source] Box<snapfeed_runtime::service::RuntimeError>),
     /// The detector still runs.
     #[error("{0} (the state must not change under a running detector)")]
     Running(#[source] ReplayError),
@@ -188,7 +199,13 @@ pub fn repartition(
     let guarantee = common.pipeline.processing_guarantee;
     let timeout = common.kafka.request_timeout();
     let group = common.pipeline.group_id(crate::SERVICE);
-    let schemas = SchemaStore::load_dir(&common.pipeline.schemas_dir).map_err(schemas_failed)?;
+    let schemas = common.load_schemas().map_err(|error| match error {
+        snapfeed_runtime::service::RuntimeError::Schemas(error) => schemas_failed(error),
+        other => RepartitionError::Registry(Box::new(other)),
+    })?;
+    // With registry framing, the copies are framed like every state entry.
+    snapfeed_runtime::avro::registry::register_kinds(&schemas, &topics, &STATE_KINDS)
+        .map_err(|error| RepartitionError::Registry(Box::new(error.into())))?;
     let reader = TopicReader::new(common.kafka, crate::SERVICE, guarantee)
         .map_err(failed("create a reader"))?;
 

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use snapfeed_harness::endpoint::free_addr;
 use snapfeed_harness::generator::Snapshot;
+use snapfeed_harness::stub_registry::StubRegistry;
 
 const RESTORED_ENTRIES: &str = "snapfeed_change_detector_restored_entries_total";
 
@@ -55,6 +56,66 @@ async fn ready_only_once_the_first_assignment_is_restored() {
             body.contains("restored"),
             "the last not-ready answer names the unmet restore: {body}"
         );
+    }
+    detector.stop().await;
+}
+
+/// `[schema_registry]` (issue #14): a registry down at start keeps the detector not ready,
+/// `/readyz` naming it; once it answers, the detector registers its schemas, becomes ready and
+/// writes its changes in the Confluent wire format with the id of `<changes>-value`, reading
+/// snapshots written single-object by the publisher.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_schema_registry_down_at_start_not_ready_until_it_answers() {
+    let fixture = Fixture::new("cd-registry", 2).await;
+    let mut registry = StubRegistry::start().await;
+    registry.go_down().await;
+    let http = free_addr();
+    let mut config = fixture.detector_config(&DetectorOptions::default(), http);
+    config.schema_registry = Some(
+        toml::from_str(&format!(
+            "url = {:?}\nrequest_timeout_ms = 1000",
+            registry.url()
+        ))
+        .unwrap(),
+    );
+    let detector = Detector::start(config, http);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "/readyz never named the registry"
+        );
+        match detector.get("/readyz") {
+            Some((200, body)) => panic!("ready while the registry is down: {body}"),
+            Some((_, body)) if body.contains("schema_registry") => break,
+            _ => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        !matches!(detector.get("/readyz"), Some((200, _))),
+        "still not ready"
+    );
+
+    registry.come_up().await;
+    detector.wait_ready(Duration::from_secs(60)).await;
+    let changes_subject = format!("{}-value", fixture.pipeline.topics.changes);
+    let id = registry.subject_ids(&changes_subject);
+    assert_eq!(id.len(), 1, "{:?}", registry.subjects());
+    fixture.publish_snapshot(&Snapshot::initial(50, 337), "s1.csv");
+    fixture
+        .wait_caught_up(&[detector.endpoint()], CATCH_UP)
+        .await;
+    let changes = tokio::task::block_in_place(|| {
+        fixture
+            .broker
+            .read_to_end(&fixture.pipeline.topics.changes, fixture.committed_only())
+    });
+    assert_eq!(changes.len(), 50);
+    for message in &changes {
+        let value = rdkafka::Message::payload(message).unwrap();
+        assert_eq!(value[0], 0, "Confluent magic byte");
+        assert_eq!(u32::from_be_bytes(value[1..5].try_into().unwrap()), id[0]);
     }
     detector.stop().await;
 }

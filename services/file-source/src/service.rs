@@ -72,7 +72,13 @@ impl FileSource {
         else {
             return Ok(None);
         };
-        let dataset = runtime.load_dataset(&config.source.dataset_mapping)?;
+        let Some(dataset) = runtime
+            .load_dataset(&config.source.dataset_mapping, shutdown)
+            .await?
+        else {
+            runtime.stop().await;
+            return Ok(None);
+        };
         let metrics = runtime.register_metrics(SourceMetrics::register)?;
         for dir in [
             inbox::instance_work_dir(&config.source, &config.pipeline.instance_id()),

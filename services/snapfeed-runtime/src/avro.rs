@@ -1,6 +1,10 @@
-//! Avro framing for every value snapfeed writes: single-object encoding (`C3 01`, then the
-//! 8-byte little-endian CRC-64-AVRO fingerprint of the writer schema's parsing canonical form,
-//! then the datum), so every message says which schema wrote it without a registry.
+//! Avro framing for every value snapfeed writes. By default single-object encoding (`C3 01`,
+//! then the 8-byte little-endian CRC-64-AVRO fingerprint of the writer schema's parsing
+//! canonical form, then the datum), so every message says which schema wrote it without a
+//! registry. With `[schema_registry]` set ([`registry`]), the Confluent wire format instead:
+//! `00`, the 4-byte big-endian schema id the registry gave the writer schema, then the datum.
+//! Readers accept both, by the first byte ([`SchemaStore::split`]), so a pipeline can switch
+//! framing with records of the old one still on its topics.
 //!
 //! Schemas are loaded from the `schemas/` directory: each top-level `*.avsc` is the current
 //! (reader) schema of one record kind; `history/*.avsc` holds earlier versions, kept so data they
@@ -21,11 +25,12 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use serde::{Deserialize, Serialize};
 
 pub mod compose;
+pub mod registry;
 mod store;
 pub use store::SchemaStore;
 
@@ -33,6 +38,20 @@ pub use store::SchemaStore;
 pub const SINGLE_OBJECT_MAGIC: [u8; 2] = [0xC3, 0x01];
 /// Magic plus fingerprint.
 pub const SINGLE_OBJECT_HEADER_LEN: usize = 10;
+/// The magic byte of the Confluent wire format.
+pub const REGISTRY_MAGIC: u8 = 0x00;
+/// Magic plus the 4-byte big-endian schema id.
+pub const REGISTRY_HEADER_LEN: usize = 5;
+
+/// The id a schema registry gave a schema, and whether values are written with it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RegistryId {
+    /// The registry's (global) schema id.
+    pub id: u32,
+    /// Whether values of this schema are written in the Confluent wire format with `id`
+    /// (`schema_registry.value_framing = "registry"`), or still single-object.
+    pub frames: bool,
+}
 
 /// Where a message came from, for error messages.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -117,6 +136,16 @@ pub enum AvroError {
         /// Hex of the 8 fingerprint bytes.
         fingerprint: String,
     },
+    /// The payload names a schema registry id that cannot be mapped to a known schema.
+    #[error("message at {location} was written with schema registry id {id}, which {detail}")]
+    UnknownRegistryId {
+        /// Where.
+        location: MessageLocation,
+        /// The id in the header.
+        id: u32,
+        /// Why it cannot be used.
+        detail: String,
+    },
     /// The payload was written with a known schema of another record kind.
     #[error("message at {location} holds a {written} where a {expected} was expected")]
     WrongSchema {
@@ -158,6 +187,8 @@ pub struct LoadedSchema {
     pub dataset: Option<Arc<LoadedSchema>>,
     /// The schema as JSON (for a composed schema, the composition): what other tools are given.
     pub json: serde_json::Value,
+    /// The id a schema registry gave this schema, once registered or looked up at start.
+    registry: OnceLock<RegistryId>,
     /// The fast codec's view, used to encode and decode.
     fast: serde_avro_fast::Schema,
     /// apache-avro's view, used for compatibility checks and introspection.
@@ -204,9 +235,56 @@ impl LoadedSchema {
             path: path.to_path_buf(),
             dataset,
             json,
+            registry: OnceLock::new(),
             fast,
             parsed,
         })
+    }
+
+    /// The registry id, if one was set at start.
+    pub fn registry_id(&self) -> Option<RegistryId> {
+        self.registry.get().copied()
+    }
+
+    /// Records the id the schema registry gave this schema (first call wins: ids are global
+    /// per schema text, so a second lookup gives the same id).
+    pub fn set_registry_id(&self, id: RegistryId) {
+        let _ = self.registry.set(id);
+    }
+
+    /// Appends the header of a value written with this schema: the Confluent one (`00` + id)
+    /// when the registry frames values, else the single-object one (`C3 01` + fingerprint).
+    #[inline]
+    pub fn write_header(&self, buf: &mut Vec<u8>) {
+        match self.registry.get() {
+            Some(RegistryId { id, frames: true }) => {
+                buf.push(REGISTRY_MAGIC);
+                buf.extend_from_slice(&id.to_be_bytes());
+            }
+            _ => {
+                buf.extend_from_slice(&SINGLE_OBJECT_MAGIC);
+                buf.extend_from_slice(&self.fingerprint);
+            }
+        }
+    }
+
+    /// The datum of `payload` if its header names this schema, in either framing; `None`
+    /// for any other writer (or a payload too short for its header). The hot paths' check.
+    #[inline]
+    pub fn body_of<'p>(&self, payload: &'p [u8]) -> Option<&'p [u8]> {
+        match payload.first()? {
+            0xC3 => {
+                let header = payload.get(..SINGLE_OBJECT_HEADER_LEN)?;
+                (header[1] == SINGLE_OBJECT_MAGIC[1] && header[2..] == self.fingerprint)
+                    .then(|| &payload[SINGLE_OBJECT_HEADER_LEN..])
+            }
+            &REGISTRY_MAGIC => {
+                let id = self.registry.get()?.id;
+                let header = payload.get(..REGISTRY_HEADER_LEN)?;
+                (header[1..] == id.to_be_bytes()).then(|| &payload[REGISTRY_HEADER_LEN..])
+            }
+            _ => None,
+        }
     }
 
     /// apache-avro's parsed schema (field lists, logical types).
@@ -214,21 +292,14 @@ impl LoadedSchema {
         &self.parsed
     }
 
-    /// Appends the single-object encoding of `value` to `buf`.
+    /// Appends `value` with its header ([`LoadedSchema::write_header`]) to `buf`.
     pub fn encode_into<T: Serialize + ?Sized>(
         &self,
         value: &T,
         buf: &mut Vec<u8>,
     ) -> Result<(), AvroError> {
-        let mut config = serde_avro_fast::ser::SerializerConfig::new(&self.fast);
-        serde_avro_fast::to_single_object(value, buf, &mut config).map_err(|_| {
-            AvroError::Encode {
-                schema: self.name.clone(),
-                // The serializer's message can quote the value (e.g. an unknown enum symbol).
-                reason: "a value does not fit the schema".into(),
-            }
-        })?;
-        Ok(())
+        self.write_header(buf);
+        self.encode_datum_into(value, buf)
     }
 
     /// Appends the bare Avro binary of `value` (no header) to `buf`.
@@ -240,12 +311,13 @@ impl LoadedSchema {
         let mut config = serde_avro_fast::ser::SerializerConfig::new(&self.fast);
         serde_avro_fast::to_datum(value, buf, &mut config).map_err(|_| AvroError::Encode {
             schema: self.name.clone(),
+            // The serializer's message can quote the value (e.g. an unknown enum symbol).
             reason: "a value does not fit the schema".into(),
         })?;
         Ok(())
     }
 
-    /// The single-object encoding of `value`.
+    /// `value` with its header ([`LoadedSchema::write_header`]).
     pub fn encode<T: Serialize + ?Sized>(&self, value: &T) -> Result<Vec<u8>, AvroError> {
         let mut buf = Vec::with_capacity(256);
         self.encode_into(value, &mut buf)?;

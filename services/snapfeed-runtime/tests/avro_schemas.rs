@@ -364,9 +364,22 @@ fn corrupt_payloads_are_errors_with_location_never_panics() {
             "payload leaked into the error: {text}"
         );
     }
-    let garbage = b"\x00\x01not avro at all";
+    let garbage = b"\x01\x02not avro at all";
     assert!(matches!(
         store.decode::<ChangeEvent>(garbage, ChangeEvent::SCHEMA, &at(6)),
+        Err(AvroError::Corrupt { .. })
+    ));
+    // A leading 00 is the Confluent framing: its id cannot be looked up without a registry.
+    let framed = b"\x00\x01not avro at all";
+    assert!(matches!(
+        store.decode::<ChangeEvent>(framed, ChangeEvent::SCHEMA, &at(6)),
+        Err(AvroError::UnknownRegistryId {
+            id: 0x016e_6f74,
+            ..
+        })
+    ));
+    assert!(matches!(
+        store.decode::<ChangeEvent>(b"\x00\x01", ChangeEvent::SCHEMA, &at(6)),
         Err(AvroError::Corrupt { .. })
     ));
 }

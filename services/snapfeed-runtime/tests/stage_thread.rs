@@ -59,6 +59,7 @@ impl Sections {
             http: &self.http,
             log: &self.log,
             shutdown: &self.shutdown,
+            schema_registry: None,
         }
     }
 }

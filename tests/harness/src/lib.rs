@@ -19,6 +19,9 @@
 //!   the detector need no other service.
 //! - [`stub_api`]: a stand-in for the case-management API that records every request, answers
 //!   from a script and counts unique effects by `Idempotency-Key`.
+//! - [`stub_registry`]: a stand-in for the Confluent Schema Registry REST API (register, look
+//!   up, fetch by id, compatibility) with injected failures, forced incompatibility, forgotten
+//!   ids, optional credentials, and going down and up on the same port.
 //!
 //! Test-support code: a failed expectation here is a failed test, so panicking is the intended
 //! way to report it.
@@ -38,4 +41,5 @@ pub mod service_process;
 pub mod snapshot_publisher;
 pub mod snapshot_records;
 pub mod stub_api;
+pub mod stub_registry;
 pub mod wait;

@@ -1,8 +1,8 @@
 //! `[sink.auth]`: how api-sink authenticates, selected by `type`. Secrets are references only
 //! (resolved by [`crate::auth::Authenticator::new`] at start), so this section can be printed.
 
-use serde::{Deserialize, Deserializer, Serialize};
-use snapfeed_runtime::config::{ConfigError, SecretRef};
+use serde::{Deserialize, Serialize};
+use snapfeed_runtime::config::{secret_ref, ConfigError, SecretRef};
 
 use super::{check_header_text, check_http_url};
 
@@ -86,24 +86,6 @@ impl AuthConfig {
                 Ok(())
             }
         }
-    }
-}
-
-/// A [`SecretRef`], refusing a plain value without repeating it: serde's own message for a
-/// string here would quote it ("unknown variant `hunter2`"), and a config error is printed.
-fn secret_ref<'de, D: Deserializer<'de>>(deserializer: D) -> Result<SecretRef, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Raw {
-        Ref(SecretRef),
-        Other(serde::de::IgnoredAny),
-    }
-    match Raw::deserialize(deserializer)? {
-        Raw::Ref(secret) => Ok(secret),
-        Raw::Other(_) => Err(serde::de::Error::custom(
-            "expected a secret reference, `{ env = \"VAR\" }` or `{ file = \"/path\" }` \
-             (never the secret itself)",
-        )),
     }
 }
 

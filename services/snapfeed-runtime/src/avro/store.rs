@@ -1,17 +1,19 @@
 //! [`SchemaStore`]: every schema of a `schemas/` directory — current, historical and
 //! composed — by fingerprint and by name, checked at load so an incompatible change fails at
-//! start; and single-object payloads decoded by their writer's fingerprint.
+//! start; and payloads decoded by their writer schema, named by fingerprint (single-object)
+//! or by schema registry id (Confluent framing), told apart by the first byte.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 
 use serde::Deserialize;
 
 use super::compose::{self, SchemaFile, CHANGE_EVENT, DATASET_PLACEHOLDER, OWN_NAMESPACE};
+use super::registry::Registry;
 use super::{
-    composed_path, hex, AvroError, LoadedSchema, MessageLocation, SINGLE_OBJECT_HEADER_LEN,
-    SINGLE_OBJECT_MAGIC,
+    composed_path, hex, AvroError, LoadedSchema, MessageLocation, REGISTRY_HEADER_LEN,
+    REGISTRY_MAGIC, SINGLE_OBJECT_HEADER_LEN, SINGLE_OBJECT_MAGIC,
 };
 
 /// A composed schema, whether it is a current one, and the template it came from.
@@ -27,6 +29,10 @@ pub struct SchemaStore {
     composed: HashMap<(String, String), Arc<LoadedSchema>>,
     /// Names of the dataset schemas, sorted.
     datasets: Vec<String>,
+    /// Schema registry ids learnt so far, to the fingerprint of the schema they name.
+    registry_ids: Arc<RwLock<HashMap<u32, [u8; 8]>>>,
+    /// Where ids not learnt yet are looked up (`[schema_registry]`).
+    registry: Option<Arc<Registry>>,
 }
 
 impl SchemaStore {
@@ -40,6 +46,8 @@ impl SchemaStore {
             by_fingerprint: HashMap::new(),
             composed: HashMap::new(),
             datasets: Vec::new(),
+            registry_ids: Arc::default(),
+            registry: None,
         };
         let history_dir = dir.join("history");
         let mut files: Vec<(SchemaFile, bool)> = Vec::new();
@@ -232,29 +240,121 @@ impl SchemaStore {
         self.by_fingerprint.get(fingerprint)
     }
 
-    /// The writer schema of a single-object payload, whatever kind of record it is.
+    /// Looks ids up in `registry` when a payload names one not learnt yet.
+    pub fn attach_registry(&mut self, registry: Arc<Registry>) {
+        self.registry = Some(registry);
+    }
+
+    /// The registry attached, if any.
+    pub fn registry(&self) -> Option<&Arc<Registry>> {
+        self.registry.as_ref()
+    }
+
+    /// Records that registry id `id` names the schema with `fingerprint`.
+    pub fn remember_id(&self, id: u32, fingerprint: [u8; 8]) {
+        self.registry_ids
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(id, fingerprint);
+    }
+
+    /// The writer schema of a payload in either framing, and its datum (the bytes after the
+    /// header). An id not learnt yet is looked up in the registry, once (see
+    /// [`registry`](super::registry)).
+    pub fn split<'p>(
+        &self,
+        payload: &'p [u8],
+        location: &MessageLocation,
+    ) -> Result<(&Arc<LoadedSchema>, &'p [u8]), AvroError> {
+        let (fingerprint, datum) = match payload.first() {
+            Some(&REGISTRY_MAGIC) if payload.len() >= REGISTRY_HEADER_LEN => {
+                let mut id = [0u8; 4];
+                id.copy_from_slice(&payload[1..REGISTRY_HEADER_LEN]);
+                let id = u32::from_be_bytes(id);
+                (
+                    self.fingerprint_of_id(id, location)?,
+                    &payload[REGISTRY_HEADER_LEN..],
+                )
+            }
+            _ => (
+                header_fingerprint(payload, location)?,
+                &payload[SINGLE_OBJECT_HEADER_LEN..],
+            ),
+        };
+        let writer =
+            self.by_fingerprint
+                .get(&fingerprint)
+                .ok_or_else(|| AvroError::UnknownFingerprint {
+                    location: location.clone(),
+                    fingerprint: hex(&fingerprint),
+                })?;
+        Ok((writer, datum))
+    }
+
+    /// The fingerprint of the schema registry id `id`: learnt before, or asked of the
+    /// registry and checked to be a schema of this directory.
+    fn fingerprint_of_id(&self, id: u32, location: &MessageLocation) -> Result<[u8; 8], AvroError> {
+        let known = self
+            .registry_ids
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&id)
+            .copied();
+        if let Some(fingerprint) = known {
+            return Ok(fingerprint);
+        }
+        let unknown = |detail: String| AvroError::UnknownRegistryId {
+            location: location.clone(),
+            id,
+            detail,
+        };
+        let Some(registry) = &self.registry else {
+            return Err(unknown(
+                "cannot be looked up: no [schema_registry] is configured".into(),
+            ));
+        };
+        let text = match registry.schema_by_id_blocking(id) {
+            Ok(Some(text)) => text,
+            Ok(None) => return Err(unknown("the schema registry does not know".into())),
+            Err(error) => return Err(unknown(format!("could not be looked up: {error}"))),
+        };
+        let schema: serde_avro_fast::Schema =
+            text.parse()
+                .map_err(|error: serde_avro_fast::schema::SchemaError| {
+                    unknown(format!(
+                        "is not a valid Avro schema in the registry: {error}"
+                    ))
+                })?;
+        let fingerprint = *schema.rabin_fingerprint();
+        if !self.by_fingerprint.contains_key(&fingerprint) {
+            return Err(unknown(format!(
+                "is a schema (fingerprint {}) not in {} (is schemas/ older than the writer?)",
+                hex(&fingerprint),
+                self.dir.display()
+            )));
+        }
+        self.remember_id(id, fingerprint);
+        tracing::info!(message = "Learnt a schema registry id.", id, fingerprint = %hex(&fingerprint));
+        Ok(fingerprint)
+    }
+
+    /// The writer schema of a payload, whatever kind of record it is.
     pub fn writer(
         &self,
         payload: &[u8],
         location: &MessageLocation,
     ) -> Result<&Arc<LoadedSchema>, AvroError> {
-        let fingerprint = header_fingerprint(payload, location)?;
-        self.by_fingerprint
-            .get(&fingerprint)
-            .ok_or_else(|| AvroError::UnknownFingerprint {
-                location: location.clone(),
-                fingerprint: hex(&fingerprint),
-            })
+        Ok(self.split(payload, location)?.0)
     }
 
-    /// The writer schema of a single-object payload, checked to be a version of `expected`.
-    pub fn writer_of(
+    /// The writer schema of a payload, checked to be a version of `expected`, and its datum.
+    pub fn writer_of<'p>(
         &self,
-        payload: &[u8],
+        payload: &'p [u8],
         expected: &str,
         location: &MessageLocation,
-    ) -> Result<&Arc<LoadedSchema>, AvroError> {
-        let writer = self.writer(payload, location)?;
+    ) -> Result<(&Arc<LoadedSchema>, &'p [u8]), AvroError> {
+        let (writer, datum) = self.split(payload, location)?;
         if writer.name != expected {
             return Err(AvroError::WrongSchema {
                 location: location.clone(),
@@ -262,20 +362,20 @@ impl SchemaStore {
                 expected: expected.to_string(),
             });
         }
-        Ok(writer)
+        Ok((writer, datum))
     }
 
-    /// Decodes a single-object payload into the reader type `T` of schema `expected`: the
-    /// fingerprint selects the writer schema, fields it lacks take `T`'s serde defaults (which
-    /// mirror the reader schema's defaults).
+    /// Decodes a payload into the reader type `T` of schema `expected`: the header selects
+    /// the writer schema, fields it lacks take `T`'s serde defaults (which mirror the reader
+    /// schema's defaults).
     pub fn decode<'a, T: Deserialize<'a>>(
         &self,
         payload: &'a [u8],
         expected: &str,
         location: &MessageLocation,
     ) -> Result<T, AvroError> {
-        let writer = self.writer_of(payload, expected, location)?;
-        writer.decode_datum(&payload[SINGLE_OBJECT_HEADER_LEN..], location)
+        let (writer, datum) = self.writer_of(payload, expected, location)?;
+        writer.decode_datum(datum, location)
     }
 
     /// The directory the schemas came from.
@@ -312,7 +412,7 @@ fn header_fingerprint(payload: &[u8], location: &MessageLocation) -> Result<[u8;
         return Err(AvroError::Corrupt {
             location: location.clone(),
             detail: format!(
-                "{} bytes without the single-object header (C3 01 + 8-byte fingerprint)",
+                "{} bytes without an Avro header (C3 01 + 8-byte fingerprint, or 00 + 4-byte registry id)",
                 payload.len()
             ),
         });

@@ -148,7 +148,7 @@ fn values(show: bool) -> Values {
 }
 
 fn schemas(common: &CommonSections<'_>) -> Result<SchemaStore, ExitCode> {
-    SchemaStore::load_dir(&common.pipeline.schemas_dir).map_err(|error| {
+    common.load_schemas().map_err(|error| {
         eprintln!("error: {error}");
         ExitCode::from(2)
     })

@@ -8,7 +8,7 @@
 use std::fmt;
 use std::path::PathBuf;
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
 
 use super::ConfigError;
 
@@ -126,6 +126,24 @@ impl SecretRef {
                 )),
             },
         }
+    }
+}
+
+/// Deserializes a [`SecretRef`] (`#[serde(deserialize_with = "secret_ref")]`), refusing a plain value without repeating it: serde's own message for a
+/// string here would quote it ("unknown variant `hunter2`"), and a config error is printed.
+pub fn secret_ref<'de, D: Deserializer<'de>>(deserializer: D) -> Result<SecretRef, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Ref(SecretRef),
+        Other(serde::de::IgnoredAny),
+    }
+    match Raw::deserialize(deserializer)? {
+        Raw::Ref(secret) => Ok(secret),
+        Raw::Other(_) => Err(serde::de::Error::custom(
+            "expected a secret reference, `{ env = \"VAR\" }` or `{ file = \"/path\" }` \
+             (never the secret itself)",
+        )),
     }
 }
 

@@ -21,9 +21,7 @@ use super::mapping::Dataset;
 use super::record::DatasetRecord;
 use crate::avro::compose::split_around;
 use crate::avro::composed_path;
-use crate::avro::{
-    AvroError, LoadedSchema, SchemaStore, SINGLE_OBJECT_HEADER_LEN, SINGLE_OBJECT_MAGIC,
-};
+use crate::avro::{AvroError, LoadedSchema, SchemaStore};
 use crate::records::{AvroRecord, ChangeEvent, ChangeOp, DeadLetter, Provenance, TimestampMillis};
 
 /// The record a change event carries.
@@ -175,12 +173,10 @@ impl ChangeWriter {
         &self.schema
     }
 
-    /// The record's Avro body when `payload` (single-object) was written with the current
+    /// The record's Avro body when `payload` (either framing) was written with the current
     /// dataset schema: what [`ChangeRecord::Body`] takes. `None` for any other version.
     pub fn current_body<'p>(&self, payload: &'p [u8]) -> Option<&'p [u8]> {
-        let header = payload.get(..SINGLE_OBJECT_HEADER_LEN)?;
-        (header[..2] == SINGLE_OBJECT_MAGIC && header[2..] == self.dataset.fingerprint)
-            .then(|| &payload[SINGLE_OBJECT_HEADER_LEN..])
+        self.dataset.body_of(payload)
     }
 
     /// Appends the single-object encoding of `event` carrying `record` to `buf`.
@@ -201,8 +197,7 @@ impl ChangeWriter {
             Some(ChangeRecord::Body(body)) => Some(body),
             None => None,
         };
-        buf.extend_from_slice(&SINGLE_OBJECT_MAGIC);
-        buf.extend_from_slice(&self.schema.fingerprint);
+        self.schema.write_header(buf);
         let head = Head {
             op: event.op,
             key: &event.key,

@@ -15,9 +15,7 @@ use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, Visitor};
 use super::field::{FieldKind, FieldSpec};
 use super::mapping::{field_position, Dataset};
 use super::record::{DatasetRecord, FieldValue};
-use crate::avro::{
-    AvroError, LoadedSchema, MessageLocation, SchemaStore, SINGLE_OBJECT_HEADER_LEN,
-};
+use crate::avro::{AvroError, LoadedSchema, MessageLocation, SchemaStore};
 
 impl Dataset {
     /// Decodes a single-object payload written by any known version of the dataset schema
@@ -28,13 +26,13 @@ impl Dataset {
         store: &SchemaStore,
         location: &MessageLocation,
     ) -> Result<DatasetRecord, AvroError> {
-        let writer = store.writer_of(payload, &self.schema.name, location)?;
+        let (writer, datum) = store.writer_of(payload, &self.schema.name, location)?;
         let plan = self.plan_for(writer)?;
         let seed = RecordSeed {
             dataset: self,
             plan: &plan,
         };
-        writer.decode_datum_seed(&payload[SINGLE_OBJECT_HEADER_LEN..], seed, location)
+        writer.decode_datum_seed(datum, seed, location)
     }
 
     /// How `writer`'s fields land in the reader's positions; built once per writer schema.

@@ -12,7 +12,8 @@
 //! record (rather than recognise one already seen) decode it first.
 
 use super::{Dataset, FieldKind, FieldSpec, FieldValue, RecordShapeError};
-use crate::avro::{SINGLE_OBJECT_HEADER_LEN, SINGLE_OBJECT_MAGIC};
+#[cfg(test)]
+use crate::avro::SINGLE_OBJECT_HEADER_LEN;
 use crate::record_key::{KeyError, RecordKey};
 
 /// A field value borrowed from a record or from its Avro binary. Its `Debug` shows the value
@@ -99,12 +100,9 @@ impl Dataset {
         payload: &'a [u8],
         mut visit: impl FnMut(usize, FieldRef<'a>),
     ) -> bool {
-        let Some(body) = payload.get(SINGLE_OBJECT_HEADER_LEN..) else {
+        let Some(body) = self.schema.body_of(payload) else {
             return false;
         };
-        if payload[..2] != SINGLE_OBJECT_MAGIC || payload[2..10] != self.schema.fingerprint {
-            return false;
-        }
         let mut reader = Reader { bytes: body };
         for (index, spec) in self.fields.iter().enumerate() {
             match reader.field(spec) {
@@ -129,12 +127,9 @@ impl Dataset {
     /// a mismatch says nothing, and the caller compares content hashes. Nothing is validated
     /// beyond bounds — a match with bytes once validated needs no more.
     pub fn tracked_bytes(&self, payload: &[u8], out: &mut Vec<u8>) -> bool {
-        let Some(body) = payload.get(SINGLE_OBJECT_HEADER_LEN..) else {
+        let Some(body) = self.schema.body_of(payload) else {
             return false;
         };
-        if payload[..2] != SINGLE_OBJECT_MAGIC || payload[2..10] != self.schema.fingerprint {
-            return false;
-        }
         out.extend_from_slice(&self.schema.fingerprint);
         let mut pos = 0;
         let mut span_start = 0;
@@ -180,8 +175,7 @@ impl Dataset {
                 got: values.len(),
             });
         }
-        buf.extend_from_slice(&SINGLE_OBJECT_MAGIC);
-        buf.extend_from_slice(&self.schema.fingerprint);
+        self.schema.write_header(buf);
         for (spec, value) in self.fields.iter().zip(values) {
             if spec.nullable {
                 let branch = match value {

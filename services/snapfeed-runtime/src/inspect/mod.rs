@@ -20,7 +20,7 @@ use rdkafka::message::{BorrowedMessage, Headers};
 use rdkafka::Message;
 use serde_json::{json, Map, Value as Json};
 
-use crate::avro::{hex, AvroError, MessageLocation, SchemaStore, SINGLE_OBJECT_HEADER_LEN};
+use crate::avro::{hex, AvroError, MessageLocation, SchemaStore};
 use crate::records::{
     AvroRecord, ChangeEvent, DeadLetter, DeliveryReceipt, DetectorState, FileLedgerEntry,
     RejectedRow, SnapshotEnd, StaleSnapshot, StateLayout, StreamProgress,
@@ -155,12 +155,11 @@ pub fn decode_fields(
     payload: &[u8],
     location: &MessageLocation,
 ) -> Result<(String, Vec<(String, Value)>), AvroError> {
-    let writer = schemas.writer(payload, location)?;
+    let (writer, mut datum) = schemas.split(payload, location)?;
     let corrupt = || AvroError::Corrupt {
         location: location.clone(),
         detail: format!("{} bytes do not decode as {}", payload.len(), writer.name),
     };
-    let mut datum = &payload[SINGLE_OBJECT_HEADER_LEN..];
     match apache_avro::from_avro_datum(writer.parsed(), &mut datum, None) {
         Ok(Value::Record(fields)) => Ok((writer.name.clone(), fields)),
         Ok(_) | Err(_) => Err(corrupt()),

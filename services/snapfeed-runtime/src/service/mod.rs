@@ -5,7 +5,9 @@
 //! Start-up order: load schemas → serve `/healthz` (alive, not ready) → reach the cluster
 //! (retrying with backoff while unreachable, so a service started before Kafka waits instead of
 //! crash-looping) → create missing topics if configured → verify topics and co-partitioning
-//! (fatal on mismatch) → the stage sets up its clients ([`ServiceRuntime::connect_writer`],
+//! (fatal on mismatch) → load the dataset mapping and, with `[schema_registry]`, register the
+//! pipeline's schemas (retrying while the registry is unavailable; fatal when it refuses one)
+//! ([`ServiceRuntime::load_dataset`]) → the stage sets up its clients ([`ServiceRuntime::connect_writer`],
 //! [`ServiceRuntime::subscribe`]) and runs on its thread ([`ServiceRuntime::serve`]) until
 //! shutdown, setting its own readiness conditions.
 
@@ -22,6 +24,7 @@ use prometheus::{IntGauge, Opts, Registry};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 
+use crate::avro::registry::{self, RegistrationError};
 use crate::avro::{AvroError, SchemaStore};
 use crate::config::ConfigError;
 use crate::dataset::{Dataset, DatasetError, DatasetMapping};
@@ -36,6 +39,8 @@ pub use worker::StageThread;
 
 /// Readiness condition every consuming stage sets once its clients are up.
 pub const CONNECTED: &str = "connected";
+/// Readiness condition held false while the schemas are being registered (`[schema_registry]`).
+pub const SCHEMA_REGISTRY: &str = "schema_registry";
 /// Time a stopping stage gets on top of the drain bound (closing clients after draining).
 const STOP_GRACE: Duration = Duration::from_secs(3);
 /// Bound for stopping the endpoint, the last step.
@@ -50,6 +55,9 @@ pub enum RuntimeError {
     /// Schemas could not be loaded.
     #[error(transparent)]
     Schemas(#[from] AvroError),
+    /// The schema registry refused a schema (or its credentials).
+    #[error(transparent)]
+    Registry(#[from] RegistrationError),
     /// The dataset mapping is wrong.
     #[error(transparent)]
     Dataset(#[from] DatasetError),
@@ -131,7 +139,7 @@ impl ServiceRuntime {
         common: CommonSections<'_>,
         shutdown: Shutdown,
     ) -> Result<ServiceRuntime, RuntimeError> {
-        let schemas = Arc::new(SchemaStore::load_dir(&common.pipeline.schemas_dir)?);
+        let schemas = Arc::new(common.load_schemas()?);
         // Every series carries `pipeline="<name>"`, so several pipelines share one Prometheus
         // (and one dashboard, with a pipeline selector).
         let registry = Registry::new_custom(
@@ -227,11 +235,33 @@ impl ServiceRuntime {
         register(&self.registry).map_err(RuntimeError::Metrics)
     }
 
-    /// Loads the dataset mapping against the loaded schemas.
-    pub fn load_dataset(&self, mapping: &Path) -> Result<Arc<Dataset>, RuntimeError> {
+    /// Loads the dataset mapping against the loaded schemas; with `[schema_registry]`,
+    /// registers every schema the pipeline writes for this dataset and waits for the ids
+    /// (not ready meanwhile; `Ok(None)` when shutdown came first).
+    pub async fn load_dataset(
+        &self,
+        mapping: &Path,
+        shutdown: &Shutdown,
+    ) -> Result<Option<Arc<Dataset>>, RuntimeError> {
         let dataset = DatasetMapping::load(mapping, &self.schemas)?;
         dataset.check_compositions(&self.schemas)?;
-        Ok(Arc::new(dataset))
+        if let Some(client) = self.schemas.registry() {
+            self.readiness.set(SCHEMA_REGISTRY, false);
+            let registered = registry::register_pipeline(
+                client,
+                &self.schemas,
+                &self.topics,
+                dataset.schema_name(),
+                shutdown,
+            )
+            .await;
+            match registered {
+                Ok(()) => self.readiness.set(SCHEMA_REGISTRY, true),
+                Err(RegistrationError::Interrupted) => return Ok(None),
+                Err(error) => return Err(error.into()),
+            }
+        }
+        Ok(Some(Arc::new(dataset)))
     }
 
     /// Sets up the stage's [`GuaranteedWriter`] off the async workers (`init_transactions`

@@ -1,12 +1,15 @@
 //! The configuration every service shares — `[pipeline]`, `[kafka]`, `[topics]`, `[http]`,
-//! `[log]`, `[shutdown]` — declared once: [`service_config!`](crate::service_config) writes a
-//! service's config type from these six sections plus the stage's own, with unknown keys
-//! refused and validation of every section at load.
+//! `[log]`, `[shutdown]` and the optional `[schema_registry]` — declared once:
+//! [`service_config!`](crate::service_config) writes a service's config type from these
+//! sections plus the stage's own, with unknown keys refused and validation of every section
+//! at load.
 
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use crate::avro::registry::{Registry, SchemaRegistryConfig};
+use crate::avro::SchemaStore;
 use crate::config::ConfigError;
 use crate::health::HttpConfig;
 use crate::kafka::{KafkaConfig, ProcessingGuarantee};
@@ -99,6 +102,8 @@ pub struct CommonSections<'a> {
     pub log: &'a LogConfig,
     /// `[shutdown]`.
     pub shutdown: &'a ShutdownConfig,
+    /// `[schema_registry]`, when set.
+    pub schema_registry: Option<&'a SchemaRegistryConfig>,
 }
 
 impl CommonSections<'_> {
@@ -109,7 +114,20 @@ impl CommonSections<'_> {
         self.topics.validate()?;
         self.http.addr()?;
         self.log.validate()?;
+        if let Some(registry) = self.schema_registry {
+            registry.validate()?;
+        }
         self.shutdown.validate()
+    }
+
+    /// The schemas of `pipeline.schemas_dir`, with the schema registry client attached when
+    /// `[schema_registry]` is set (ids in payloads are then looked up in it).
+    pub fn load_schemas(&self) -> Result<SchemaStore, super::RuntimeError> {
+        let mut store = SchemaStore::load_dir(&self.pipeline.schemas_dir)?;
+        if let Some(config) = self.schema_registry {
+            store.attach_registry(Registry::start(config)?);
+        }
+        Ok(store)
     }
 
     /// Resolved topic names.
@@ -130,7 +148,7 @@ pub trait StageSection {
     fn validate(&self) -> Result<(), ConfigError>;
 }
 
-/// Declares a service's configuration: the six shared sections plus the stage's own one,
+/// Declares a service's configuration: the shared sections plus the stage's own one,
 /// `deny_unknown_fields`, with [`HasCommonSections`] and
 /// [`ServiceConfig`](crate::config::ServiceConfig) implemented (every section validated).
 ///
@@ -173,6 +191,9 @@ macro_rules! service_config {
             /// Drain bound.
             #[serde(default)]
             pub shutdown: $crate::shutdown::ShutdownConfig,
+            /// Confluent Schema Registry framing, optional.
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            pub schema_registry: Option<$crate::avro::registry::SchemaRegistryConfig>,
             $(#[$stage_meta])*
             pub $stage: $stage_type,
         }
@@ -186,6 +207,7 @@ macro_rules! service_config {
                     http: &self.http,
                     log: &self.log,
                     shutdown: &self.shutdown,
+                    schema_registry: self.schema_registry.as_ref(),
                 }
             }
         }

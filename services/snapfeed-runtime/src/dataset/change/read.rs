@@ -7,7 +7,7 @@ use std::fmt;
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, Visitor};
 use serde::Deserialize;
 
-use crate::avro::{AvroError, MessageLocation, SchemaStore, SINGLE_OBJECT_HEADER_LEN};
+use crate::avro::{AvroError, MessageLocation, SchemaStore};
 use crate::dataset::decode::{RecordSeed, WriterPlan};
 use crate::dataset::mapping::Dataset;
 use crate::dataset::record::DatasetRecord;
@@ -22,7 +22,7 @@ impl Dataset {
         store: &SchemaStore,
         location: &MessageLocation,
     ) -> Result<(ChangeEvent, Option<DatasetRecord>), AvroError> {
-        let writer = store.writer_of(payload, ChangeEvent::SCHEMA, location)?;
+        let (writer, datum) = store.writer_of(payload, ChangeEvent::SCHEMA, location)?;
         let plan = match &writer.dataset {
             Some(nested) => {
                 if nested.name != self.schema.name {
@@ -42,8 +42,7 @@ impl Dataset {
             plan: plan.as_deref(),
             legacy: &mut legacy,
         };
-        let (event, record) =
-            writer.decode_datum_seed(&payload[SINGLE_OBJECT_HEADER_LEN..], seed, location)?;
+        let (event, record) = writer.decode_datum_seed(datum, seed, location)?;
         // The v1 shape: the record is single-object bytes of its own, decoded on its own.
         let record = match legacy {
             Some(bytes) => Some(self.decode(&bytes, store, location)?),

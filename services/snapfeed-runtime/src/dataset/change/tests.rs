@@ -3,6 +3,7 @@ use serde::ser::SerializeMap;
 use serde::{Serialize, Serializer};
 
 use super::*;
+use crate::avro::SINGLE_OBJECT_HEADER_LEN;
 use crate::dataset::fixtures::{dataset, location, sample, schemas_dir, store, WithoutDeviceId};
 use crate::dataset::FieldValue;
 
