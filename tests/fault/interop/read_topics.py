@@ -1,12 +1,17 @@
 """Reads every topic of a snapfeed pipeline with tools that are not snapfeed's: the
-confluent-kafka consumer (librdkafka through Confluent's Python client) and fastavro, given
-only the schema files `<service> schemas --out DIR` wrote. Proves the default framing (Avro
-single-object encoding) is standard: each value is C3 01 + the CRC-64-AVRO fingerprint
-(computed here by fastavro from the schema file, not taken from its name) + the Avro body,
-and the nested dataset record is an ordinary record whose fields equal what the generator
-wrote (EXPECTED, written by the Rust test from the generator's typed values).
+confluent-kafka consumer (librdkafka through Confluent's Python client); fastavro for values
+in the default framing, given only the schema files `<service> schemas --out DIR` wrote; and
+Confluent's own AvroDeserializer with its SchemaRegistryClient for values in the Confluent
+wire format (with --registry). Proves both framings are standard:
+- single-object: C3 01 + the CRC-64-AVRO fingerprint (computed here by fastavro from the
+  schema file, not taken from its name) + the Avro body;
+- registry: 00 + the 4-byte schema id + the Avro body, decoded by AvroDeserializer with the
+  schema the registry holds under that id (checked to be one of the exported schemas).
+The nested dataset record is an ordinary record whose fields equal what the generator wrote
+(EXPECTED, written by the Rust test from the generator's typed values).
 
-Usage: read_topics.py --bootstrap HOST:PORT --schemas DIR --expected FILE.json TOPIC...
+Usage: read_topics.py --bootstrap HOST:PORT --schemas DIR --expected FILE.json
+       [--registry URL] TOPIC...
 Exit 0 with a one-line summary per topic; 1 naming the first message that fails (topic,
 partition, offset, field) — never a value, these are health-data shaped.
 """
@@ -21,6 +26,9 @@ import time
 
 import fastavro
 from confluent_kafka import Consumer, KafkaError, TopicPartition, OFFSET_BEGINNING
+from confluent_kafka.schema_registry import SchemaRegistryClient
+from confluent_kafka.schema_registry.avro import AvroDeserializer
+from confluent_kafka.serialization import MessageField, SerializationContext
 from fastavro.schema import fingerprint, parse_schema, to_parsing_canonical_form
 
 EPOCH_DATE = datetime.date(1970, 1, 1)
@@ -105,14 +113,55 @@ def check_record(where, record, expected):
             fail(f"{where}: field {field} is not what the generator wrote")
 
 
+def schema_fingerprint(parsed):
+    return bytes.fromhex(fingerprint(to_parsing_canonical_form(parsed), "CRC-64-AVRO"))
+
+
+class Decoder:
+    """Both framings: fastavro for single-object values, AvroDeserializer for registry ones."""
+
+    def __init__(self, schemas, registry_url):
+        self.schemas = schemas
+        self.registry = SchemaRegistryClient({"url": registry_url}) if registry_url else None
+        self.deserializer = AvroDeserializer(self.registry) if self.registry else None
+        self.names_by_id = {}
+
+    def decode(self, where, topic, value):
+        """(framing, schema full name, datum)."""
+        if value[:2] == b"\xc3\x01":
+            schema = self.schemas.get(value[2:10])
+            if schema is None:
+                fail(f"{where}: fingerprint {value[2:10].hex()} matches no exported schema")
+            body = io.BytesIO(value[10:])
+            datum = fastavro.schemaless_reader(body, schema, None)
+            if body.tell() != len(value) - 10:
+                fail(f"{where}: {len(value) - 10 - body.tell()} bytes left after the datum")
+            return "single_object", schema["name"], datum
+        if value[:1] == b"\x00" and len(value) >= 5:
+            if self.deserializer is None:
+                fail(f"{where}: registry-framed value (00 + id) but no --registry given")
+            schema_id = int.from_bytes(value[1:5], "big")
+            if schema_id not in self.names_by_id:
+                registered = self.registry.get_schema(schema_id)
+                parsed = parse_schema(json.loads(registered.schema_str), _write_hint=False)
+                if schema_fingerprint(parsed) not in self.schemas:
+                    fail(f"{where}: registry schema {schema_id} is none of the exported schemas")
+                self.names_by_id[schema_id] = parsed["name"]
+            datum = self.deserializer(value, SerializationContext(topic, MessageField.VALUE))
+            return "registry", self.names_by_id[schema_id], datum
+        fail(f"{where}: value starts with neither C3 01 (single-object) nor 00 (registry)")
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--bootstrap", required=True)
     parser.add_argument("--schemas", required=True)
     parser.add_argument("--expected", required=True)
+    parser.add_argument("--registry")
     parser.add_argument("topics", nargs="+")
     args = parser.parse_args()
     schemas = load_schemas(args.schemas)
+    decoder = Decoder(schemas, args.registry)
     with open(args.expected) as f:
         expected = json.load(f)
     dataset = expected["dataset"]
@@ -122,6 +171,7 @@ def main():
     nested_letters = 0
     for topic in args.topics:
         counts = {}
+        framings = {}
         for message in read_topic(args.bootstrap, topic):
             where = f"{topic}/{message.partition()}@{message.offset()}"
             key = None
@@ -134,16 +184,8 @@ def main():
             if value is None:
                 counts["tombstone"] = counts.get("tombstone", 0) + 1
                 continue
-            if value[:2] != b"\xc3\x01":
-                fail(f"{where}: value does not start with the single-object marker C3 01")
-            schema = schemas.get(value[2:10])
-            if schema is None:
-                fail(f"{where}: fingerprint {value[2:10].hex()} matches no exported schema")
-            body = io.BytesIO(value[10:])
-            datum = fastavro.schemaless_reader(body, schema, None)
-            if body.tell() != len(value) - 10:
-                fail(f"{where}: {len(value) - 10 - body.tell()} bytes left after the datum")
-            name = schema["name"]
+            framing, name, datum = decoder.decode(where, topic, value)
+            framings[framing] = framings.get(framing, 0) + 1
             counts[name] = counts.get(name, 0) + 1
             if name == dataset:
                 file_name = header(message, "snapfeed-file-name")
@@ -167,7 +209,8 @@ def main():
                     compared += 1
                     nested_letters += 1
         summary = ", ".join(f"{n} {c}" for n, c in sorted(counts.items()))
-        print(f"{topic}: {summary or 'empty'}")
+        framing = ", ".join(f"{n} {c}" for n, c in sorted(framings.items()))
+        print(f"{topic}: {summary or 'empty'} (framing: {framing or 'none'})")
     print(f"records compared field by field with the generator: {compared}")
     print(f"dead letters with their record nested: {nested_letters}")
     if compared == 0:

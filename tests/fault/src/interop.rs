@@ -1,7 +1,8 @@
 //! The topics read by tools that are not snapfeed's (issue #14): after a scenario, every topic
 //! the pipeline wrote is read by `interop/read_topics.py` — Confluent's Python client
-//! (`confluent-kafka`) to consume, fastavro to decode — given only the schema files the
-//! `schemas --out` operator command exports. Each dataset record it finds (on `snapshots`,
+//! (`confluent-kafka`) to consume; single-object values decoded by fastavro given only the
+//! schema files the `schemas --out` operator command exports, registry-framed values by
+//! Confluent's own `AvroDeserializer` through the registry the pipeline registered with. Each dataset record it finds (on `snapshots`,
 //! nested in change events and dead letters) is compared field by field with what the
 //! generator wrote, from the generator's typed values ([`snapshot_records`]), not from
 //! anything snapfeed computed.
@@ -34,11 +35,12 @@ pub struct Dropped<'a> {
     pub options: &'a WriteOptions,
 }
 
-/// Reads every topic of `rig`'s pipeline with confluent-kafka and fastavro and checks each
-/// dataset record against the generator's values for `files`; panics with the script's
-/// output when anything does not decode or differs. Prints the script's per-topic summary
-/// and returns it.
-pub fn read_every_topic_with_fastavro(rig: &Rig, files: &[Dropped<'_>]) -> String {
+/// Reads every topic of `rig`'s pipeline with confluent-kafka — fastavro for single-object
+/// values, `AvroDeserializer` with the schema registry at `registry` for registry-framed ones
+/// (`None`: there must be none) — and checks each dataset record against the generator's
+/// values for `files`; panics with the script's output when anything does not decode or
+/// differs. Prints the script's per-topic summary and returns it.
+pub fn read_every_topic(rig: &Rig, files: &[Dropped<'_>], registry: Option<&str>) -> String {
     let python = std::env::var("SNAPFEED_PYTHON").unwrap_or_else(|_| {
         panic!(
             "SNAPFEED_PYTHON is not set: run `eval \"$(.ci/python-env)\"` first (a pinned \
@@ -68,6 +70,12 @@ pub fn read_every_topic_with_fastavro(rig: &Rig, files: &[Dropped<'_>]) -> Strin
             .arg(&schemas)
             .arg("--expected")
             .arg(&expected)
+            .args(
+                registry
+                    .map(|url| ["--registry", url])
+                    .into_iter()
+                    .flatten(),
+            )
             .args([
                 &topics.snapshots,
                 &topics.files,

@@ -146,6 +146,9 @@ pub struct Rig {
     pub retry_lines: Vec<String>,
     /// Extra environment of services started from now on (e.g. librdkafka `debug`).
     pub extra_env: Vec<(String, String)>,
+    /// Body of a `[schema_registry]` section for services started from now on (`url = …`
+    /// and options); `None`: no registry.
+    pub schema_registry: Option<String>,
     logs: Vec<PathBuf>,
     lives: usize,
     started: Instant,
@@ -224,6 +227,7 @@ impl Rig {
                 "max_backoff_ms = 2000".into(),
             ],
             extra_env: Vec::new(),
+            schema_registry: None,
             logs: Vec::new(),
             lives: 0,
             started: Instant::now(),
@@ -261,12 +265,17 @@ impl Rig {
     }
 
     fn common_toml(&self, instance: &str) -> String {
+        let registry = self
+            .schema_registry
+            .as_ref()
+            .map(|body| format!("[schema_registry]\n{body}\n"))
+            .unwrap_or_default();
         format!(
             "[pipeline]\nname = {:?}\nprocessing_guarantee = {:?}\nschemas_dir = {:?}\ninstance_id = {:?}\n\
              [kafka]\nbootstrap_servers = {:?}\nrequest_timeout_ms = 10000\nsession_timeout_ms = 6000\n\
              [http]\nlisten = \"127.0.0.1:0\"\n\
              [log]\nformat = \"human\"\nlevel = {:?}\n\
-             [shutdown]\ndrain_timeout_ms = 5000\n",
+             [shutdown]\ndrain_timeout_ms = 5000\n{registry}",
             self.pipeline.name,
             guarantee_name(self.guarantee()),
             repo_root().join("schemas").display().to_string(),
