@@ -354,6 +354,7 @@ async fn an_id_met_mid_run_is_learnt_once_with_5xx_retried_and_an_unknown_one_is
     let resolved = value.resolve(v1.parsed()).unwrap();
     payload.extend(apache_avro::to_avro_datum(v1.parsed(), resolved).unwrap());
     registry.fail_next(3, 503);
+    assert!(store.needs_lookup(&payload), "an id not seen yet");
     let before = registry.request_count();
     let learnt = tokio::task::spawn_blocking({
         let (store, payload) = (store.clone(), payload.clone());
@@ -370,6 +371,11 @@ async fn an_id_met_mid_run_is_learnt_once_with_5xx_retried_and_an_unknown_one_is
     );
     let decoded = dataset.decode(&payload, &store, &location()).unwrap();
     assert_eq!(registry.request_count() - before, 4, "learnt once");
+    assert!(!store.needs_lookup(&payload));
+    assert!(
+        !store.needs_lookup(&current),
+        "ids registered at start are known"
+    );
     assert_eq!(
         decoded.key(&dataset).unwrap().into_string(),
         record.key(&dataset).unwrap().into_string()

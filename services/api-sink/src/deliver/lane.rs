@@ -176,10 +176,20 @@ impl Decoder {
             partition: incoming.partition,
             offset: incoming.offset,
         };
-        match self
-            .dataset
-            .decode_change(&incoming.payload, &self.schemas, &location)
-        {
+        let decode = || {
+            self.dataset
+                .decode_change(&incoming.payload, &self.schemas, &location)
+        };
+        // A schema registry id not seen yet is looked up (blocking, retried while the
+        // registry is unavailable): off this async worker where the runtime allows it.
+        let multi_thread = tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+        let decoded = if multi_thread && self.schemas.needs_lookup(&incoming.payload) {
+            tokio::task::block_in_place(decode)
+        } else {
+            decode()
+        };
+        match decoded {
             Ok(decoded) => Some(decoded),
             Err(error) => {
                 tracing::warn!(message = "Change does not decode.", %location, %error);

@@ -258,6 +258,24 @@ impl SchemaStore {
             .insert(id, fingerprint);
     }
 
+    /// Whether reading `payload` would ask the registry first (a registry id not learnt yet):
+    /// an async caller then reads it where blocking is allowed.
+    pub fn needs_lookup(&self, payload: &[u8]) -> bool {
+        match payload.get(..REGISTRY_HEADER_LEN) {
+            Some([REGISTRY_MAGIC, id @ ..]) => {
+                let mut bytes = [0u8; 4];
+                bytes.copy_from_slice(id);
+                self.registry.is_some()
+                    && !self
+                        .registry_ids
+                        .read()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .contains_key(&u32::from_be_bytes(bytes))
+            }
+            _ => false,
+        }
+    }
+
     /// The writer schema of a payload in either framing, and its datum (the bytes after the
     /// header). An id not learnt yet is looked up in the registry, once (see
     /// [`registry`](super::registry)).
