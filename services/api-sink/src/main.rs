@@ -68,7 +68,7 @@ fn redrive(
     };
     snapfeed_runtime::telemetry::init(&config.log);
     use snapfeed_runtime::service::HasCommonSections;
-    let schemas = match config.common().load_schemas() {
+    let schemas = match config.common().load_schemas_for_command() {
         Ok(schemas) => schemas,
         Err(error) => {
             eprintln!("error: {error}");

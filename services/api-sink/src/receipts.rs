@@ -171,7 +171,7 @@ pub fn write_replay_markers(
     let topics = config.common().topic_names();
     let schemas = config
         .common()
-        .load_schemas()
+        .load_schemas_for_command()
         .map_err(|e| failed("schemas")(&e))?;
     // With registry framing, the markers are framed like every receipt.
     snapfeed_runtime::avro::registry::register_kinds(&schemas, &topics, &[DeliveryReceipt::SCHEMA])

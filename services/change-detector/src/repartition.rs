@@ -199,10 +199,12 @@ pub fn repartition(
     let guarantee = common.pipeline.processing_guarantee;
     let timeout = common.kafka.request_timeout();
     let group = common.pipeline.group_id(crate::SERVICE);
-    let schemas = common.load_schemas().map_err(|error| match error {
-        snapfeed_runtime::service::RuntimeError::Schemas(error) => schemas_failed(error),
-        other => RepartitionError::Registry(Box::new(other)),
-    })?;
+    let schemas = common
+        .load_schemas_for_command()
+        .map_err(|error| match error {
+            snapfeed_runtime::service::RuntimeError::Schemas(error) => schemas_failed(error),
+            other => RepartitionError::Registry(Box::new(other)),
+        })?;
     // With registry framing, the copies are framed like every state entry.
     snapfeed_runtime::avro::registry::register_kinds(&schemas, &topics, &STATE_KINDS)
         .map_err(|error| RepartitionError::Registry(Box::new(error.into())))?;

@@ -18,6 +18,7 @@ use snapfeed_runtime::avro::registry::{
 };
 use snapfeed_runtime::avro::{AvroError, LoadedSchema, MessageLocation, SchemaStore};
 use snapfeed_runtime::dataset::{ChangeRecord, Dataset, DatasetRecord};
+use snapfeed_runtime::preflight::registry_check;
 use snapfeed_runtime::records::{AvroRecord, ChangeEvent, ChangeOp, Provenance, SnapshotEnd};
 use snapfeed_runtime::shutdown;
 use snapfeed_runtime::topics::{TopicNameOverrides, TopicNames};
@@ -157,6 +158,17 @@ async fn every_written_kind_is_registered_and_values_are_framed_with_its_id() {
     assert_eq!(decoded, event("k1"));
     assert_eq!(nested.as_ref(), Some(record));
 
+    // file-source's per-row path (encode_refs, by the harness's copy of its conversion).
+    let snapshot = Snapshot::initial(3, 12);
+    let rows = snapshot_records(&snapshot, &WriteOptions::default(), &dataset).unwrap();
+    for row in &rows.records {
+        assert_eq!(
+            id_of(&row.payload),
+            registry.subject_ids("lab.snapshots-snapfeed.lab.LabResult")[0]
+        );
+        dataset.decode(&row.payload, &store, &location()).unwrap();
+    }
+
     // A dataset record and a marker: framed too, and read back.
     let mut payload = Vec::new();
     dataset.encode(record, &mut payload).unwrap();
@@ -213,8 +225,14 @@ async fn both_framings_are_read_side_by_side_and_single_object_framing_keeps_the
         .unwrap()
         .encode(&event("k2"), Some(ChangeRecord::Record(&record)))
         .unwrap();
+    let requests = registry.request_count();
     let (plain_store, _, result) = register(&registry, "value_framing = \"single_object\"").await;
     result.unwrap();
+    assert_eq!(
+        registry.request_count(),
+        requests,
+        "single_object framing registers nothing"
+    );
     let plain = dataset
         .change_writer(&plain_store)
         .unwrap()
@@ -381,6 +399,30 @@ async fn an_id_met_mid_run_is_learnt_once_with_5xx_retried_and_an_unknown_one_is
         record.key(&dataset).unwrap().into_string()
     );
 
+    // A refusal a retry cannot cure by itself (credentials rotated mid-run): the reader waits
+    // and retries rather than reject the record; answered once the registry takes it again.
+    let v1_progress =
+        std::fs::read_to_string(schemas_dir().join("history/stream_progress.v1.avsc")).unwrap();
+    let progress_id = registry.register("lab.state-snapfeed.StreamProgress", &v1_progress);
+    let framed = [vec![0], progress_id.to_be_bytes().to_vec()].concat();
+    registry.fail_next(2, 401);
+    let before = registry.request_count();
+    let store_for = store.clone();
+    let learnt = tokio::task::spawn_blocking(move || {
+        store_for
+            .writer(&framed, &location())
+            .map(|w| w.name.clone())
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(learnt, "snapfeed.StreamProgress");
+    assert_eq!(
+        registry.request_count() - before,
+        3,
+        "two 401s, then the answer"
+    );
+
     // An id the registry does not know.
     let mut unknown = vec![0, 0, 0, 0x30, 0x39];
     unknown.extend_from_slice(&current[5..]);
@@ -397,6 +439,23 @@ async fn an_id_met_mid_run_is_learnt_once_with_5xx_retried_and_an_unknown_one_is
         error,
         AvroError::UnknownRegistryId { id: 12345, .. }
     ));
+    let before = registry.request_count();
+    let store_for = store.clone();
+    let again = tokio::task::spawn_blocking(move || {
+        let unknown = [0, 0, 0, 0x30, 0x39, 2, 4];
+        store_for
+            .writer(&unknown, &location())
+            .map(|_| ())
+            .unwrap_err()
+    })
+    .await
+    .unwrap();
+    assert_eq!(again.to_string(), error.to_string());
+    assert_eq!(
+        registry.request_count(),
+        before,
+        "the answer is kept: ids never change"
+    );
     let text = error.to_string();
     assert!(
         text.contains("lab.changes/0@7")
@@ -444,7 +503,7 @@ async fn credentials_are_sent_and_a_refusal_stops_with_the_subject() {
     let (_, _, result) = register(&registry, &auth(&wrong)).await;
     let error = result.unwrap_err().to_string();
     assert!(
-        error.contains("subject lab.") && error.contains("401") && !error.contains("guess"),
+        error.contains("subject lab.") && error.contains("401"),
         "{error}"
     );
     assert!(registry.subjects().is_empty());
@@ -455,4 +514,37 @@ async fn credentials_are_sent_and_a_refusal_stops_with_the_subject() {
         .authorization
         .as_deref()
         .is_some_and(|a| a.starts_with("Basic "))));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_preflight_reaches_the_registry_with_its_credentials() {
+    let mut registry = StubRegistry::start().await;
+    registry.require_bearer("t0k3n");
+    let dir = tempfile::tempdir().unwrap();
+    let url = registry.url();
+    let token = |value: &str| {
+        let path = dir.path().join(value);
+        std::fs::write(&path, value).unwrap();
+        config(
+            &url,
+            &format!(
+                "auth = {{ type = \"bearer\", token = {{ file = {:?} }} }}",
+                path.display().to_string()
+            ),
+        )
+    };
+    registry.register(
+        "lab.changes-value",
+        r#"{"type":"record","name":"A","fields":[]}"#,
+    );
+    let check = registry_check(&token("t0k3n")).await;
+    assert_eq!(check.result, Ok(format!("{url} answers, 1 subjects")));
+    let problem = registry_check(&token("wrong")).await.result.unwrap_err();
+    assert!(
+        problem.contains("401") && !problem.contains("wrong"),
+        "{problem}"
+    );
+    registry.go_down().await;
+    let problem = registry_check(&token("t0k3n")).await.result.unwrap_err();
+    assert!(problem.contains("not reachable"), "{problem}");
 }

@@ -237,7 +237,10 @@ impl Ledger {
         let deadline = Instant::now() + limit;
         loop {
             let effects = rig.stub.unique_effects();
-            if effects >= want && (letters == 0 || Self::dead_letters(rig).len() >= letters) {
+            if effects >= want
+                && (letters == 0
+                    || tokio::task::block_in_place(|| Self::dead_letters(rig)).len() >= letters)
+            {
                 break;
             }
             assert!(

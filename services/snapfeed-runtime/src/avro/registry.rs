@@ -5,8 +5,9 @@
 //! goes to ([`subjects`]), and keeps the ids: with `value_framing = "registry"` (the default)
 //! every value is then written as `00` + 4-byte big-endian id + Avro binary, which Kafka
 //! Connect's `AvroConverter`, ksqlDB, Flink `avro-confluent` and Confluent's clients read.
-//! `value_framing = "single_object"` keeps the registry for reading only: the way back from
-//! registry framing while its records are still on the topics.
+//! `value_framing = "single_object"` keeps the registry for reading only (nothing is
+//! registered and start-up does not wait for the registry): the way back from registry
+//! framing while its records are still on the topics.
 //!
 //! Ids are immutable in a registry, so an id, once learnt, is cached for the life of the
 //! process: there is no cache setting. A reader meeting an id it has not seen (a schema
@@ -14,12 +15,15 @@
 //! once (`GET /schemas/ids/{id}`) and maps the answer to a schema of `schemas/` by its
 //! fingerprint: values are still only decoded with schemas this pipeline knows.
 //!
-//! Failures: a registry that cannot be reached, times out, or answers 5xx or 429 is retried
-//! with capped backoff — at start the service stays not ready meanwhile; mid-run the reader
-//! waits (it commits nothing meanwhile, so nothing is lost and the drain bound still ends
-//! the process on shutdown). A subject that refuses the schema as incompatible (409), refused
-//! credentials (401/403) or a schema missing under `auto_register = false` stop the service
-//! with an error naming the subject and the registry's reason.
+//! Failures at start: a registry that cannot be reached, times out, or answers 5xx or 429 is
+//! retried with capped backoff and the service stays not ready meanwhile; a subject that
+//! refuses the schema as incompatible (409), refused credentials (401/403) or a schema missing
+//! under `auto_register = false` stop the service with an error naming the subject and the
+//! registry's reason. Mid-run (a reader looking an id up): every failure but the registry's
+//! own "schema not found" is retried until it answers — a record that cannot be read yet
+//! waits; it is never rejected or dead-lettered for the registry's sake (it commits nothing
+//! meanwhile, and the drain bound still ends the process on shutdown). Failed answers ("not
+//! found", "not in schemas/") are cached like ids: they do not change either.
 //!
 //! Why not `schema_registry_converter`: it brings its own Avro stack (`apache-avro` with
 //! default features, plus `futures`, `dashmap` and a second TLS stack through its own
@@ -124,8 +128,20 @@ pub enum ValueFraming {
 impl SchemaRegistryConfig {
     /// Checks the URL and the ranges; errors name the key.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let url_ok = reqwest::Url::parse(&self.url)
-            .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some());
+        let parsed = reqwest::Url::parse(&self.url).ok();
+        if parsed
+            .as_ref()
+            .is_some_and(|u| !u.username().is_empty() || u.password().is_some())
+        {
+            // Not repeated: the URL holds a credential.
+            return Err(ConfigError::invalid(
+                "schema_registry.url",
+                "(a URL with user:password@)",
+                "a URL without credentials: give them in schema_registry.auth, by reference",
+            ));
+        }
+        let url_ok =
+            parsed.is_some_and(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some());
         if !url_ok {
             return Err(ConfigError::invalid(
                 "schema_registry.url",
@@ -204,6 +220,19 @@ impl RegistryError {
     fn is_not_found(&self) -> bool {
         matches!(self, RegistryError::Status { status: 404, .. })
     }
+
+    /// The registry's own "schema not found" (404 with error code 40403), not a 404 from a
+    /// proxy in front of it.
+    fn is_unknown_schema(&self) -> bool {
+        matches!(
+            self,
+            RegistryError::Status {
+                status: 404,
+                code: Some(40403),
+                ..
+            }
+        )
+    }
 }
 
 /// A request to the registry.
@@ -213,6 +242,7 @@ enum Call {
     Lookup { subject: String, schema: String },
     Compatibility { subject: String, schema: String },
     SchemaById { id: u32 },
+    Subjects,
 }
 
 /// An answer.
@@ -222,6 +252,7 @@ enum Answer {
     Missing,
     Compatible(bool, Vec<String>),
     Schema(String),
+    Count(usize),
 }
 
 type Job = (
@@ -236,6 +267,8 @@ pub struct Registry {
     url: String,
     timeout: Duration,
     config: SchemaRegistryConfig,
+    /// How long a lookup by id keeps retrying; `None`: until the registry answers.
+    patience: Option<Duration>,
 }
 
 const CONTENT_TYPE: &str = "application/vnd.schemaregistry.v1+json";
@@ -310,7 +343,20 @@ impl Registry {
             url: base,
             timeout,
             config: config.clone(),
+            patience: None,
         }))
+    }
+
+    /// A client whose lookups by id give up after `patience` (an operator command must end),
+    /// sharing this one's thread.
+    pub fn with_patience(&self, patience: Duration) -> Arc<Registry> {
+        Arc::new(Registry {
+            jobs: self.jobs.clone(),
+            url: self.url.clone(),
+            timeout: self.timeout,
+            config: self.config.clone(),
+            patience: Some(patience),
+        })
     }
 
     /// The section it was started from.
@@ -334,23 +380,51 @@ impl Registry {
         }
     }
 
+    /// One bounded request that needs the credentials (`GET /subjects`): how many subjects
+    /// the registry holds. For `check-config --connect`; no retrying.
+    pub async fn probe(self: &Arc<Self>) -> Result<usize, RegistryError> {
+        let this = self.clone();
+        let answer = tokio::task::spawn_blocking(move || this.call_blocking(Call::Subjects))
+            .await
+            .unwrap_or(Err(RegistryError::Stopped))?;
+        match answer {
+            Answer::Count(count) => Ok(count),
+            _ => Err(RegistryError::Protocol {
+                what: "GET /subjects".into(),
+                detail: "not a list".into(),
+            }),
+        }
+    }
+
     /// The schema text the registry holds under `id`; `None` when it does not know the id.
-    /// Transient failures are retried with capped backoff until it answers (see the module
-    /// documentation): the caller is a reader that must not skip a record.
+    ///
+    /// Every other failure is retried with capped backoff until the registry answers (see
+    /// the module documentation): the caller is a reader, and a record it cannot read yet
+    /// must wait, not be rejected or dead-lettered as unreadable. That includes refusals a
+    /// retry cannot cure by itself (401/403 after a credential rotation, a malformed answer):
+    /// they are logged as errors, and the reader holds its partition until an operator fixes
+    /// the registry or its credentials (restarting with new ones re-reads the secret). An
+    /// operator command's client ([`Registry::with_patience`]) gives up after its patience.
     pub fn schema_by_id_blocking(&self, id: u32) -> Result<Option<String>, RegistryError> {
+        let started = Instant::now();
         let mut delay = Duration::from_millis(100);
         loop {
             match self.call_blocking(Call::SchemaById { id }) {
                 Ok(Answer::Schema(text)) => return Ok(Some(text)),
                 Ok(_) => return Ok(None),
-                Err(error) if error.is_not_found() => return Ok(None),
+                Err(RegistryError::Stopped) => return Err(RegistryError::Stopped),
+                Err(error) if self.patience.is_some_and(|p| started.elapsed() + delay > p) => {
+                    return Err(error)
+                }
                 Err(error) if error.is_transient() => {
                     tracing::warn!(message = "Schema registry lookup failed; retrying.", id, %error, retry_in_ms = delay.as_millis() as u64);
-                    std::thread::sleep(delay);
-                    delay = (delay * 2).min(MAX_BACKOFF);
                 }
-                Err(error) => return Err(error),
+                Err(error) => {
+                    tracing::error!(message = "Schema registry refuses a lookup; retrying until it answers.", id, %error, retry_in_ms = delay.as_millis() as u64);
+                }
             }
+            std::thread::sleep(delay);
+            delay = (delay * 2).min(MAX_BACKOFF);
         }
     }
 
@@ -481,6 +555,9 @@ pub enum RegistrationError {
     /// Shutdown came first.
     #[error("shutdown requested during schema registration")]
     Interrupted,
+    /// The registration task panicked (a bug).
+    #[error("schema registration panicked")]
+    Panicked,
     /// A schema the pipeline writes is not in `schemas/`.
     #[error(transparent)]
     Schemas(#[from] AvroError),
@@ -583,6 +660,9 @@ pub async fn register_pipeline(
     dataset: &str,
     shutdown: &Shutdown,
 ) -> Result<(), RegistrationError> {
+    if registry.config.value_framing == ValueFraming::SingleObject {
+        return Ok(());
+    }
     let subjects = subjects(
         store,
         topics,
@@ -590,18 +670,17 @@ pub async fn register_pipeline(
         registry.config.subject_strategy,
         None,
     )?;
-    let (registry, store, shutdown) = (registry.clone(), store.clone(), shutdown.clone());
-    tokio::task::spawn_blocking(move || {
-        register_all(
-            &registry,
-            &store,
-            subjects,
-            &|| shutdown.is_triggered(),
-            None,
-        )
-    })
-    .await
-    .unwrap_or(Err(RegistrationError::Interrupted))
+    let (registry, store, stop) = (registry.clone(), store.clone(), shutdown.clone());
+    let task = tokio::task::spawn_blocking(move || {
+        register_all(&registry, &store, subjects, &|| stop.is_triggered(), None)
+    });
+    let mut shutdown = shutdown.clone();
+    tokio::select! {
+        joined = task => joined.unwrap_or(Err(RegistrationError::Panicked)),
+        // A request in flight ends on its own (bounded by the request timeout); the task
+        // then sees the trigger and stops.
+        _ = shutdown.wait() => Err(RegistrationError::Interrupted),
+    }
 }
 
 /// For an operator command that writes records of `kinds` (none nesting the dataset): the
@@ -615,6 +694,9 @@ pub fn register_kinds(
     let Some(registry) = store.registry() else {
         return Ok(());
     };
+    if registry.config.value_framing == ValueFraming::SingleObject {
+        return Ok(());
+    }
     let subjects = subjects(
         store,
         topics,
@@ -702,6 +784,16 @@ impl Worker {
                     .unwrap_or_default();
                 Ok(Answer::Compatible(compatible, messages))
             }
+            Call::Subjects => {
+                let body = self.send(reqwest::Method::GET, "/subjects", None).await?;
+                match body.as_array() {
+                    Some(subjects) => Ok(Answer::Count(subjects.len())),
+                    None => Err(RegistryError::Protocol {
+                        what: "GET /subjects".into(),
+                        detail: "not a JSON array".into(),
+                    }),
+                }
+            }
             Call::SchemaById { id } => {
                 let path = format!("/schemas/ids/{id}");
                 match self.send(reqwest::Method::GET, &path, None).await {
@@ -712,7 +804,7 @@ impl Worker {
                             detail: "no \"schema\"".into(),
                         }),
                     },
-                    Err(error) if error.is_not_found() => Ok(Answer::Missing),
+                    Err(error) if error.is_unknown_schema() => Ok(Answer::Missing),
                     Err(error) => Err(error),
                 }
             }
@@ -829,6 +921,12 @@ mod tests {
         assert_eq!(config.value_framing, ValueFraming::Registry);
         assert_eq!(config.subject_strategy, SubjectStrategy::TopicName);
         assert!(matches!(config.auth, RegistryAuth::None));
+        // Credentials in the URL are refused without being repeated.
+        let error = parse("url = \"https://key:s3cr3t@registry.example.org\"").unwrap_err();
+        assert!(
+            error.contains("schema_registry.url") && !error.contains("s3cr3t"),
+            "{error}"
+        );
         let error = parse("url = \"registry:8081\"").unwrap_err();
         assert!(error.contains("schema_registry.url"), "{error}");
         let error = parse("url = \"http://r\"\nrequest_timeout_ms = 0").unwrap_err();

@@ -16,6 +16,9 @@ use super::{
     REGISTRY_MAGIC, SINGLE_OBJECT_HEADER_LEN, SINGLE_OBJECT_MAGIC,
 };
 
+/// What a schema registry id names: a schema's fingerprint, or why it cannot be used.
+type IdAnswer = Result<[u8; 8], String>;
+
 /// A composed schema, whether it is a current one, and the template it came from.
 type Composed<'t> = (Arc<LoadedSchema>, bool, &'t SchemaFile);
 
@@ -29,8 +32,10 @@ pub struct SchemaStore {
     composed: HashMap<(String, String), Arc<LoadedSchema>>,
     /// Names of the dataset schemas, sorted.
     datasets: Vec<String>,
-    /// Schema registry ids learnt so far, to the fingerprint of the schema they name.
-    registry_ids: Arc<RwLock<HashMap<u32, [u8; 8]>>>,
+    /// Schema registry ids learnt so far, to the fingerprint of the schema they name — or to
+    /// why they cannot be used (the registry does not know them, or their schema is not in
+    /// this directory): an id never changes meaning, so neither answer is asked again.
+    registry_ids: Arc<RwLock<HashMap<u32, IdAnswer>>>,
     /// Where ids not learnt yet are looked up (`[schema_registry]`).
     registry: Option<Arc<Registry>>,
 }
@@ -255,7 +260,7 @@ impl SchemaStore {
         self.registry_ids
             .write()
             .unwrap_or_else(PoisonError::into_inner)
-            .insert(id, fingerprint);
+            .insert(id, Ok(fingerprint));
     }
 
     /// Whether reading `payload` would ask the registry first (a registry id not learnt yet):
@@ -317,14 +322,23 @@ impl SchemaStore {
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .get(&id)
-            .copied();
-        if let Some(fingerprint) = known {
-            return Ok(fingerprint);
-        }
+            .cloned();
         let unknown = |detail: String| AvroError::UnknownRegistryId {
             location: location.clone(),
             id,
             detail,
+        };
+        match known {
+            Some(Ok(fingerprint)) => return Ok(fingerprint),
+            Some(Err(detail)) => return Err(unknown(detail)),
+            None => {}
+        }
+        let settled = |detail: String| {
+            self.registry_ids
+                .write()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(id, Err(detail.clone()));
+            unknown(detail)
         };
         let Some(registry) = &self.registry else {
             return Err(unknown(
@@ -333,19 +347,19 @@ impl SchemaStore {
         };
         let text = match registry.schema_by_id_blocking(id) {
             Ok(Some(text)) => text,
-            Ok(None) => return Err(unknown("the schema registry does not know".into())),
+            Ok(None) => return Err(settled("the schema registry does not know".into())),
             Err(error) => return Err(unknown(format!("could not be looked up: {error}"))),
         };
         let schema: serde_avro_fast::Schema =
             text.parse()
                 .map_err(|error: serde_avro_fast::schema::SchemaError| {
-                    unknown(format!(
+                    settled(format!(
                         "is not a valid Avro schema in the registry: {error}"
                     ))
                 })?;
         let fingerprint = *schema.rabin_fingerprint();
         if !self.by_fingerprint.contains_key(&fingerprint) {
-            return Err(unknown(format!(
+            return Err(settled(format!(
                 "is a schema (fingerprint {}) not in {} (is schemas/ older than the writer?)",
                 hex(&fingerprint),
                 self.dir.display()

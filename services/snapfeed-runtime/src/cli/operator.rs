@@ -148,7 +148,7 @@ fn values(show: bool) -> Values {
 }
 
 fn schemas(common: &CommonSections<'_>) -> Result<SchemaStore, ExitCode> {
-    common.load_schemas().map_err(|error| {
+    common.load_schemas_for_command().map_err(|error| {
         eprintln!("error: {error}");
         ExitCode::from(2)
     })

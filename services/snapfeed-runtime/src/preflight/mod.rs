@@ -7,6 +7,8 @@
 //! - every secret reference in the config resolves (an `{ env = … }` or `{ file = … }` value,
 //!   wherever it is) — the value is never printed;
 //! - the broker answers (one bounded metadata call, no retrying);
+//! - with `[schema_registry]`, the registry answers an authenticated request (`GET /subjects`,
+//!   one bounded call);
 //! - every topic of the pipeline exists, `snapshots`/`state`/`changes` are co-partitioned;
 //! - `state` and `files` are compacted and each topic's `retention.ms` is what `[topics]`
 //!   configures (read with DescribeConfigs).
@@ -209,7 +211,26 @@ pub async fn common_checks<C: serde::Serialize>(
     ));
     checks.extend(secret_checks(config));
     checks.extend(broker::broker_checks(service, common).await);
+    if let Some(registry) = common.schema_registry {
+        checks.push(registry_check(registry).await);
+    }
     (checks, schemas.ok())
+}
+
+/// The schema registry reached with the configured credentials.
+pub async fn registry_check(config: &crate::avro::registry::SchemaRegistryConfig) -> Check {
+    const NAME: &str = "schema registry";
+    let registry = match crate::avro::registry::Registry::start(config) {
+        Ok(registry) => registry,
+        Err(error) => return Check::failed(NAME, error.to_string()),
+    };
+    Check::from_result(
+        NAME,
+        registry
+            .probe()
+            .await
+            .map(|subjects| format!("{} answers, {subjects} subjects", config.url)),
+    )
 }
 
 /// Every secret reference in `config`, resolved (values never shown).

@@ -121,11 +121,29 @@ impl CommonSections<'_> {
     }
 
     /// The schemas of `pipeline.schemas_dir`, with the schema registry client attached when
-    /// `[schema_registry]` is set (ids in payloads are then looked up in it).
+    /// `[schema_registry]` is set (ids in payloads are then looked up in it, retried until
+    /// the registry answers: a service's readers wait rather than skip a record).
     pub fn load_schemas(&self) -> Result<SchemaStore, super::RuntimeError> {
+        self.load_schemas_with(None)
+    }
+
+    /// [`CommonSections::load_schemas`] for an operator command: a lookup gives up after a
+    /// minute with an error, so the command ends.
+    pub fn load_schemas_for_command(&self) -> Result<SchemaStore, super::RuntimeError> {
+        self.load_schemas_with(Some(std::time::Duration::from_secs(60)))
+    }
+
+    fn load_schemas_with(
+        &self,
+        patience: Option<std::time::Duration>,
+    ) -> Result<SchemaStore, super::RuntimeError> {
         let mut store = SchemaStore::load_dir(&self.pipeline.schemas_dir)?;
         if let Some(config) = self.schema_registry {
-            store.attach_registry(Registry::start(config)?);
+            let registry = Registry::start(config)?;
+            store.attach_registry(match patience {
+                Some(patience) => registry.with_patience(patience),
+                None => registry,
+            });
         }
         Ok(store)
     }
