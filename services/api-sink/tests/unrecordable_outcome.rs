@@ -18,18 +18,9 @@ const LIMIT: Duration = Duration::from_secs(90);
 
 /// A copy of the repository's schemas where `source_partition` of the receipt and the dead
 /// letter is a boolean: the sink's `i32` does not fit, so encoding either fails.
-fn schemas_that_do_not_fit(repo_schemas: &std::path::Path) -> tempfile::TempDir {
+fn schemas_that_do_not_fit() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir(dir.path().join("history")).unwrap();
-    for sub in ["", "history"] {
-        for entry in std::fs::read_dir(repo_schemas.join(sub)).unwrap() {
-            let path = entry.unwrap().path();
-            if path.extension().is_some_and(|e| e == "avsc") {
-                let name = path.file_name().unwrap();
-                std::fs::copy(&path, dir.path().join(sub).join(name)).unwrap();
-            }
-        }
-    }
+    snapfeed_harness::schemas::copy_schemas(dir.path());
     // The dead letter's history too: the store refuses a history its current cannot read.
     for file in [
         "delivery_receipt.avsc",
@@ -54,7 +45,7 @@ fn schemas_that_do_not_fit(repo_schemas: &std::path::Path) -> tempfile::TempDir 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_outcome_that_cannot_be_encoded_holds_the_offset_and_is_reported() {
     let mut f = Fixture::new("unrecordable", 3).await;
-    let schemas = schemas_that_do_not_fit(&f.schemas_dir);
+    let schemas = schemas_that_do_not_fit();
     f.schemas_dir = schemas.path().to_path_buf();
     // One change per partition: the first is delivered (its receipt cannot be encoded), the
     // second refused with a 400 (its dead letter cannot be encoded). The third partition

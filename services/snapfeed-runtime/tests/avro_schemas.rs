@@ -223,15 +223,7 @@ fn an_incompatible_history_version_is_refused_at_load() {
 /// A copy of `schemas/` (and `history/`) in a temporary directory.
 fn copy_of_schemas() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir(dir.path().join("history")).unwrap();
-    for sub in ["", "history"] {
-        for entry in std::fs::read_dir(schemas_dir().join(sub)).unwrap() {
-            let path = entry.unwrap().path();
-            if path.extension().is_some_and(|e| e == "avsc") {
-                std::fs::copy(&path, dir.path().join(sub).join(path.file_name().unwrap())).unwrap();
-            }
-        }
-    }
+    snapfeed_harness::schemas::copy_schemas(dir.path());
     dir
 }
 

@@ -28,25 +28,29 @@ pub fn load_dataset(schemas_dir: &Path, mapping: &Path) -> (SchemaStore, Dataset
     (store, dataset)
 }
 
+/// Copies the `*.avsc` files of the repository's `schemas/` and `schemas/history/` into `to`
+/// (created if missing), for a test that changes a schema; returns `to`.
+pub fn copy_schemas(to: &Path) -> PathBuf {
+    std::fs::create_dir_all(to.join("history")).expect("schemas copy");
+    let source = schemas_dir();
+    for sub in ["", "history"] {
+        for entry in std::fs::read_dir(source.join(sub)).expect("schemas") {
+            let path = entry.expect("entry").path();
+            if path.extension().is_some_and(|e| e == "avsc") {
+                std::fs::copy(&path, to.join(sub).join(path.file_name().expect("name")))
+                    .expect("copy schema");
+            }
+        }
+    }
+    to.to_path_buf()
+}
+
 /// Copies `schemas/` to `dir`, moving the current `lab_result.avsc` to
 /// `history/lab_result.v2.avsc` and writing a v3 that appends `extra_field` (JSON); returns the
 /// new schemas directory.
 pub fn evolve_lab_result_schema(dir: &Path, extra_field: &str) -> PathBuf {
     let source = schemas_dir();
-    let target = dir.join("schemas");
-    std::fs::create_dir_all(target.join("history")).expect("schemas copy");
-    for sub in ["", "history"] {
-        for entry in std::fs::read_dir(source.join(sub)).expect("schemas") {
-            let path = entry.expect("entry").path();
-            if path.is_file() {
-                std::fs::copy(
-                    &path,
-                    target.join(sub).join(path.file_name().expect("name")),
-                )
-                .expect("copy schema");
-            }
-        }
-    }
+    let target = copy_schemas(&dir.join("schemas"));
     let current = std::fs::read_to_string(source.join("lab_result.avsc")).expect("lab_result");
     std::fs::write(target.join("history/lab_result.v2.avsc"), &current).expect("history v2");
     let end = current.rfind(']').expect("fields array");

@@ -130,13 +130,13 @@ pub fn decode(
     location: &MessageLocation,
     values: Values,
 ) -> Result<Decoded, AvroError> {
-    let (schema, fields) = decode_fields(schemas, payload, location)?;
+    let (writer, fields) = writer_and_fields(schemas, payload, location)?;
     // The dataset a change event or dead letter nests (composed schemas only).
-    let dataset = schemas
-        .writer(payload, location)
-        .ok()
-        .and_then(|writer| writer.dataset.as_ref())
+    let dataset = writer
+        .dataset
+        .as_ref()
         .map_or("", |dataset| dataset.name.as_str());
+    let schema = writer.name.clone();
     let value = match schema.as_str() {
         ChangeEvent::SCHEMA => change_event(schemas, fields, dataset, location, values),
         DeadLetter::SCHEMA => dead_letter(schemas, fields, dataset, location, values),
@@ -155,14 +155,29 @@ pub fn decode_fields(
     payload: &[u8],
     location: &MessageLocation,
 ) -> Result<(String, Vec<(String, Value)>), AvroError> {
+    writer_and_fields(schemas, payload, location)
+        .map(|(writer, fields)| (writer.name.clone(), fields))
+}
+
+/// A writer schema and the top-level fields it wrote.
+type WriterFields<'s> = (
+    &'s std::sync::Arc<crate::avro::LoadedSchema>,
+    Vec<(String, Value)>,
+);
+
+/// A record payload's writer schema and top-level fields, as written.
+fn writer_and_fields<'s>(
+    schemas: &'s SchemaStore,
+    payload: &[u8],
+    location: &MessageLocation,
+) -> Result<WriterFields<'s>, AvroError> {
     let (writer, mut datum) = schemas.split(payload, location)?;
-    let corrupt = || AvroError::Corrupt {
-        location: location.clone(),
-        detail: format!("{} bytes do not decode as {}", payload.len(), writer.name),
-    };
     match apache_avro::from_avro_datum(writer.parsed(), &mut datum, None) {
-        Ok(Value::Record(fields)) => Ok((writer.name.clone(), fields)),
-        Ok(_) | Err(_) => Err(corrupt()),
+        Ok(Value::Record(fields)) => Ok((writer, fields)),
+        Ok(_) | Err(_) => Err(AvroError::Corrupt {
+            location: location.clone(),
+            detail: format!("{} bytes do not decode as {}", payload.len(), writer.name),
+        }),
     }
 }
 
