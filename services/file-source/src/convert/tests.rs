@@ -108,7 +108,10 @@ fn the_per_row_path_encodes_and_keys_what_the_record_path_does() {
         let mut expected = Vec::new();
         dataset.encode(&record, &mut expected).unwrap();
         let mut values = Vec::new();
-        converter.convert_refs(&dataset, &row, &mut values).unwrap();
+        let cells: Vec<&str> = row.iter().collect();
+        converter
+            .convert_refs(&dataset, cells.into_iter(), &mut values)
+            .unwrap();
         let mut payload = Vec::new();
         dataset.encode_refs(&values, &mut payload).unwrap();
         assert_eq!(payload, expected, "{changes:?}");
@@ -297,5 +300,18 @@ fn enum_values_normalise_through_map_and_symbols() {
             Some(&FieldValue::Enum(symbol.into())),
             "{raw}"
         );
+    }
+}
+
+proptest::proptest! {
+    #[test]
+    fn the_quick_trim_is_str_trim(
+        cell in proptest::collection::vec(
+            proptest::sample::select(vec!['a', 'Z', '1', ' ', '\t', '\u{a0}', '\u{2003}', '\u{3000}', 'é', '\u{85}', '"']),
+            0..8,
+        )
+    ) {
+        let cell: String = cell.into_iter().collect();
+        proptest::prop_assert_eq!(super::trim(&cell), cell.trim());
     }
 }

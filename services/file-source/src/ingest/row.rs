@@ -17,6 +17,7 @@ use snapfeed_runtime::dataset::{Dataset, FieldRef};
 use snapfeed_runtime::record_key::RecordKey;
 
 use crate::convert::{reason, HeaderMap, RowConverter, RowReject};
+use crate::reader::{Record, TextFields};
 
 /// Reason of a row whose bytes are not valid text in the configured encoding.
 pub const BAD_ENCODING: &str = "bad_encoding";
@@ -67,24 +68,18 @@ impl RowDecider {
         self.seen_keys.reserve(rows);
     }
 
-    /// The fate of the row whose raw cells are `row`; `row` is left as it was read (the raw
-    /// text of a rejected row goes to `rejects`).
-    pub fn decide(&mut self, row: &mut csv::ByteRecord) -> RowOutcome<'_> {
-        let text = match csv::StringRecord::from_byte_record(std::mem::take(row)) {
-            Ok(text) => text,
-            Err(error) => {
-                *row = error.into_byte_record();
-                return RowOutcome::Rejected(RowReject {
-                    column: None,
-                    reason: BAD_ENCODING,
-                    detail:
-                        "the row is not valid text in the configured encoding (source.encoding)"
-                            .into(),
-                });
-            }
+    /// The fate of the row whose raw cells are `row` (the raw text of a rejected row goes to
+    /// `rejects`).
+    pub fn decide(&mut self, row: &Record) -> RowOutcome<'_> {
+        let Some(text) = row.text() else {
+            return RowOutcome::Rejected(RowReject {
+                column: None,
+                reason: BAD_ENCODING,
+                detail: "the row is not valid text in the configured encoding (source.encoding)"
+                    .into(),
+            });
         };
-        let converted = self.encode(&text);
-        *row = text.into_byte_record();
+        let converted = self.encode(text);
         match converted {
             Ok(key) if self.seen_keys.first_time(&key) => RowOutcome::Accepted {
                 key,
@@ -102,7 +97,7 @@ impl RowDecider {
 
     /// Converts the row to values borrowed from it and encodes them into `self.payload`: no
     /// allocation per cell. Returns the record key.
-    fn encode(&mut self, text: &csv::StringRecord) -> Result<RecordKey, RowReject> {
+    fn encode(&mut self, text: TextFields<'_>) -> Result<RecordKey, RowReject> {
         // The previous row's (empty) vector, lent out again for this row's lifetime.
         let mut values: Vec<FieldRef<'_>> = std::mem::take(&mut self.values);
         let converted = self
@@ -221,8 +216,8 @@ mod tests {
     }
 
     /// The good lab row with `changes`, as raw cells.
-    fn raw(changes: &[(&str, &str)]) -> csv::ByteRecord {
-        row(&schema_order(), changes).into_byte_record()
+    fn raw(changes: &[(&str, &str)]) -> Record {
+        Record::from_fields(row(&schema_order(), changes).iter())
     }
 
     fn accepted_key(outcome: RowOutcome<'_>) -> String {
@@ -243,12 +238,12 @@ mod tests {
     fn a_good_row_is_accepted_with_its_key_and_the_datasets_encoding() {
         let dataset = lab_dataset();
         let mut decider = decider();
-        let mut row = raw(&[]);
-        let RowOutcome::Accepted { key, payload } = decider.decide(&mut row) else {
+        let row = raw(&[]);
+        let RowOutcome::Accepted { key, payload } = decider.decide(&row) else {
             panic!("rejected")
         };
         let record = crate::convert::tests::converter(&dataset, &schema_order())
-            .convert(&csv::StringRecord::from_byte_record(raw(&[])).unwrap())
+            .convert(&crate::convert::tests::row(&schema_order(), &[]))
             .unwrap();
         let mut expected = Vec::new();
         dataset.encode(&record, &mut expected).unwrap();
@@ -260,17 +255,17 @@ mod tests {
     #[test]
     fn a_repeated_key_is_rejected_and_the_first_occurrence_wins() {
         let mut decider = decider();
-        let first = accepted_key(decider.decide(&mut raw(&[("Patient_Sex", "M")])));
-        let other = accepted_key(decider.decide(&mut raw(&[("Accession_Number", "ACC-2")])));
+        let first = accepted_key(decider.decide(&raw(&[("Patient_Sex", "M")])));
+        let other = accepted_key(decider.decide(&raw(&[("Accession_Number", "ACC-2")])));
         assert_ne!(first, other);
         // Same key (the key columns are equal after normalisation), other content.
-        let repeat = decider.decide(&mut raw(&[
+        let repeat = decider.decide(&raw(&[
             ("Patient_Sex", "F"),
             ("Facility_CLIA", "05D0123456"),
         ]));
         assert_eq!(reason_of(repeat), DUPLICATE_KEY);
         assert_eq!(
-            reason_of(decider.decide(&mut raw(&[("Accession_Number", "ACC-2")]))),
+            reason_of(decider.decide(&raw(&[("Accession_Number", "ACC-2")]))),
             DUPLICATE_KEY
         );
     }
@@ -278,7 +273,7 @@ mod tests {
     #[test]
     fn a_rejected_row_claims_no_key() {
         let mut decider = decider();
-        let bad = decider.decide(&mut raw(&[("Result_Date", "31/31/2021")]));
+        let bad = decider.decide(&raw(&[("Result_Date", "31/31/2021")]));
         assert_eq!(
             bad,
             RowOutcome::Rejected(RowReject {
@@ -288,21 +283,20 @@ mod tests {
             })
         );
         // The same key, now convertible: its first acceptable occurrence.
-        accepted_key(decider.decide(&mut raw(&[])));
+        accepted_key(decider.decide(&raw(&[])));
     }
 
     #[test]
     fn bytes_that_are_not_text_are_a_bad_encoding_reject_kept_as_read() {
         let mut decider = decider();
-        let mut row = raw(&[]);
-        let mut cells: Vec<Vec<u8>> = row.iter().map(<[u8]>::to_vec).collect();
+        let mut cells: Vec<Vec<u8>> = raw(&[]).fields().map(<[u8]>::to_vec).collect();
         cells[1] = b"N\xfa\xf1ez".to_vec();
-        row = csv::ByteRecord::from(cells);
+        let row = Record::from_fields(cells);
         let before = row.clone();
-        assert_eq!(reason_of(decider.decide(&mut row)), BAD_ENCODING);
+        assert_eq!(reason_of(decider.decide(&row)), BAD_ENCODING);
         assert_eq!(row, before, "the raw cells go to rejects untouched");
         // Its key is not claimed either.
-        accepted_key(decider.decide(&mut raw(&[])));
+        accepted_key(decider.decide(&raw(&[])));
     }
 
     #[test]
@@ -315,7 +309,7 @@ mod tests {
         ];
         let fates = |decider: &mut RowDecider| -> Vec<String> {
             rows.iter()
-                .map(|r| match decider.decide(&mut r.clone()) {
+                .map(|r| match decider.decide(&r.clone()) {
                     RowOutcome::Accepted { key, payload } => {
                         format!("{}:{}", key.as_str(), payload.len())
                     }

@@ -18,10 +18,10 @@ use crate::reader::{self, SnapshotFile};
 
 /// A file open at its first data row.
 pub(super) struct RowScan {
-    csv: csv::Reader<Box<dyn std::io::Read + Send>>,
+    csv: reader::RecordReader,
     decider: RowDecider,
     /// The current row's raw cells, reused across rows.
-    buffer: csv::ByteRecord,
+    buffer: reader::Record,
     /// Raw (on-disk) bytes read so far, for progress lines.
     pub(super) raw_bytes_read: Arc<AtomicU64>,
     /// Columns of the file the mapping does not know (ignored).
@@ -38,7 +38,7 @@ pub(super) enum Opened {
 pub(super) struct ScannedRow<'s> {
     pub(super) line: u64,
     pub(super) outcome: RowOutcome<'s>,
-    pub(super) raw: &'s csv::ByteRecord,
+    pub(super) raw: &'s reader::Record,
 }
 
 /// Opens `file` and reads its header. `Err` only when the file cannot be opened at all (it
@@ -68,9 +68,18 @@ pub(super) fn open_scan(
         })?;
     let raw_bytes_read = text.raw_bytes_read.clone();
     let mut csv = reader::csv_reader(text.reader, &config.csv);
-    let mut header = csv::StringRecord::new();
-    match csv.read_record(&mut header) {
-        Ok(true) => {}
+    let mut header = reader::Record::new();
+    let header = match csv.read_record(&mut header) {
+        Ok(true) => match header.text() {
+            Some(header) => header,
+            None => {
+                return Ok(fail(
+                    "read",
+                    "cannot read the header line: invalid UTF-8".into(),
+                    Vec::new(),
+                ))
+            }
+        },
         Ok(false) => {
             return Ok(fail(
                 "empty",
@@ -81,12 +90,12 @@ pub(super) fn open_scan(
         Err(error) => {
             return Ok(fail(
                 "read",
-                format!("cannot read the header line: {}", csv_error_class(&error)),
+                format!("cannot read the header line: {}", read_error_class(&error)),
                 Vec::new(),
             ))
         }
-    }
-    let header_map = match HeaderMap::match_header(header.iter(), dataset) {
+    };
+    let header_map = match HeaderMap::match_header(header, dataset) {
         Ok(map) => map,
         Err(HeaderError::MissingColumns(columns)) => {
             return Ok(fail(
@@ -101,42 +110,31 @@ pub(super) fn open_scan(
     Ok(Opened::Ready(Box::new(RowScan {
         csv,
         decider: RowDecider::new(dataset.clone(), header_map),
-        buffer: csv::ByteRecord::new(),
+        buffer: reader::Record::new(),
         raw_bytes_read,
         extra_columns,
     })))
 }
 
-/// A csv error's class, without any data from the file.
-fn csv_error_class(error: &csv::Error) -> String {
-    match error.kind() {
-        csv::ErrorKind::Io(io) => format!(
-            "I/O error ({}) — truncated or corrupt compressed data?",
-            io.kind()
-        ),
-        csv::ErrorKind::Utf8 { .. } => "invalid UTF-8".into(),
-        csv::ErrorKind::UnequalLengths { .. } => "unequal record lengths".into(),
-        _ => "malformed CSV".into(),
-    }
+/// A read error's class, without any data from the file.
+fn read_error_class(error: &std::io::Error) -> String {
+    format!(
+        "I/O error ({}) — truncated or corrupt compressed data?",
+        error.kind()
+    )
 }
 
 impl RowScan {
     /// The next data row; `Ok(None)` at the end of the file; `Err((line, what))` when the file
     /// cannot be read on (a file-level failure: stage `read`).
     pub(super) fn next(&mut self) -> Result<Option<ScannedRow<'_>>, (u64, String)> {
-        match self.csv.read_byte_record(&mut self.buffer) {
+        match self.csv.read_record(&mut self.buffer) {
             Ok(true) => {}
             Ok(false) => return Ok(None),
-            Err(error) => {
-                let line = error
-                    .position()
-                    .map(|p| p.line())
-                    .unwrap_or_else(|| self.csv.position().line());
-                return Err((line, csv_error_class(&error)));
-            }
+            Err(error) => return Err((self.csv.position().line(), read_error_class(&error))),
         }
-        let line = self.buffer.position().map(|p| p.line()).unwrap_or(0);
-        let outcome = self.decider.decide(&mut self.buffer);
+        let line = self.buffer.line();
+        let outcome = self.decider.decide(&self.buffer);
         Ok(Some(ScannedRow {
             line,
             outcome,

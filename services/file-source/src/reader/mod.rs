@@ -12,6 +12,10 @@ use sha2::{Digest, Sha256};
 
 use crate::config::{CsvDialect, TextEncoding};
 
+mod records;
+
+pub use records::{Record, RecordReader, TextFields};
+
 /// A snapshot file, identified by content.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SnapshotFile {
@@ -266,36 +270,19 @@ pub fn open_text(path: &Path, encoding: TextEncoding) -> io::Result<TextStream> 
 /// A CSV reader over `text` in `dialect`; the header is read as the first record by the caller.
 /// Flexible: rows with the wrong number of fields come back as records (and are rejected by
 /// the converter) instead of stopping the file.
-pub fn csv_reader(
-    text: Box<dyn Read + Send>,
-    dialect: &CsvDialect,
-) -> csv::Reader<Box<dyn Read + Send>> {
-    let mut builder = csv::ReaderBuilder::new();
-    builder
-        .has_headers(false)
-        .flexible(true)
-        .delimiter(dialect.delimiter as u8)
-        .quote(dialect.quote as u8)
-        .buffer_capacity(1 << 16);
-    if let Some(escape) = dialect.escape {
-        builder.escape(Some(escape as u8)).double_quote(false);
-    }
-    builder.from_reader(text)
+pub fn csv_reader(text: Box<dyn Read + Send>, dialect: &CsvDialect) -> RecordReader {
+    RecordReader::new(text, dialect)
 }
 
 /// The raw text of a record for `rejects`: fields re-joined in the file's dialect (quoted
 /// where needed), cut to `max_bytes` at a character boundary. Returns (text, truncated).
-pub fn raw_record(
-    record: &csv::ByteRecord,
-    dialect: &CsvDialect,
-    max_bytes: usize,
-) -> (String, bool) {
+pub fn raw_record(record: &Record, dialect: &CsvDialect, max_bytes: usize) -> (String, bool) {
     let mut writer = csv::WriterBuilder::new()
         .delimiter(dialect.delimiter as u8)
         .quote(dialect.quote as u8)
         .terminator(csv::Terminator::Any(b'\n'))
         .from_writer(Vec::new());
-    let _ = writer.write_byte_record(record);
+    let _ = writer.write_record(record.fields());
     let mut bytes = writer.into_inner().unwrap_or_default();
     if bytes.last() == Some(&b'\n') {
         bytes.pop();
@@ -370,7 +357,7 @@ mod tests {
 
     #[test]
     fn raw_record_requotes_and_truncates_on_a_char_boundary() {
-        let record = csv::ByteRecord::from(vec!["a,b", "Zoë", "plain"]);
+        let record = Record::from_fields(["a,b", "Zoë", "plain"]);
         let (text, cut) = raw_record(&record, &CsvDialect::default(), 1000);
         assert_eq!((text.as_str(), cut), ("\"a,b\",Zoë,plain", false));
         // "a,b",Zoë is 10 bytes; cutting at 9 would split the ë, so 8 bytes remain.

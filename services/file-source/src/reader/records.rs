@@ -1,0 +1,464 @@
+//! Splitting the decoded text into CSV records: [`RecordReader`], record for record what the
+//! `csv` crate's reader returns in the same dialect (flexible field counts, no header handling,
+//! `\n`, `\r` and `\r\n` ending a record, blank lines skipped), position included — but faster
+//! on the lines real snapshot files are made of.
+//!
+//! Why not `csv::Reader` itself: its byte-at-a-time state machine (`csv_core`) was half of
+//! file-source's per-row CPU (`perf` of the convert bench: 45–50% of the CSV → Avro path), and
+//! almost every line of a lab snapshot has no quote and no carriage return. Such a line is
+//! split on its delimiter with `memchr`, many bytes per instruction. Any other line — a quote
+//! anywhere in it, a `\r`, longer than the buffer — goes to `csv_core`, the same state machine
+//! `csv::Reader` runs, fed from the same buffer. Both paths start only at a record boundary,
+//! where `csv_core`'s state is always "start of record" (or an equivalent one that skips a
+//! following `\n`), so mixing them cannot change a record. The equivalence is tested against
+//! `csv::Reader` on generated inputs in every dialect, whatever the read sizes.
+//!
+//! Records come out as a [`Record`] rather than a `csv::ByteRecord`: a line of unquoted
+//! fields is copied once, delimiters and all, with each field's span (a `ByteRecord` takes
+//! its fields one copy at a time), and its text is checked once for the whole line.
+//!
+//! A record's position is what `csv::Reader` reports: where the previous record ended (so a
+//! record after blank lines reports the first blank line, as it always did). No guarantee of
+//! its own: a pure reader.
+
+use std::io::{self, Read};
+
+use csv::Position;
+
+use crate::config::CsvDialect;
+
+/// One CSV record: its fields (spans of one byte buffer) and where it starts.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Record {
+    bytes: Vec<u8>,
+    /// Each field's `start..end` in `bytes`.
+    spans: Vec<(usize, usize)>,
+    position: Position,
+}
+
+impl Default for Record {
+    fn default() -> Record {
+        Record::new()
+    }
+}
+
+/// Never the fields: they are health data.
+impl std::fmt::Debug for Record {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Record")
+            .field("fields", &self.spans.len())
+            .field("line", &self.position.line())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Record {
+    /// An empty record.
+    pub fn new() -> Record {
+        Record {
+            bytes: Vec::with_capacity(1024),
+            spans: Vec::with_capacity(64),
+            position: Position::new(),
+        }
+    }
+
+    /// A record of these fields (tests, and rows written by hand).
+    pub fn from_fields<T: AsRef<[u8]>>(fields: impl IntoIterator<Item = T>) -> Record {
+        let mut record = Record::new();
+        for field in fields {
+            record.push_field(field.as_ref());
+        }
+        record
+    }
+
+    /// The number of fields.
+    pub fn len(&self) -> usize {
+        self.spans.len()
+    }
+
+    /// Whether it has no field.
+    pub fn is_empty(&self) -> bool {
+        self.spans.is_empty()
+    }
+
+    /// The fields' raw bytes.
+    pub fn fields(&self) -> impl ExactSizeIterator<Item = &[u8]> + '_ {
+        self.spans
+            .iter()
+            .map(|&(start, end)| self.bytes.get(start..end).unwrap_or_default())
+    }
+
+    /// Where the record starts, as `csv::Reader` counts it (see the module documentation).
+    pub fn position(&self) -> &Position {
+        &self.position
+    }
+
+    /// The line the record starts on (1 is the header's).
+    pub fn line(&self) -> u64 {
+        self.position.line()
+    }
+
+    /// The fields as text, or `None` when a field is not valid UTF-8. One check of the whole
+    /// buffer; fields of a line split at its (ASCII) delimiters are then valid each, and the
+    /// span ends of any other record are checked to fall between characters.
+    pub fn text(&self) -> Option<TextFields<'_>> {
+        let text = std::str::from_utf8(&self.bytes).ok()?;
+        let between_chars = text.is_ascii()
+            || self
+                .spans
+                .iter()
+                .all(|&(start, end)| text.is_char_boundary(start) && text.is_char_boundary(end));
+        between_chars.then(|| TextFields {
+            text,
+            spans: self.spans.iter(),
+        })
+    }
+
+    fn clear(&mut self) {
+        self.bytes.clear();
+        self.spans.clear();
+    }
+
+    fn push_field(&mut self, field: &[u8]) {
+        let start = self.bytes.len();
+        self.bytes.extend_from_slice(field);
+        self.spans.push((start, self.bytes.len()));
+    }
+}
+
+/// A record's fields as text ([`Record::text`]).
+#[derive(Debug, Clone)]
+pub struct TextFields<'r> {
+    text: &'r str,
+    spans: std::slice::Iter<'r, (usize, usize)>,
+}
+
+impl<'r> Iterator for TextFields<'r> {
+    type Item = &'r str;
+    fn next(&mut self) -> Option<&'r str> {
+        let &(start, end) = self.spans.next()?;
+        // Checked by `Record::text`: always `Some`.
+        Some(self.text.get(start..end).unwrap_or_default())
+    }
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        self.spans.size_hint()
+    }
+}
+
+impl ExactSizeIterator for TextFields<'_> {}
+
+/// What [`RecordReader::split`] made of the buffered bytes.
+enum Split {
+    /// A record, `bytes` long, with this many `\n` in it (its own end included).
+    Record { bytes: usize, newlines: u64 },
+    /// Not for this path: `csv_core` reads it.
+    Slow,
+    /// The record goes on past the buffered bytes.
+    More,
+}
+
+/// Default read buffer: a line longer than this takes the `csv_core` path.
+const BUFFER_BYTES: usize = 1 << 18;
+
+/// Reads CSV records from a text stream; see the module documentation.
+pub struct RecordReader {
+    input: Box<dyn Read + Send>,
+    core: csv_core::Reader,
+    delimiter: u8,
+    quote: u8,
+    escape: Option<u8>,
+    /// Whether lines may be split without `csv_core` (no dialect byte is a line-ending byte).
+    split_fast: bool,
+    buf: Box<[u8]>,
+    /// Unread bytes are `buf[start..end]`.
+    start: usize,
+    end: usize,
+    eof: bool,
+    /// Where the next record starts as `csv::Reader` counts it: bytes consumed, line, records.
+    byte: u64,
+    line: u64,
+    records: u64,
+    /// A quoted field's text, unescaped.
+    quoted: Vec<u8>,
+    /// `csv_core`'s output and field ends, reused.
+    fields: Vec<u8>,
+    ends: Vec<usize>,
+}
+
+impl std::fmt::Debug for RecordReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RecordReader")
+            .field("line", &self.line)
+            .field("records", &self.records)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RecordReader {
+    /// A reader of `input` in `dialect`.
+    pub fn new(input: Box<dyn Read + Send>, dialect: &CsvDialect) -> RecordReader {
+        RecordReader::with_buffer(input, dialect, BUFFER_BYTES)
+    }
+
+    fn with_buffer(input: Box<dyn Read + Send>, dialect: &CsvDialect, bytes: usize) -> Self {
+        let (delimiter, quote) = (dialect.delimiter as u8, dialect.quote as u8);
+        let escape = dialect.escape.map(|c| c as u8);
+        let mut builder = csv_core::ReaderBuilder::new();
+        builder.delimiter(delimiter).quote(quote);
+        if escape.is_some() {
+            builder.escape(escape).double_quote(false);
+        }
+        let line_byte = |b: u8| b == b'\n' || b == b'\r';
+        RecordReader {
+            input,
+            core: builder.build(),
+            delimiter,
+            quote,
+            escape,
+            split_fast: !line_byte(delimiter)
+                && !line_byte(quote)
+                && !escape.is_some_and(line_byte),
+            buf: vec![0; bytes.max(2)].into_boxed_slice(),
+            start: 0,
+            end: 0,
+            eof: false,
+            byte: 0,
+            line: 1,
+            records: 0,
+            quoted: Vec::with_capacity(256),
+            fields: vec![0; 1024],
+            ends: vec![0; 64],
+        }
+    }
+
+    /// Where the next record starts (after the last one read).
+    pub fn position(&self) -> Position {
+        let mut position = Position::new();
+        position
+            .set_byte(self.byte)
+            .set_line(self.line)
+            .set_record(self.records);
+        position
+    }
+
+    /// Reads the next record into `record` (cleared first; its position set); `Ok(false)` at
+    /// the end of the text. An `Err` is the text stream's (e.g. corrupt compressed data).
+    pub fn read_record(&mut self, record: &mut Record) -> io::Result<bool> {
+        record.position = self.position();
+        loop {
+            record.clear();
+            if self.start == self.end && !self.fill()? {
+                return Ok(false);
+            }
+            // Blank lines: `csv_core` skips `\n` at a record's start; so does this.
+            match self.buf[self.start] {
+                b'\n' => {
+                    self.consume(1);
+                    self.line += 1;
+                    continue;
+                }
+                b'\r' => return self.read_slow(record),
+                _ => {}
+            }
+            if !self.split_fast {
+                return self.read_slow(record);
+            }
+            match self.split(record) {
+                Split::Record { bytes, newlines } => {
+                    self.consume(bytes);
+                    self.line += newlines;
+                    self.records += 1;
+                    return Ok(true);
+                }
+                Split::Slow => {
+                    record.clear();
+                    return self.read_slow(record);
+                }
+                // The record continues past the buffered bytes: read more and split it again,
+                // or leave a record longer than the buffer to `csv_core`.
+                Split::More if self.start == 0 && self.end == self.buf.len() => {
+                    record.clear();
+                    return self.read_slow(record);
+                }
+                Split::More => {
+                    self.fill()?;
+                }
+            }
+        }
+    }
+
+    /// Splits the record at the start of the buffered bytes into `record`: fields up to the
+    /// delimiter, `\n` or `\r`, or quoted (`""` inside standing for `"`). Anything this does
+    /// not handle — a `\r` ending a record, text after a closing quote, an escape character
+    /// in a quoted field, a quote left open at the end — is [`Split::Slow`], before anything
+    /// is consumed.
+    fn split(&mut self, record: &mut Record) -> Split {
+        let data = &self.buf[self.start..self.end];
+        let (delimiter, quote) = (self.delimiter, self.quote);
+        // Most lines: no quote, no `\r`. One copy of the line; fields between its delimiters.
+        if let Some(line_end) = memchr::memchr(b'\n', data) {
+            let line = &data[..line_end];
+            if memchr::memchr2(quote, b'\r', line).is_none() {
+                record.bytes.extend_from_slice(line);
+                let mut start = 0;
+                for at in memchr::memchr_iter(delimiter, line) {
+                    record.spans.push((start, at));
+                    start = at + 1;
+                }
+                record.spans.push((start, line_end));
+                return Split::Record {
+                    bytes: line_end + 1,
+                    newlines: 1,
+                };
+            }
+        }
+        let mut at = 0;
+        let mut newlines = 0;
+        loop {
+            if data.get(at) == Some(&quote) {
+                let mut from = at + 1;
+                self.quoted.clear();
+                loop {
+                    let Some(found) = memchr::memchr(quote, &data[from..]) else {
+                        return if self.eof { Split::Slow } else { Split::More };
+                    };
+                    let piece = &data[from..from + found];
+                    if self.escape.is_some_and(|escape| piece.contains(&escape)) {
+                        return Split::Slow;
+                    }
+                    newlines += memchr::memchr_iter(b'\n', piece).count() as u64;
+                    self.quoted.extend_from_slice(piece);
+                    let after = from + found + 1;
+                    match data.get(after) {
+                        None if self.eof => return Split::Slow,
+                        None => return Split::More,
+                        Some(&next) if next == quote && self.escape.is_none() => {
+                            self.quoted.push(quote);
+                            from = after + 1;
+                        }
+                        Some(&next) if next == delimiter => {
+                            record.push_field(&self.quoted);
+                            at = after + 1;
+                            break;
+                        }
+                        Some(b'\n') => {
+                            record.push_field(&self.quoted);
+                            return Split::Record {
+                                bytes: after + 1,
+                                newlines: newlines + 1,
+                            };
+                        }
+                        Some(_) => return Split::Slow,
+                    }
+                }
+                continue;
+            }
+            match memchr::memchr3(delimiter, b'\n', b'\r', &data[at..]) {
+                None if self.eof => {
+                    record.push_field(&data[at..]);
+                    return Split::Record {
+                        bytes: data.len(),
+                        newlines,
+                    };
+                }
+                None => return Split::More,
+                Some(found) => {
+                    let end = at + found;
+                    match data[end] {
+                        b'\r' => return Split::Slow,
+                        b'\n' => {
+                            record.push_field(&data[at..end]);
+                            return Split::Record {
+                                bytes: end + 1,
+                                newlines: newlines + 1,
+                            };
+                        }
+                        _ => {
+                            record.push_field(&data[at..end]);
+                            at = end + 1;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// One record by `csv_core`, from a record boundary, reading as much as the record takes.
+    fn read_slow(&mut self, record: &mut Record) -> io::Result<bool> {
+        use csv_core::ReadRecordResult;
+        let (mut out, mut ends) = (0, 0);
+        loop {
+            if self.start == self.end && !self.eof {
+                self.fill()?;
+            }
+            let input = &self.buf[self.start..self.end];
+            let (result, read, written, ended) =
+                self.core
+                    .read_record(input, &mut self.fields[out..], &mut self.ends[ends..]);
+            let newlines = memchr::memchr_iter(b'\n', &input[..read]).count();
+            self.consume(read);
+            self.line += newlines as u64;
+            out += written;
+            ends += ended;
+            match result {
+                ReadRecordResult::InputEmpty => {}
+                ReadRecordResult::OutputFull => {
+                    let grown = self.fields.len() * 2;
+                    self.fields.resize(grown, 0);
+                }
+                ReadRecordResult::OutputEndsFull => {
+                    let grown = self.ends.len() * 2;
+                    self.ends.resize(grown, 0);
+                }
+                ReadRecordResult::Record => {
+                    let mut field_start = 0;
+                    for &field_end in &self.ends[..ends] {
+                        record.push_field(&self.fields[field_start..field_end]);
+                        field_start = field_end;
+                    }
+                    self.records += 1;
+                    return Ok(true);
+                }
+                ReadRecordResult::End => return Ok(false),
+            }
+        }
+    }
+
+    fn consume(&mut self, bytes: usize) {
+        self.start += bytes;
+        self.byte += bytes as u64;
+    }
+
+    /// Moves the unread bytes to the front and reads more after them; `false` when the text has
+    /// ended and nothing is left unread.
+    fn fill(&mut self) -> io::Result<bool> {
+        if self.eof {
+            return Ok(self.start < self.end);
+        }
+        if self.start > 0 {
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+        if self.end < self.buf.len() {
+            loop {
+                match self.input.read(&mut self.buf[self.end..]) {
+                    Ok(0) => {
+                        self.eof = true;
+                        break;
+                    }
+                    Ok(n) => {
+                        self.end += n;
+                        break;
+                    }
+                    Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+                    Err(error) => return Err(error),
+                }
+            }
+        }
+        Ok(self.start < self.end)
+    }
+}
+
+#[cfg(test)]
+mod tests;
