@@ -295,21 +295,18 @@ impl RecordReader {
     fn split(&mut self, record: &mut Record) -> Split {
         let data = &self.buf[self.start..self.end];
         let (delimiter, quote) = (self.delimiter, self.quote);
-        // Most lines: no quote, no `\r`. One copy of the line; fields between its delimiters.
+        // Most lines: no `\r`, no line break inside quotes. One copy of the line; fields
+        // between its delimiters.
         if let Some(line_end) = memchr::memchr(b'\n', data) {
             let line = &data[..line_end];
-            if memchr::memchr2(quote, b'\r', line).is_none() {
-                record.bytes.extend_from_slice(line);
-                let mut start = 0;
-                for at in memchr::memchr_iter(delimiter, line) {
-                    record.spans.push((start, at));
-                    start = at + 1;
+            if memchr::memchr(b'\r', line).is_none() {
+                if split_line(line, delimiter, quote, self.escape, record) {
+                    return Split::Record {
+                        bytes: line_end + 1,
+                        newlines: 1,
+                    };
                 }
-                record.spans.push((start, line_end));
-                return Split::Record {
-                    bytes: line_end + 1,
-                    newlines: 1,
-                };
+                record.clear();
             }
         }
         let mut at = 0;
@@ -457,6 +454,70 @@ impl RecordReader {
             }
         }
         Ok(self.start < self.end)
+    }
+}
+
+/// Splits one whole line (no `\r` in it) into `record`: a copy of the line, and per field
+/// its span in it — a quoted field's between its quotes, or, when it holds doubled quotes,
+/// its unescaped text appended after the line. `false` when the line is not that simple (a
+/// quote left open to the line's end, text after a closing quote, an escape character in a
+/// quoted field): `record` then holds a part, and the caller clears it.
+fn split_line(
+    line: &[u8],
+    delimiter: u8,
+    quote: u8,
+    escape: Option<u8>,
+    record: &mut Record,
+) -> bool {
+    record.bytes.extend_from_slice(line);
+    let mut delimiters = memchr::memchr_iter(delimiter, line);
+    let mut at = 0;
+    loop {
+        if line.get(at) != Some(&quote) {
+            // Unquoted: up to the next delimiter (a quote inside is text).
+            let end = delimiters.find(|&found| found >= at);
+            let Some(end) = end else {
+                record.spans.push((at, line.len()));
+                return true;
+            };
+            record.spans.push((at, end));
+            at = end + 1;
+            continue;
+        }
+        // Quoted: up to a quote not doubled, which must end the field.
+        let mut from = at + 1;
+        let mut unescaped: Option<usize> = None;
+        loop {
+            let Some(found) = memchr::memchr(quote, &line[from..]) else {
+                return false;
+            };
+            let piece = &line[from..from + found];
+            if escape.is_some_and(|escape| piece.contains(&escape)) {
+                return false;
+            }
+            let after = from + found + 1;
+            let doubled = escape.is_none() && line.get(after) == Some(&quote);
+            if doubled || unescaped.is_some() {
+                let start = *unescaped.get_or_insert(record.bytes.len());
+                record.bytes.extend_from_slice(piece);
+                if doubled {
+                    record.bytes.push(quote);
+                    from = after + 1;
+                    continue;
+                }
+                record.spans.push((start, record.bytes.len()));
+            } else {
+                record.spans.push((at + 1, from + found));
+            }
+            match line.get(after) {
+                None => return true,
+                Some(&next) if next == delimiter => {
+                    at = after + 1;
+                    break;
+                }
+                Some(_) => return false,
+            }
+        }
     }
 }
 
