@@ -3,22 +3,25 @@
 //! `\n`, `\r` and `\r\n` ending a record, blank lines skipped), position included — but faster
 //! on the lines real snapshot files are made of.
 //!
-//! Why not `csv::Reader` itself: its byte-at-a-time state machine (`csv_core`) was half of
-//! file-source's per-row CPU (`perf` of the convert bench: 45–50% of the CSV → Avro path), and
-//! almost every line of a lab snapshot has no quote and no carriage return. Such a line is
-//! split on its delimiter with `memchr`, many bytes per instruction. Any other line — a quote
-//! anywhere in it, a `\r`, longer than the buffer — goes to `csv_core`, the same state machine
-//! `csv::Reader` runs, fed from the same buffer. Both paths start only at a record boundary,
-//! where `csv_core`'s state is always "start of record" (or an equivalent one that skips a
-//! following `\n`), so mixing them cannot change a record. The equivalence is tested against
-//! `csv::Reader` on generated inputs in every dialect, whatever the read sizes.
+//! Why not `csv::Reader` itself: its byte-at-a-time state machine (`csv_core`) plus one
+//! `ByteRecord` copy per field was among the largest per-row costs of file-source (`perf` of
+//! the convert bench). Here a line — up to `\n`, with no `\r` — is split on its delimiter
+//! with `memchr`, many bytes per instruction, quoted fields included. Anything else — a `\r`
+//! ending a record, text after a closing quote, an escape character in a quoted field, a
+//! quoted line break, a record longer than the buffer, and the first record (where
+//! `csv_core` drops a UTF-8 byte-order mark) — goes field by field or to `csv_core`, the
+//! state machine `csv::Reader` runs, fed from the same buffer. Every path starts at a record
+//! boundary, where `csv_core`'s state is always "start of record" (or an equivalent one that
+//! skips a following `\n`), so mixing them cannot change a record. The equivalence is tested
+//! against `csv::Reader` on generated inputs in several dialects, whatever the read sizes.
 //!
 //! Records come out as a [`Record`] rather than a `csv::ByteRecord`: a line of unquoted
 //! fields is copied once, delimiters and all, with each field's span (a `ByteRecord` takes
 //! its fields one copy at a time), and its text is checked once for the whole line.
 //!
 //! A record's position is what `csv::Reader` reports: where the previous record ended (so a
-//! record after blank lines reports the first blank line, as it always did). No guarantee of
+//! record after blank lines reports the first blank line, as it always did). A read error
+//! ends the reader, as it ends `csv::Reader`: later reads return no record. No guarantee of
 //! its own: a pure reader.
 
 use std::io::{self, Read};
@@ -28,7 +31,7 @@ use csv::Position;
 use crate::config::CsvDialect;
 
 /// One CSV record: its fields (spans of one byte buffer) and where it starts.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone)]
 pub struct Record {
     bytes: Vec<u8>,
     /// Each field's `start..end` in `bytes`.
@@ -41,6 +44,15 @@ impl Default for Record {
         Record::new()
     }
 }
+
+/// Equal fields and position, however the fields lie in the buffer.
+impl PartialEq for Record {
+    fn eq(&self, other: &Record) -> bool {
+        self.position == other.position && self.fields().eq(other.fields())
+    }
+}
+
+impl Eq for Record {}
 
 /// Never the fields: they are health data.
 impl std::fmt::Debug for Record {
@@ -83,9 +95,13 @@ impl Record {
 
     /// The fields' raw bytes.
     pub fn fields(&self) -> impl ExactSizeIterator<Item = &[u8]> + '_ {
-        self.spans
-            .iter()
-            .map(|&(start, end)| self.bytes.get(start..end).unwrap_or_default())
+        self.spans.iter().map(|&(start, end)| {
+            debug_assert!(
+                start <= end && end <= self.bytes.len(),
+                "a span in the buffer"
+            );
+            self.bytes.get(start..end).unwrap_or_default()
+        })
     }
 
     /// Where the record starts, as `csv::Reader` counts it (see the module documentation).
@@ -138,6 +154,10 @@ impl<'r> Iterator for TextFields<'r> {
     fn next(&mut self) -> Option<&'r str> {
         let &(start, end) = self.spans.next()?;
         // Checked by `Record::text`: always `Some`.
+        debug_assert!(
+            self.text.get(start..end).is_some(),
+            "a span between characters"
+        );
         Some(self.text.get(start..end).unwrap_or_default())
     }
     fn size_hint(&self) -> (usize, Option<usize>) {
@@ -157,6 +177,9 @@ enum Split {
     More,
 }
 
+/// A UTF-8 byte-order mark.
+const BOM: [u8; 3] = [0xEF, 0xBB, 0xBF];
+
 /// Default read buffer: a line longer than this takes the `csv_core` path.
 const BUFFER_BYTES: usize = 1 << 18;
 
@@ -174,6 +197,10 @@ pub struct RecordReader {
     start: usize,
     end: usize,
     eof: bool,
+    /// No record read yet: the first goes to `csv_core`, which drops a byte-order mark there.
+    first: bool,
+    /// A read failed: no more records.
+    failed: bool,
     /// Where the next record starts as `csv::Reader` counts it: bytes consumed, line, records.
     byte: u64,
     line: u64,
@@ -218,10 +245,12 @@ impl RecordReader {
             split_fast: !line_byte(delimiter)
                 && !line_byte(quote)
                 && !escape.is_some_and(line_byte),
-            buf: vec![0; bytes.max(2)].into_boxed_slice(),
+            buf: vec![0; bytes.max(BOM.len() + 1)].into_boxed_slice(),
             start: 0,
             end: 0,
             eof: false,
+            first: true,
+            failed: false,
             byte: 0,
             line: 1,
             records: 0,
@@ -245,6 +274,25 @@ impl RecordReader {
     /// the end of the text. An `Err` is the text stream's (e.g. corrupt compressed data).
     pub fn read_record(&mut self, record: &mut Record) -> io::Result<bool> {
         record.position = self.position();
+        if self.failed {
+            record.clear();
+            return Ok(false);
+        }
+        let read = self.read_next(record);
+        self.failed = read.is_err();
+        read
+    }
+
+    fn read_next(&mut self, record: &mut Record) -> io::Result<bool> {
+        if std::mem::take(&mut self.first) {
+            // A whole mark and a byte after it, whatever the read sizes: `csv_core` looks only
+            // at what it is given, and takes a mark with nothing after it for the end.
+            while self.end - self.start <= BOM.len() && !self.eof {
+                self.fill()?;
+            }
+            record.clear();
+            return self.read_slow(record);
+        }
         loop {
             record.clear();
             if self.start == self.end && !self.fill()? {
@@ -297,9 +345,11 @@ impl RecordReader {
         let (delimiter, quote) = (self.delimiter, self.quote);
         // Most lines: no `\r`, no line break inside quotes. One copy of the line; fields
         // between its delimiters.
-        if let Some(line_end) = memchr::memchr(b'\n', data) {
+        // (Both line ends are looked for at once: a file of `\r` line ends must not have
+        // its whole buffer searched for a `\n` at every record.)
+        if let Some(line_end) = memchr::memchr2(b'\n', b'\r', data) {
             let line = &data[..line_end];
-            if memchr::memchr(b'\r', line).is_none() {
+            if data[line_end] == b'\n' {
                 if split_line(line, delimiter, quote, self.escape, record) {
                     return Split::Record {
                         bytes: line_end + 1,
