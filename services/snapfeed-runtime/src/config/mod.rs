@@ -28,7 +28,7 @@ mod env;
 mod secret;
 
 pub use env::ENV_PREFIX;
-pub use secret::{redacted_toml, secret_ref, Secret, SecretRef};
+pub use secret::{basic_authorization, redacted_toml, secret_ref, Secret, SecretRef};
 
 use env::{apply_env_overrides, EnvKeys};
 

@@ -147,6 +147,37 @@ pub fn secret_ref<'de, D: Deserializer<'de>>(deserializer: D) -> Result<SecretRe
     }
 }
 
+/// The `Authorization` value of HTTP Basic (RFC 7617): `Basic ` and base64 of `user:password`.
+/// One encoder for every client that sends it (the API client, the schema registry client).
+pub fn basic_authorization(user: &str, password: &Secret) -> String {
+    format!(
+        "Basic {}",
+        base64(format!("{user}:{}", password.expose()).as_bytes())
+    )
+}
+
+/// Standard base64 with padding (RFC 4648 §4).
+fn base64(input: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(input.len().div_ceil(3) * 4);
+    for chunk in input.chunks(3) {
+        let bytes = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(bytes[0]) << 16) | (u32::from(bytes[1]) << 8) | u32::from(bytes[2]);
+        for (i, shift) in [18, 12, 6, 0].into_iter().enumerate() {
+            if i <= chunk.len() {
+                out.push(char::from(ALPHABET[((n >> shift) & 0x3f) as usize]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::fixtures::{env, write, Sample};
@@ -187,5 +218,20 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(missing.contains("api.auth.key"), "{missing}");
+    }
+
+    #[test]
+    fn basic_authorization_is_rfc_base64() {
+        assert_eq!(base64(b""), "");
+        assert_eq!(base64(b"f"), "Zg==");
+        assert_eq!(base64(b"fo"), "Zm8=");
+        assert_eq!(base64(b"foo"), "Zm9v");
+        assert_eq!(base64(b"foobar"), "Zm9vYmFy");
+        assert_eq!(base64(b"a"), "YQ==");
+        assert_eq!(base64(b"ab"), "YWI=");
+        assert_eq!(
+            basic_authorization("Aladdin", &Secret("open sesame".into())),
+            "Basic QWxhZGRpbjpvcGVuIHNlc2FtZQ=="
+        );
     }
 }

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::config::{ConfigError, Secret};
+use crate::config::{basic_authorization, ConfigError};
 
 use super::http::Worker;
 use super::{RegistrationError, RegistryAuth, SchemaRegistryConfig};
@@ -123,7 +123,7 @@ impl Registry {
             RegistryAuth::None => None,
             RegistryAuth::Basic { user, password } => {
                 let password = password.resolve("schema_registry.auth.password")?;
-                Some(basic(user, &password))
+                Some(basic_authorization(user, &password))
             }
             RegistryAuth::Bearer { token } => {
                 let token = token.resolve("schema_registry.auth.token")?;
@@ -359,49 +359,5 @@ impl Registry {
                 source: error,
             },
         }
-    }
-}
-
-fn basic(user: &str, password: &Secret) -> String {
-    use std::io::Write;
-    let mut raw = Vec::new();
-    let _ = write!(raw, "{user}:{}", password.expose());
-    format!("Basic {}", base64(&raw))
-}
-
-fn base64(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-    for chunk in bytes.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for (i, shift) in [18, 12, 6, 0].into_iter().enumerate() {
-            if i <= chunk.len() {
-                out.push(ALPHABET[(n >> shift) as usize & 63] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn basic_auth_is_rfc_base64() {
-        assert_eq!(
-            base64(b"Aladdin:open sesame"),
-            "QWxhZGRpbjpvcGVuIHNlc2FtZQ=="
-        );
-        assert_eq!(base64(b"a"), "YQ==");
-        assert_eq!(base64(b"ab"), "YWI=");
-        assert_eq!(base64(b""), "");
     }
 }
