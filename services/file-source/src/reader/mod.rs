@@ -12,9 +12,11 @@ use sha2::{Digest, Sha256};
 
 use crate::config::{CsvDialect, TextEncoding};
 
+mod record;
 mod records;
 
-pub use records::{Record, RecordReader, TextFields};
+pub use record::{Record, TextFields};
+pub use records::RecordReader;
 
 /// A snapshot file, identified by content.
 #[derive(Debug, Clone, PartialEq, Eq)]

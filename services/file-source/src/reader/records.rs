@@ -9,15 +9,15 @@
 //! with `memchr`, many bytes per instruction, quoted fields included. Anything else — a `\r`
 //! ending a record, text after a closing quote, an escape character in a quoted field, a
 //! quoted line break, a record longer than the buffer, and the first record (where
-//! `csv_core` drops a UTF-8 byte-order mark) — goes field by field or to `csv_core`, the
-//! state machine `csv::Reader` runs, fed from the same buffer. Every path starts at a record
+//! `csv_core` drops a UTF-8 byte-order mark) — goes to `csv_core`, the state machine
+//! `csv::Reader` runs, fed from the same buffer. Every path starts at a record
 //! boundary, where `csv_core`'s state is always "start of record" (or an equivalent one that
 //! skips a following `\n`), so mixing them cannot change a record. The equivalence is tested
 //! against `csv::Reader` on generated inputs in several dialects, whatever the read sizes.
 //!
-//! Records come out as a [`Record`] rather than a `csv::ByteRecord`: a line of unquoted
-//! fields is copied once, delimiters and all, with each field's span (a `ByteRecord` takes
-//! its fields one copy at a time), and its text is checked once for the whole line.
+//! Records come out as a [`Record`] (module `record`) rather than a `csv::ByteRecord`: a line
+//! is copied once, delimiters and all, with each field's span (a `ByteRecord` takes its fields
+//! one copy at a time), and its text is checked once for the whole line.
 //!
 //! A record's position is what `csv::Reader` reports: where the previous record ended (so a
 //! record after blank lines reports the first blank line, as it always did). A read error
@@ -28,144 +28,9 @@ use std::io::{self, Read};
 
 use csv::Position;
 
+use super::Record;
+
 use crate::config::CsvDialect;
-
-/// One CSV record: its fields (spans of one byte buffer) and where it starts.
-#[derive(Clone)]
-pub struct Record {
-    bytes: Vec<u8>,
-    /// Each field's `start..end` in `bytes`.
-    spans: Vec<(usize, usize)>,
-    position: Position,
-}
-
-impl Default for Record {
-    fn default() -> Record {
-        Record::new()
-    }
-}
-
-/// Equal fields and position, however the fields lie in the buffer.
-impl PartialEq for Record {
-    fn eq(&self, other: &Record) -> bool {
-        self.position == other.position && self.fields().eq(other.fields())
-    }
-}
-
-impl Eq for Record {}
-
-/// Never the fields: they are health data.
-impl std::fmt::Debug for Record {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Record")
-            .field("fields", &self.spans.len())
-            .field("line", &self.position.line())
-            .finish_non_exhaustive()
-    }
-}
-
-impl Record {
-    /// An empty record.
-    pub fn new() -> Record {
-        Record {
-            bytes: Vec::with_capacity(1024),
-            spans: Vec::with_capacity(64),
-            position: Position::new(),
-        }
-    }
-
-    /// A record of these fields (tests, and rows written by hand).
-    pub fn from_fields<T: AsRef<[u8]>>(fields: impl IntoIterator<Item = T>) -> Record {
-        let mut record = Record::new();
-        for field in fields {
-            record.push_field(field.as_ref());
-        }
-        record
-    }
-
-    /// The number of fields.
-    pub fn len(&self) -> usize {
-        self.spans.len()
-    }
-
-    /// Whether it has no field.
-    pub fn is_empty(&self) -> bool {
-        self.spans.is_empty()
-    }
-
-    /// The fields' raw bytes.
-    pub fn fields(&self) -> impl ExactSizeIterator<Item = &[u8]> + '_ {
-        self.spans.iter().map(|&(start, end)| {
-            debug_assert!(
-                start <= end && end <= self.bytes.len(),
-                "a span in the buffer"
-            );
-            self.bytes.get(start..end).unwrap_or_default()
-        })
-    }
-
-    /// Where the record starts, as `csv::Reader` counts it (see the module documentation).
-    pub fn position(&self) -> &Position {
-        &self.position
-    }
-
-    /// The line the record starts on (1 is the header's).
-    pub fn line(&self) -> u64 {
-        self.position.line()
-    }
-
-    /// The fields as text, or `None` when a field is not valid UTF-8. One check of the whole
-    /// buffer; fields of a line split at its (ASCII) delimiters are then valid each, and the
-    /// span ends of any other record are checked to fall between characters.
-    pub fn text(&self) -> Option<TextFields<'_>> {
-        let text = std::str::from_utf8(&self.bytes).ok()?;
-        let between_chars = text.is_ascii()
-            || self
-                .spans
-                .iter()
-                .all(|&(start, end)| text.is_char_boundary(start) && text.is_char_boundary(end));
-        between_chars.then(|| TextFields {
-            text,
-            spans: self.spans.iter(),
-        })
-    }
-
-    fn clear(&mut self) {
-        self.bytes.clear();
-        self.spans.clear();
-    }
-
-    fn push_field(&mut self, field: &[u8]) {
-        let start = self.bytes.len();
-        self.bytes.extend_from_slice(field);
-        self.spans.push((start, self.bytes.len()));
-    }
-}
-
-/// A record's fields as text ([`Record::text`]).
-#[derive(Debug, Clone)]
-pub struct TextFields<'r> {
-    text: &'r str,
-    spans: std::slice::Iter<'r, (usize, usize)>,
-}
-
-impl<'r> Iterator for TextFields<'r> {
-    type Item = &'r str;
-    fn next(&mut self) -> Option<&'r str> {
-        let &(start, end) = self.spans.next()?;
-        // Checked by `Record::text`: always `Some`.
-        debug_assert!(
-            self.text.get(start..end).is_some(),
-            "a span between characters"
-        );
-        Some(self.text.get(start..end).unwrap_or_default())
-    }
-    fn size_hint(&self) -> (usize, Option<usize>) {
-        self.spans.size_hint()
-    }
-}
-
-impl ExactSizeIterator for TextFields<'_> {}
 
 /// What [`RecordReader::split`] made of the buffered bytes.
 enum Split {
@@ -205,8 +70,6 @@ pub struct RecordReader {
     byte: u64,
     line: u64,
     records: u64,
-    /// A quoted field's text, unescaped.
-    quoted: Vec<u8>,
     /// `csv_core`'s output and field ends, reused.
     fields: Vec<u8>,
     ends: Vec<usize>,
@@ -254,7 +117,6 @@ impl RecordReader {
             byte: 0,
             line: 1,
             records: 0,
-            quoted: Vec::with_capacity(256),
             fields: vec![0; 1024],
             ends: vec![0; 64],
         }
@@ -335,98 +197,33 @@ impl RecordReader {
         }
     }
 
-    /// Splits the record at the start of the buffered bytes into `record`: fields up to the
-    /// delimiter, `\n` or `\r`, or quoted (`""` inside standing for `"`). Anything this does
-    /// not handle — a `\r` ending a record, text after a closing quote, an escape character
-    /// in a quoted field, a quote left open at the end — is [`Split::Slow`], before anything
-    /// is consumed.
+    /// Splits the record at the start of the buffered bytes into `record`, if it is one line
+    /// ending in `\n` (or the text's last line) that [`split_line`] can split. Anything else —
+    /// a `\r` before the line's end, a quoted line break, text after a closing quote, an
+    /// escape character in a quoted field, a quote left open — is [`Split::Slow`]: rare
+    /// enough for `csv_core`. Nothing is consumed here.
     fn split(&mut self, record: &mut Record) -> Split {
         let data = &self.buf[self.start..self.end];
-        let (delimiter, quote) = (self.delimiter, self.quote);
-        // Most lines: no `\r`, no line break inside quotes. One copy of the line; fields
-        // between its delimiters.
-        // (Both line ends are looked for at once: a file of `\r` line ends must not have
-        // its whole buffer searched for a `\n` at every record.)
-        if let Some(line_end) = memchr::memchr2(b'\n', b'\r', data) {
-            let line = &data[..line_end];
-            if data[line_end] == b'\n' {
-                if split_line(line, delimiter, quote, self.escape, record) {
-                    return Split::Record {
-                        bytes: line_end + 1,
-                        newlines: 1,
-                    };
-                }
-                record.clear();
-            }
-        }
-        let mut at = 0;
-        let mut newlines = 0;
-        loop {
-            if data.get(at) == Some(&quote) {
-                let mut from = at + 1;
-                self.quoted.clear();
-                loop {
-                    let Some(found) = memchr::memchr(quote, &data[from..]) else {
-                        return if self.eof { Split::Slow } else { Split::More };
-                    };
-                    let piece = &data[from..from + found];
-                    if self.escape.is_some_and(|escape| piece.contains(&escape)) {
-                        return Split::Slow;
-                    }
-                    newlines += memchr::memchr_iter(b'\n', piece).count() as u64;
-                    self.quoted.extend_from_slice(piece);
-                    let after = from + found + 1;
-                    match data.get(after) {
-                        None if self.eof => return Split::Slow,
-                        None => return Split::More,
-                        Some(&next) if next == quote && self.escape.is_none() => {
-                            self.quoted.push(quote);
-                            from = after + 1;
-                        }
-                        Some(&next) if next == delimiter => {
-                            record.push_field(&self.quoted);
-                            at = after + 1;
-                            break;
-                        }
-                        Some(b'\n') => {
-                            record.push_field(&self.quoted);
-                            return Split::Record {
-                                bytes: after + 1,
-                                newlines: newlines + 1,
-                            };
-                        }
-                        Some(_) => return Split::Slow,
-                    }
-                }
-                continue;
-            }
-            match memchr::memchr3(delimiter, b'\n', b'\r', &data[at..]) {
-                None if self.eof => {
-                    record.push_field(&data[at..]);
-                    return Split::Record {
-                        bytes: data.len(),
-                        newlines,
-                    };
-                }
-                None => return Split::More,
-                Some(found) => {
-                    let end = at + found;
-                    match data[end] {
-                        b'\r' => return Split::Slow,
-                        b'\n' => {
-                            record.push_field(&data[at..end]);
-                            return Split::Record {
-                                bytes: end + 1,
-                                newlines: newlines + 1,
-                            };
-                        }
-                        _ => {
-                            record.push_field(&data[at..end]);
-                            at = end + 1;
-                        }
-                    }
-                }
-            }
+        // Both line ends are looked for at once: a file of `\r` line ends must not have its
+        // whole buffer searched for a `\n` at every record.
+        let (line_end, newline) = match memchr::memchr2(b'\n', b'\r', data) {
+            Some(at) if data[at] == b'\n' => (at, true),
+            Some(_) => return Split::Slow,
+            None if self.eof => (data.len(), false),
+            None => return Split::More,
+        };
+        match split_line(
+            &data[..line_end],
+            self.delimiter,
+            self.quote,
+            self.escape,
+            record,
+        ) {
+            true => Split::Record {
+                bytes: line_end + usize::from(newline),
+                newlines: u64::from(newline),
+            },
+            false => Split::Slow,
         }
     }
 
