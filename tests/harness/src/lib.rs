@@ -36,6 +36,8 @@ pub mod measure;
 pub mod messages;
 pub mod metrics;
 pub mod offsets;
+#[cfg(test)]
+mod raw_http;
 pub mod schemas;
 pub mod service_process;
 pub mod snapshot_publisher;

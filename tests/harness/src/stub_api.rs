@@ -646,72 +646,11 @@ impl Drop for StubApi {
 
 #[cfg(test)]
 mod tests {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncReadExt;
     use tokio::net::TcpStream;
 
     use super::*;
-
-    #[derive(Debug)]
-    struct RawResponse {
-        status: u16,
-        headers: Vec<(String, String)>,
-        body: String,
-    }
-
-    impl RawResponse {
-        fn header(&self, name: &str) -> Option<&str> {
-            self.headers
-                .iter()
-                .find(|(n, _)| n.eq_ignore_ascii_case(name))
-                .map(|(_, v)| v.as_str())
-        }
-
-        fn json(&self) -> serde_json::Value {
-            serde_json::from_str(&self.body).unwrap()
-        }
-    }
-
-    /// A minimal HTTP/1.1 client: one request per connection (`Connection: close`).
-    async fn send(
-        addr: SocketAddr,
-        method: &str,
-        path: &str,
-        headers: &[(&str, &str)],
-        body: &str,
-    ) -> std::io::Result<RawResponse> {
-        let mut stream = TcpStream::connect(addr).await?;
-        let mut request = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
-        for (name, value) in headers {
-            request.push_str(&format!("{name}: {value}\r\n"));
-        }
-        request.push_str("\r\n");
-        request.push_str(body);
-        stream.write_all(request.as_bytes()).await?;
-        let mut raw = Vec::new();
-        stream.read_to_end(&mut raw).await?;
-        let raw = String::from_utf8(raw).unwrap();
-        let (head, body) = raw.split_once("\r\n\r\n").unwrap();
-        let mut lines = head.split("\r\n");
-        let status = lines
-            .next()
-            .unwrap()
-            .split(' ')
-            .nth(1)
-            .unwrap()
-            .parse()
-            .unwrap();
-        let headers = lines
-            .map(|line| {
-                let (name, value) = line.split_once(':').unwrap();
-                (name.trim().to_owned(), value.trim().to_owned())
-            })
-            .collect();
-        Ok(RawResponse {
-            status,
-            headers,
-            body: body.to_owned(),
-        })
-    }
+    use crate::raw_http::{send, RawResponse};
 
     async fn post(api: &StubApi, idempotency_key: &str, body: &str) -> RawResponse {
         send(

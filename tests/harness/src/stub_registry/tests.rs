@@ -3,84 +3,21 @@
 use std::future::Future;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::*;
+use crate::raw_http::{send, RawResponse};
 
 const AVRO_V1: &str = r#"{"type":"record","name":"Lab","fields":[{"name":"id","type":"string"}]}"#;
 const AVRO_V1_SPACED: &str =
     "{ \"type\": \"record\",\n  \"name\": \"Lab\", \"fields\": [ {\"name\": \"id\", \"type\": \"string\"} ] }";
 const AVRO_V2: &str = r#"{"type":"record","name":"Lab","fields":[{"name":"id","type":"string"},{"name":"n","type":"int","default":0}]}"#;
 
-#[derive(Debug)]
-struct RawResponse {
-    status: u16,
-    content_type: Option<String>,
-    body: String,
-}
-
-impl RawResponse {
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.body)
-            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {:?}", self.body))
-    }
-}
-
 /// Runs a test body with an upper bound, so a hung server fails instead of hanging.
 async fn bounded(test: impl Future<Output = ()>) {
     tokio::time::timeout(Duration::from_secs(20), test)
         .await
         .expect("test finished within 20 s");
-}
-
-/// A minimal HTTP/1.1 client: one request per connection (`Connection: close`).
-async fn send(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &str,
-) -> std::io::Result<RawResponse> {
-    let exchange = async {
-        let mut stream = TcpStream::connect(addr).await?;
-        let mut request = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
-            body.len()
-        );
-        for (name, value) in headers {
-            request.push_str(&format!("{name}: {value}\r\n"));
-        }
-        request.push_str("\r\n");
-        request.push_str(body);
-        stream.write_all(request.as_bytes()).await?;
-        let mut raw = Vec::new();
-        stream.read_to_end(&mut raw).await?;
-        Ok::<_, std::io::Error>(raw)
-    };
-    let raw = tokio::time::timeout(Duration::from_secs(5), exchange)
-        .await
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "exchange timed out"))??;
-    let raw = String::from_utf8(raw).unwrap();
-    let (head, body) = raw.split_once("\r\n\r\n").unwrap();
-    let mut lines = head.split("\r\n");
-    let status = lines
-        .next()
-        .unwrap()
-        .split(' ')
-        .nth(1)
-        .unwrap()
-        .parse()
-        .unwrap();
-    let content_type = lines
-        .filter_map(|line| line.split_once(':'))
-        .find(|(name, _)| name.trim().eq_ignore_ascii_case("content-type"))
-        .map(|(_, value)| value.trim().to_owned());
-    Ok(RawResponse {
-        status,
-        content_type,
-        body: body.to_owned(),
-    })
 }
 
 async fn get(registry: &StubRegistry, path: &str) -> RawResponse {
@@ -110,7 +47,7 @@ async fn same_text_under_two_subjects_gets_one_id() {
         );
         let first = post_schema(&registry, "/subjects/labs-value/versions", AVRO_V1).await;
         assert_eq!(first.status, 200);
-        assert_eq!(first.content_type.as_deref(), Some(CONTENT_TYPE));
+        assert_eq!(first.header("content-type"), Some(CONTENT_TYPE));
         assert_eq!(first.json(), json!({ "id": 1 }));
         // Percent-encoded subject, different whitespace: same id, new subject.
         let other = post_schema(
@@ -212,7 +149,7 @@ async fn lookup_and_get_by_id() {
         )
         .await;
         assert_eq!(by_id.status, 200);
-        assert_eq!(by_id.content_type.as_deref(), Some(CONTENT_TYPE));
+        assert_eq!(by_id.header("content-type"), Some(CONTENT_TYPE));
         assert_eq!(by_id.json(), json!({ "schema": AVRO_V1 }));
         let unknown = get(&registry, "/schemas/ids/7").await;
         assert_eq!(unknown.status, 404);
