@@ -374,13 +374,10 @@ async fn an_id_met_mid_run_is_learnt_once_with_5xx_retried_and_an_unknown_one_is
     registry.fail_next(3, 503);
     assert!(store.needs_lookup(&payload), "an id not seen yet");
     let before = registry.request_count();
-    let learnt = tokio::task::spawn_blocking({
-        let (store, payload) = (store.clone(), payload.clone());
-        move || store.writer(&payload, &location()).map(|w| w.fingerprint)
-    })
-    .await
-    .unwrap()
-    .unwrap();
+    let learnt = writer_off_runtime(&store, payload.clone())
+        .await
+        .unwrap()
+        .fingerprint;
     assert_eq!(learnt, v1.fingerprint);
     assert_eq!(
         registry.request_count() - before,
@@ -407,15 +404,11 @@ async fn an_id_met_mid_run_is_learnt_once_with_5xx_retried_and_an_unknown_one_is
     let framed = [vec![0], progress_id.to_be_bytes().to_vec()].concat();
     registry.fail_next(2, 401);
     let before = registry.request_count();
-    let store_for = store.clone();
-    let learnt = tokio::task::spawn_blocking(move || {
-        store_for
-            .writer(&framed, &location())
-            .map(|w| w.name.clone())
-    })
-    .await
-    .unwrap()
-    .unwrap();
+    let learnt = writer_off_runtime(&store, framed)
+        .await
+        .unwrap()
+        .name
+        .clone();
     assert_eq!(learnt, "snapfeed.StreamProgress");
     assert_eq!(
         registry.request_count() - before,
@@ -426,30 +419,19 @@ async fn an_id_met_mid_run_is_learnt_once_with_5xx_retried_and_an_unknown_one_is
     // An id the registry does not know.
     let mut unknown = vec![0, 0, 0, 0x30, 0x39];
     unknown.extend_from_slice(&current[5..]);
-    let store_for = store.clone();
-    let error = tokio::task::spawn_blocking(move || {
-        store_for
-            .writer(&unknown, &location())
-            .map(|_| ())
-            .unwrap_err()
-    })
-    .await
-    .unwrap();
+    let error = writer_off_runtime(&store, unknown)
+        .await
+        .map(|_| ())
+        .unwrap_err();
     assert!(matches!(
         error,
         AvroError::UnknownRegistryId { id: 12345, .. }
     ));
     let before = registry.request_count();
-    let store_for = store.clone();
-    let again = tokio::task::spawn_blocking(move || {
-        let unknown = [0, 0, 0, 0x30, 0x39, 2, 4];
-        store_for
-            .writer(&unknown, &location())
-            .map(|_| ())
-            .unwrap_err()
-    })
-    .await
-    .unwrap();
+    let again = writer_off_runtime(&store, vec![0, 0, 0, 0x30, 0x39, 2, 4])
+        .await
+        .map(|_| ())
+        .unwrap_err();
     assert_eq!(again.to_string(), error.to_string());
     assert_eq!(
         registry.request_count(),
@@ -470,16 +452,11 @@ async fn an_id_met_mid_run_is_learnt_once_with_5xx_retried_and_an_unknown_one_is
         r#"{"type":"record","name":"Other","namespace":"x","fields":[{"name":"a","type":"int"}]}"#,
     );
     let bytes = [vec![0], foreign.to_be_bytes().to_vec(), vec![2]].concat();
-    let store_for = store.clone();
-    let text = tokio::task::spawn_blocking(move || {
-        store_for
-            .writer(&bytes, &location())
-            .map(|_| ())
-            .unwrap_err()
-            .to_string()
-    })
-    .await
-    .unwrap();
+    let text = writer_off_runtime(&store, bytes)
+        .await
+        .map(|_| ())
+        .unwrap_err()
+        .to_string();
     assert!(
         text.contains("not in") && text.contains("fingerprint"),
         "{text}"
@@ -547,4 +524,16 @@ async fn the_preflight_reaches_the_registry_with_its_credentials() {
     registry.go_down().await;
     let problem = registry_check(&token("t0k3n")).await.result.unwrap_err();
     assert!(problem.contains("not reachable"), "{problem}");
+}
+
+/// `store.writer(payload)` on a blocking thread, as the services call it: a lookup of an id
+/// not seen yet waits on the registry.
+async fn writer_off_runtime(
+    store: &Arc<SchemaStore>,
+    payload: Vec<u8>,
+) -> Result<Arc<LoadedSchema>, AvroError> {
+    let store = store.clone();
+    tokio::task::spawn_blocking(move || store.writer(&payload, &location()).cloned())
+        .await
+        .unwrap()
 }
