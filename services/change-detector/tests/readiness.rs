@@ -51,10 +51,14 @@ async fn ready_only_once_the_first_assignment_is_restored() {
         "/readyz answered 200 with {restored_when_ready} of {ROWS} state entries restored \
          (answers before: {not_ready:?})"
     );
-    if let Some(body) = not_ready.last() {
+    // Every not-ready answer says why: "starting" until the stage has registered its
+    // conditions, then the unmet restore. The window between the two (group join plus the
+    // restore of ROWS entries) can be shorter than one poll on a fast broker, so the test
+    // cannot demand to have seen it — only that nothing else was ever answered.
+    for body in &not_ready {
         assert!(
-            body.contains("restored"),
-            "the last not-ready answer names the unmet restore: {body}"
+            body.contains("starting") || body.contains("restored"),
+            "a not-ready answer names what is unmet (starting or the restore): {body}"
         );
     }
     detector.stop().await;
