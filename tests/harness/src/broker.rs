@@ -44,6 +44,9 @@ use snapfeed_runtime::topics::{
     CleanupPolicy, TopicNameOverrides, TopicNames, TopicSpec, TopicsConfig,
 };
 
+/// The id of the mock cluster's one broker (librdkafka numbers them from 1).
+const MOCK_BROKER_ID: i32 = 1;
+
 /// Which broker a test runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BrokerKind {
@@ -98,6 +101,11 @@ enum MockRequest {
         partitions: i32,
         done: mpsc::Sender<Result<(), KafkaError>>,
     },
+    /// Delay every answer of the cluster's broker by this much (zero clears).
+    RoundTripTime {
+        delay: Duration,
+        done: mpsc::Sender<Result<(), KafkaError>>,
+    },
     /// Answer the next `count` Produce requests (of any client) with `error`; 0 clears.
     ProduceErrors {
         error: RDKafkaRespErr,
@@ -123,6 +131,9 @@ impl MockHandle {
                         done,
                     } => {
                         let _ = done.send(mock.create_topic(&name, partitions, 1));
+                    }
+                    MockRequest::RoundTripTime { delay, done } => {
+                        let _ = done.send(mock.broker_round_trip_time(MOCK_BROKER_ID, delay));
                     }
                     MockRequest::ProduceErrors { error, count, done } => {
                         mock.clear_request_errors(RDKafkaApiKey::Produce);
@@ -152,6 +163,14 @@ impl MockHandle {
                 partitions,
                 done,
             })
+            .expect("mock thread alive");
+        result.recv().expect("mock thread answered")
+    }
+
+    fn round_trip_time(&self, delay: Duration) -> Result<(), KafkaError> {
+        let (done, result) = mpsc::channel();
+        self.requests
+            .send(MockRequest::RoundTripTime { delay, done })
             .expect("mock thread alive");
         result.recv().expect("mock thread answered")
     }
@@ -441,6 +460,19 @@ impl TestBroker {
         match &self.mock {
             Some(mock) => {
                 mock.produce_errors(error, count);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// On the mock cluster: every answer of its broker comes `delay` late, as from a broker
+    /// far away (zero clears) — to make a short-lived state observable. Returns false on other
+    /// brokers, which cannot do it.
+    pub fn delay_answers(&self, delay: Duration) -> bool {
+        match &self.mock {
+            Some(mock) => {
+                mock.round_trip_time(delay).expect("mock round-trip time");
                 true
             }
             None => false,
