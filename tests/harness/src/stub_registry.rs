@@ -30,6 +30,7 @@ use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
+use snapfeed_runtime::config::{basic_authorization, Secret};
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::oneshot;
 use tokio::task::{JoinHandle, JoinSet};
@@ -450,28 +451,6 @@ fn percent_decode(text: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// Standard base64 with padding, for the expected `Basic` credentials.
-fn base64(input: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(input.len().div_ceil(3) * 4);
-    for chunk in input.chunks(3) {
-        let b = [
-            chunk[0],
-            chunk.get(1).copied().unwrap_or(0),
-            chunk.get(2).copied().unwrap_or(0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for (k, shift) in [18u32, 12, 6, 0].into_iter().enumerate() {
-            if k <= chunk.len() {
-                out.push(char::from(ALPHABET[((n >> shift) & 0x3f) as usize]));
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
-
 fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
     // A panicking test thread must not hide what the server recorded.
     state.lock().unwrap_or_else(PoisonError::into_inner)
@@ -631,7 +610,9 @@ impl StubRegistry {
     /// Requires `Authorization: Basic <base64(user:password)>` on every request; others get
     /// 401. Replaces any bearer requirement.
     pub fn require_basic(&self, user: &str, password: &str) {
-        let encoded = base64(format!("{user}:{password}").as_bytes());
+        // The clients' own encoder (its RFC 4648 vectors are tested where it lives).
+        let header = basic_authorization(user, &Secret::new(password));
+        let encoded = header.strip_prefix("Basic ").unwrap_or(&header).to_owned();
         lock(&self.state).auth = Some(Auth::Basic(encoded));
     }
 

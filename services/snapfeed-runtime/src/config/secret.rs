@@ -88,6 +88,12 @@ impl fmt::Debug for SecretRef {
 pub struct Secret(String);
 
 impl Secret {
+    /// A secret whose value is already in hand — a test, or a stub that must expect the
+    /// credentials a client sends. Configuration gives secrets by reference ([`SecretRef`]).
+    pub fn new(value: impl Into<String>) -> Secret {
+        Secret(value.into())
+    }
+
     /// The secret value, for building a request or a client config — never for logging.
     pub fn expose(&self) -> &str {
         &self.0
@@ -230,8 +236,12 @@ mod tests {
         assert_eq!(base64(b"a"), "YQ==");
         assert_eq!(base64(b"ab"), "YWI=");
         assert_eq!(
-            basic_authorization("Aladdin", &Secret("open sesame".into())),
+            basic_authorization("Aladdin", &Secret::new("open sesame")),
             "Basic QWxhZGRpbjpvcGVuIHNlc2FtZQ=="
+        );
+        assert_eq!(
+            basic_authorization("snapfeed", &Secret::new("secret")),
+            "Basic c25hcGZlZWQ6c2VjcmV0"
         );
     }
 }
